@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: everything Registrar checks, in one run.
+#   format, clippy (-D warnings), docs, unit + integration tests against real etcd and a real
+#   kube-apiserver (and a kwok cluster), Go interop tests, Helm chart checks.
+# The control-plane binaries are built the first time (see hack/tools.sh) and cached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "control-plane binaries (built once, then cached)"
+REGISTRAR_TOOLS_BIN=$(bash hack/tools.sh)
+export REGISTRAR_TOOLS_BIN
+echo "$REGISTRAR_TOOLS_BIN"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (resolver, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p registrar-resolver
+
+step "helm chart checks"
+HELM="$REGISTRAR_TOOLS_BIN/helm" bash hack/chart-check.sh
+
+step "cargo test (unit, integration against etcd + kube-apiserver, Go interop)"
+cargo test --workspace --locked --no-fail-fast

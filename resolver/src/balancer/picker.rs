@@ -1,0 +1,122 @@
+//! The round-robin picker: an immutable list of READY backends plus an atomic cursor.
+//!
+//! A new picker (with a random start) is built whenever the READY set changes, as grpc-go's
+//! `round_robin` does; picking is one atomic increment. Each entry also carries the liveness flag
+//! of its connection, cleared by the transport the moment the connection is seen closed, so a
+//! pick never lands on a dead connection in the short window before the picker is rebuilt.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rand::Rng;
+
+/// One pickable backend.
+#[derive(Clone, Debug)]
+pub(crate) struct PickEntry<T> {
+    pub(crate) value: T,
+    pub(crate) alive: Arc<AtomicBool>,
+}
+
+/// Round-robin over a fixed list.
+#[derive(Debug)]
+pub(crate) struct Picker<T> {
+    entries: Vec<PickEntry<T>>,
+    next: AtomicUsize,
+}
+
+impl<T> Picker<T> {
+    /// A picker that never picks.
+    pub(crate) fn empty() -> Self {
+        Picker {
+            entries: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A picker over `entries`, starting at a random position.
+    pub(crate) fn new(entries: Vec<PickEntry<T>>) -> Self {
+        let start = if entries.is_empty() {
+            0
+        } else {
+            rand::rng().random_range(0..entries.len())
+        };
+        Picker {
+            entries,
+            next: AtomicUsize::new(start),
+        }
+    }
+
+    /// The next live entry in round-robin order, if any.
+    pub(crate) fn pick(&self) -> Option<&T> {
+        let n = self.entries.len();
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            let entry = &self.entries[i];
+            if entry.alive.load(Ordering::Acquire) {
+                return Some(&entry.value);
+            }
+        }
+        None
+    }
+
+    /// Number of entries (live or not).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn entry(v: &'static str) -> PickEntry<&'static str> {
+        PickEntry {
+            value: v,
+            alive: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    #[test]
+    fn empty_never_picks() {
+        assert!(Picker::<u8>::empty().pick().is_none());
+        assert!(Picker::<u8>::new(vec![]).pick().is_none());
+    }
+
+    #[test]
+    fn exact_round_robin() {
+        let p = Picker::new(vec![entry("a"), entry("b"), entry("c")]);
+        let mut counts = HashMap::new();
+        let first: Vec<_> = (0..3).map(|_| *p.pick().unwrap()).collect();
+        for _ in 0..2997 {
+            *counts.entry(*p.pick().unwrap()).or_insert(0) += 1;
+        }
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["a", "b", "c"], "each backend once per cycle");
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), [999; 3]);
+    }
+
+    #[test]
+    fn random_start() {
+        let starts: std::collections::HashSet<_> = (0..200)
+            .map(|_| *Picker::new(vec![entry("a"), entry("b"), entry("c")]).pick().unwrap())
+            .collect();
+        assert_eq!(starts.len(), 3);
+    }
+
+    #[test]
+    fn skips_dead_entries() {
+        let b = entry("b");
+        let p = Picker::new(vec![entry("a"), b.clone(), entry("c")]);
+        b.alive.store(false, Ordering::Release);
+        for _ in 0..30 {
+            assert_ne!(*p.pick().unwrap(), "b");
+        }
+        let only = entry("x");
+        let p = Picker::new(vec![only.clone()]);
+        only.alive.store(false, Ordering::Release);
+        assert!(p.pick().is_none());
+        assert_eq!(p.len(), 1);
+    }
+}

@@ -1,0 +1,88 @@
+//! One backend connection and its connectivity state machine, after gRPC's subchannel:
+//! `CONNECTING` → `READY` → (connection lost) → `IDLE` → `CONNECTING` …, and on a failed attempt
+//! `TRANSIENT_FAILURE`, then a new attempt when the backoff window ends.
+//!
+//! Attempts follow gRPC's connection backoff: each attempt gets
+//! `max(backoff window, min_connect_timeout)`; the next one starts when the window ends; the
+//! window grows ×multiplier with jitter up to its maximum and resets once connected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+
+use super::connector::{OneShotConnector, TcpSettings};
+use super::pool::Pool;
+use super::ConnectivityState;
+use crate::backoff::{Backoff, BackoffState};
+
+/// What a subchannel needs to connect.
+#[derive(Clone, Debug)]
+pub(crate) struct SubchannelConfig {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) backoff: Backoff,
+    pub(crate) min_connect_timeout: Duration,
+}
+
+/// Runs the connection of `addr` until aborted by the pool.
+pub(crate) async fn run(addr: Arc<str>, generation: u64, config: SubchannelConfig, pool: Arc<Pool>) {
+    let tcp = TcpSettings::from_endpoint(&config.endpoint);
+    let mut backoff = BackoffState::new(config.backoff);
+    let mut window_end = Instant::now() + backoff.current();
+    loop {
+        pool.set_state(&addr, generation, ConnectivityState::Connecting, None);
+        let timeout = window_end
+            .saturating_duration_since(Instant::now())
+            .max(config.min_connect_timeout);
+        let (connector, watch) = OneShotConnector::new(tcp);
+        let error = match tokio::time::timeout(
+            timeout,
+            config.endpoint.connect_with_connector(connector),
+        )
+        .await
+        {
+            Ok(Ok(channel)) => {
+                let ready_at = Instant::now();
+                backoff.reset();
+                tracing::debug!(%addr, "backend connected");
+                pool.set_ready(&addr, generation, channel, watch.alive());
+                watch.closed().await;
+                tracing::info!(%addr, "backend connection lost; reconnecting");
+                pool.set_state(&addr, generation, ConnectivityState::Idle, None);
+                // A connection that dies right after connecting must not make us redial in a
+                // tight loop: space attempts by at least the initial backoff.
+                let earliest = ready_at + backoff.current();
+                tokio::time::sleep_until(earliest).await;
+                window_end = Instant::now() + backoff.current();
+                continue;
+            }
+            Ok(Err(e)) => error_chain(&e),
+            Err(_) => format!("connect timed out after {timeout:?}"),
+        };
+        tracing::debug!(%addr, %error, "backend connection attempt failed");
+        pool.set_state(
+            &addr,
+            generation,
+            ConnectivityState::TransientFailure,
+            Some(error),
+        );
+        tokio::time::sleep_until(window_end).await;
+        window_end = Instant::now() + backoff.next_window();
+    }
+}
+
+/// An error and its sources, joined (tonic's transport errors say little at the top level).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

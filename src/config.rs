@@ -1,0 +1,337 @@
+//! Command line and environment: every flag of `registrar run` is also an environment variable.
+//! Bad configuration fails at start with one line that names the flag.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
+/// Registrar mirrors the ready endpoints of ServiceRegistrations into etcd.
+#[derive(Debug, Parser)]
+#[command(name = "registrar", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator.
+    Run(Box<RunArgs>),
+    /// Print the ServiceRegistration CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Flags of `registrar run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "REGISTRAR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// etcd client URLs, comma separated (https:// when TLS is configured).
+    #[arg(long, env = "REGISTRAR_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// CA certificate (PEM) that signed etcd's serving certificate.
+    #[arg(long, env = "REGISTRAR_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd; requires --etcd-key-file.
+    #[arg(long, env = "REGISTRAR_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+
+    /// Client key (PEM) for etcd; requires --etcd-cert-file.
+    #[arg(long, env = "REGISTRAR_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
+
+    /// TLS server name to verify etcd's certificate against (default: the endpoint's host).
+    #[arg(long, env = "REGISTRAR_ETCD_TLS_SERVER_NAME")]
+    pub etcd_tls_server_name: Option<String>,
+
+    /// etcd user name (auth); the password comes from --etcd-password-file or REGISTRAR_ETCD_PASSWORD.
+    #[arg(long, env = "REGISTRAR_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// File holding the etcd password (trailing newline ignored).
+    #[arg(long, env = "REGISTRAR_ETCD_PASSWORD_FILE", conflicts_with = "etcd_password")]
+    pub etcd_password_file: Option<PathBuf>,
+
+    /// etcd password (prefer --etcd-password-file; never logged).
+    #[arg(long, env = "REGISTRAR_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<Secret>,
+
+    /// Key prefix in etcd; targets are `<prefix>/<namespace>/<service>`.
+    #[arg(long, env = "REGISTRAR_PREFIX", default_value = "registrar", value_parser = parse_prefix)]
+    pub prefix: String,
+
+    /// Identity of this cluster, recorded in `<prefix>/.owner` (default: the UID of the
+    /// kube-system namespace).
+    #[arg(long, env = "REGISTRAR_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+
+    /// TTL of the etcd lease that holds every published key, in seconds (keepalive every TTL/3).
+    #[arg(long, env = "REGISTRAR_LEASE_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_ttl: u64,
+
+    /// Coalescing window for etcd writes and status updates, in milliseconds.
+    #[arg(long, env = "REGISTRAR_COALESCE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub coalesce_ms: u64,
+
+    /// Elect a leader with a coordination.k8s.io Lease; only the leader writes.
+    #[arg(long, env = "REGISTRAR_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "REGISTRAR_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "REGISTRAR_LEADER_ELECTION_LEASE_NAME", default_value = "registrar")]
+    pub leader_election_lease_name: String,
+
+    /// Leader-election lease duration in seconds.
+    #[arg(long, env = "REGISTRAR_LEADER_ELECTION_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub leader_election_lease_duration: u64,
+
+    /// This replica's identity for leader election and events (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "REGISTRAR_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "REGISTRAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration problem, naming the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file named by a flag could not be read.
+    #[error("{flag}: cannot read {path}: {source}")]
+    File {
+        /// The flag.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A flag's value is unusable.
+    #[error("{flag}: {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+        return Err("must be non-empty, without a leading or trailing '/' or '//'".into());
+    }
+    Ok(s.to_string())
+}
+
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::File {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl RunArgs {
+    /// The lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl)
+    }
+
+    /// The coalescing window.
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.coalesce_ms)
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("registrar-{}", std::process::id()))
+        })
+    }
+
+    /// The leader-election namespace.
+    pub fn leader_election_namespace(&self) -> String {
+        self.leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_string())
+    }
+
+    /// etcd connect options from the TLS and auth flags (reads the files now, so a missing
+    /// file fails at start).
+    pub fn etcd_connect_options(&self) -> Result<ConnectOptions, ConfigError> {
+        if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                flag: "--etcd-endpoints",
+                reason: "at least one endpoint is required".into(),
+            });
+        }
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let password = match (&self.etcd_password_file, &self.etcd_password) {
+            (Some(path), _) => {
+                let bytes = read("--etcd-password-file", path)?;
+                let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+                    flag: "--etcd-password-file",
+                    reason: "the password is not UTF-8".into(),
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_string())
+            }
+            (None, Some(secret)) => Some(secret.expose().to_string()),
+            (None, None) => None,
+        };
+        match (&self.etcd_username, password) {
+            (Some(user), Some(password)) => opts = opts.with_user(user.clone(), password),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    flag: "--etcd-username",
+                    reason: "needs --etcd-password-file or REGISTRAR_ETCD_PASSWORD".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "--etcd-password-file",
+                    reason: "a password without --etcd-username".into(),
+                });
+            }
+            (None, None) => {}
+        }
+        let tls_wanted = self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some();
+        if tls_wanted {
+            if let Some(e) = self.etcd_endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(ConfigError::Invalid {
+                    flag: "--etcd-endpoints",
+                    reason: format!("{e} is http:// but TLS is configured; use https://"),
+                });
+            }
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.etcd_ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-ca-file", ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.etcd_cert_file, &self.etcd_key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    read("--etcd-cert-file", cert)?,
+                    read("--etcd-key-file", key)?,
+                ));
+            }
+            if let Some(name) = &self.etcd_tls_server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            opts = opts.with_tls(tls);
+        }
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut all = vec!["registrar", "run"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|cli| match cli.command {
+            Command::Run(args) => *args,
+            Command::Crd => panic!("parsed as crd"),
+        })
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.prefix, "registrar");
+        assert_eq!(a.lease_ttl(), Duration::from_secs(30));
+        assert_eq!(a.etcd_endpoints, vec!["http://127.0.0.1:2379"]);
+        assert!(!a.leader_elect);
+        assert_eq!(a.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (vec!["--lease-ttl", "1"], "--lease-ttl"),
+            (vec!["--prefix", "/abs"], "--prefix"),
+            (vec!["--prefix", "x/"], "--prefix"),
+            (vec!["--admin-addr", "nope"], "--admin-addr"),
+            (vec!["--log-format", "xml"], "--log-format"),
+            (vec!["--etcd-cert-file", "c.pem"], "--etcd-key-file"),
+        ] {
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn password_is_never_printed() {
+        let a = parse(&["--etcd-username", "u", "--etcd-password", "hunter2"]).unwrap();
+        assert!(!format!("{a:?}").contains("hunter2"));
+        assert!(a.etcd_connect_options().is_ok());
+    }
+
+    #[test]
+    fn auth_and_tls_errors_name_the_flag() {
+        let a = parse(&["--etcd-username", "u"]).unwrap();
+        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-username"));
+        let a = parse(&["--etcd-ca-file", "/nonexistent/ca.pem", "--etcd-endpoints", "https://127.0.0.1:2379"]).unwrap();
+        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-ca-file"));
+        let a = parse(&["--etcd-ca-file", "/nonexistent/ca.pem"]).unwrap();
+        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-endpoints"));
+    }
+}

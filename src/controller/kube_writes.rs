@@ -1,0 +1,152 @@
+//! Writes to the Kubernetes API on behalf of the engine: status patches, finalizers and Events.
+//! Each runs in its own task, bounded by a semaphore, so the engine never waits on the API.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::metrics::{ErrorKind, Metrics};
+
+/// The finalizer that keeps a registration until its keys are gone from etcd.
+pub const FINALIZER: &str = "registrar.dev/cleanup";
+
+/// Field manager for status patches.
+const MANAGER: &str = "registrar";
+
+/// Issues Kubernetes writes concurrently, at most `limit` at once.
+#[derive(Clone)]
+pub struct KubeWriter {
+    client: Client,
+    recorder: Recorder,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl KubeWriter {
+    /// A writer for `client`, reporting Events as `identity`.
+    pub fn new(client: Client, identity: String, metrics: Metrics, limit: usize) -> Self {
+        let reporter = Reporter {
+            controller: "registrar".into(),
+            instance: Some(identity),
+        };
+        KubeWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            permits: Arc::new(Semaphore::new(limit.max(1))),
+            metrics,
+        }
+    }
+
+    fn api(&self, ns: &str) -> Api<ServiceRegistration> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn spawn<F>(&self, what: &'static str, name: String, fut: F)
+    where
+        F: Future<Output = Result<(), kube::Error>> + Send + 'static,
+    {
+        let permits = self.permits.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            match fut.await {
+                Ok(()) => {}
+                // The object is gone: nothing left to write.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    metrics.error(ErrorKind::KubeApi);
+                    tracing::warn!(registration = %name, error = %e, "{what} failed");
+                }
+            }
+        });
+    }
+
+    /// Replaces the status of `ns/name`.
+    pub fn patch_status(&self, ns: &str, name: &str, status: ServiceRegistrationStatus) {
+        let api = self.api(ns);
+        let n = name.to_string();
+        self.spawn("status update", format!("{ns}/{name}"), async move {
+            let patch = json!({ "status": status });
+            api.patch_status(&n, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        });
+    }
+
+    /// Adds the finalizer to `reg` (JSON patch guarded by the resourceVersion seen).
+    pub fn add_finalizer(&self, reg: &ServiceRegistration) {
+        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone()) else {
+            return;
+        };
+        let api = self.api(&ns);
+        let patch = match &reg.metadata.finalizers {
+            None => json!([
+                { "op": "test", "path": "/metadata/resourceVersion", "value": reg.metadata.resource_version },
+                { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }
+            ]),
+            Some(_) => json!([
+                { "op": "test", "path": "/metadata/resourceVersion", "value": reg.metadata.resource_version },
+                { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER }
+            ]),
+        };
+        self.spawn("adding the finalizer", format!("{ns}/{name}"), async move {
+            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+            ignore_conflict(api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await)
+        });
+    }
+
+    /// Removes the finalizer from `reg` (after its keys were deleted from etcd).
+    pub fn remove_finalizer(&self, reg: &ServiceRegistration) {
+        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone()) else {
+            return;
+        };
+        let current = reg.metadata.finalizers.clone().unwrap_or_default();
+        let remaining: Vec<&String> = current.iter().filter(|f| *f != FINALIZER).collect();
+        let api = self.api(&ns);
+        let patch = json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": current },
+            { "op": "replace", "path": "/metadata/finalizers", "value": remaining }
+        ]);
+        self.spawn("removing the finalizer", format!("{ns}/{name}"), async move {
+            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+            ignore_conflict(api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await)
+        });
+    }
+
+    /// Publishes a Kubernetes Event about `reg`.
+    pub fn event(&self, reg: &ServiceRegistration, warning: bool, reason: &str, note: String) {
+        let reference: ObjectReference = reg.object_ref(&());
+        let recorder = self.recorder.clone();
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Publish".into(),
+            secondary: None,
+        };
+        let name = format!(
+            "{}/{}",
+            reg.metadata.namespace.as_deref().unwrap_or_default(),
+            reg.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.spawn("publishing an event", name, async move { recorder.publish(&event, &reference).await });
+    }
+}
+
+/// A failed `test` (the object changed meanwhile) is not an error: the next watch event brings
+/// the new version and the engine decides again.
+fn ignore_conflict<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Ok(()),
+        Err(e) => Err(e),
+    }
+}

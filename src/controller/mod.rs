@@ -1,0 +1,360 @@
+//! The operator's engine: watches ServiceRegistrations and Pods into the [`Index`], publishes the
+//! desired etcd keys to the etcd writer, and writes status, finalizers and Events.
+//!
+//! One task owns all state and reacts to: watcher events (debounced by the coalescing window),
+//! leadership changes (only the leader runs an etcd writer and writes to the API), writer state
+//! changes (status conditions) and writer progress (finalizers are released only after the keys
+//! of a deleted registration are gone from etcd).
+
+mod kube_writes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+pub use kube_writes::{FINALIZER, KubeWriter};
+
+use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::etcd::{Desired, WriterConfig, WriterHandle, WriterState, spawn_writer};
+use crate::index::{Index, RegKey, trim_pod};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::status::{self, Publishing};
+
+/// What the engine needs to run.
+pub struct Engine {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// etcd client (used only while leader).
+    pub etcd: etcd_client::Client,
+    /// etcd writer settings (prefix, cluster id, lease TTL, coalescing).
+    pub writer: WriterConfig,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// This replica's identity (Events).
+    pub identity: String,
+    /// Debounce window for watcher events.
+    pub coalesce: Duration,
+}
+
+struct Term {
+    handle: WriterHandle,
+    stop: watch::Sender<bool>,
+}
+
+struct State {
+    index: Index,
+    seq: u64,
+    desired_tx: watch::Sender<Desired>,
+    term: Option<Term>,
+    publishing: Publishing,
+    leader: bool,
+    kube: KubeWriter,
+    metrics: Metrics,
+    /// The last status sent per registration (the watch may lag behind our own patch).
+    sent: HashMap<RegKey, ServiceRegistrationStatus>,
+    /// Deleted registrations waiting for their keys to leave etcd: the seq that removed them.
+    releasing: BTreeMap<RegKey, u64>,
+    /// New endpoints waiting for their commit, for the propagation-latency metric.
+    propagating: Vec<(u64, Vec<Time>)>,
+    writer_cfg: WriterConfig,
+    etcd: etcd_client::Client,
+}
+
+impl Engine {
+    /// Runs until `shutdown` becomes true. `leader` says whether this replica may write;
+    /// `ready` is set once both caches completed their first list.
+    pub async fn run(
+        self,
+        mut leader: watch::Receiver<bool>,
+        ready: watch::Sender<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let regs: Api<ServiceRegistration> = Api::all(self.client.clone());
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let mut reg_events = watcher(regs, watcher::Config::default()).default_backoff().boxed();
+        let mut pod_events = watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .map_ok(|ev| ev.modify(trim_pod))
+            .boxed();
+
+        let (desired_tx, _) = watch::channel(Desired {
+            seq: 0,
+            keys: Arc::default(),
+            complete: false,
+        });
+        let mut st = State {
+            index: Index::new(self.writer.prefix.clone()),
+            seq: 0,
+            desired_tx,
+            term: None,
+            publishing: Publishing::Pending,
+            leader: false,
+            kube: KubeWriter::new(self.client.clone(), self.identity.clone(), self.metrics.clone(), 16),
+            metrics: self.metrics.clone(),
+            sent: HashMap::new(),
+            releasing: BTreeMap::new(),
+            propagating: Vec::new(),
+            writer_cfg: self.writer.clone(),
+            etcd: self.etcd.clone(),
+        };
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut writer_state = watch::channel(WriterState::Starting).1;
+        let mut applied = watch::channel(0u64).1;
+        st.set_leader(*leader.borrow_and_update(), &mut writer_state, &mut applied);
+
+        loop {
+            let debounce = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                ev = reg_events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        if st.leader {
+                            st.ensure_finalizer(&ev);
+                        }
+                        st.index.apply_registration(ev);
+                    }
+                    Some(Err(e)) => { st.metrics.error(ErrorKind::KubeApi); tracing::warn!(error = %e, "ServiceRegistration watch failed; retrying"); }
+                    None => anyhow::bail!("the ServiceRegistration watch ended"),
+                },
+                ev = pod_events.next() => match ev {
+                    Some(Ok(ev)) => st.index.apply_pod(ev),
+                    Some(Err(e)) => { st.metrics.error(ErrorKind::KubeApi); tracing::warn!(error = %e, "Pod watch failed; retrying"); }
+                    None => anyhow::bail!("the Pod watch ended"),
+                },
+                _ = debounce => {
+                    flush_at = None;
+                    st.flush();
+                }
+                res = leader.changed() => {
+                    if res.is_err() { anyhow::bail!("leader election stopped"); }
+                    let now_leader = *leader.borrow_and_update();
+                    st.set_leader(now_leader, &mut writer_state, &mut applied);
+                }
+                res = writer_state.changed(), if st.term.is_some() => {
+                    if res.is_ok() {
+                        let state = writer_state.borrow_and_update().clone();
+                        st.on_writer_state(state);
+                    }
+                }
+                res = applied.changed(), if st.term.is_some() => {
+                    if res.is_ok() {
+                        let seq = *applied.borrow_and_update();
+                        st.on_applied(seq);
+                    }
+                }
+            }
+            if st.index.has_dirty() && flush_at.is_none() {
+                flush_at = Some(tokio::time::Instant::now() + self.coalesce);
+            }
+            if st.index.synced() && !*ready.borrow() {
+                tracing::info!(pods = st.index.pod_count(), "initial sync complete");
+                let _ = ready.send(true);
+                st.flush();
+            }
+        }
+        // Graceful shutdown: stop writing, but never revoke the lease (keys live on until a new
+        // leader re-attaches them or the TTL ends).
+        if let Some(term) = st.term.take() {
+            let _ = term.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), term.handle.join).await;
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn set_leader(
+        &mut self,
+        leader: bool,
+        writer_state: &mut watch::Receiver<WriterState>,
+        applied: &mut watch::Receiver<u64>,
+    ) {
+        if leader == self.leader && (leader == self.term.is_some()) {
+            return;
+        }
+        self.leader = leader;
+        self.metrics.set_leader(leader);
+        if leader {
+            tracing::info!("leading: starting the etcd writer");
+            let (stop, stop_rx) = watch::channel(false);
+            let handle = spawn_writer(self.etcd.clone(), self.writer_cfg.clone(), self.desired_tx.subscribe(), stop_rx);
+            *writer_state = handle.state.clone();
+            *applied = handle.applied.clone();
+            self.term = Some(Term { handle, stop });
+            self.publishing = Publishing::Pending;
+            self.sent.clear();
+            let regs: Vec<Arc<ServiceRegistration>> = self.index.registrations().map(|(_, r)| r.clone()).collect();
+            for reg in regs {
+                if reg.metadata.deletion_timestamp.is_none() && !has_finalizer(&reg) {
+                    self.kube.add_finalizer(&reg);
+                }
+            }
+            self.update_statuses(None);
+        } else if let Some(term) = self.term.take() {
+            tracing::warn!("lost leadership: stopping the etcd writer");
+            let _ = term.stop.send(true);
+            self.releasing.clear();
+        }
+    }
+
+    fn ensure_finalizer(&self, ev: &watcher::Event<ServiceRegistration>) {
+        if let watcher::Event::Apply(reg) | watcher::Event::InitApply(reg) = ev
+            && reg.metadata.deletion_timestamp.is_none()
+            && !has_finalizer(reg)
+        {
+            self.kube.add_finalizer(reg);
+        }
+    }
+
+    /// Recomputes dirty registrations, publishes the new desired state and statuses.
+    fn flush(&mut self) {
+        let before = self.desired_tx.borrow().keys.clone();
+        let touched = self.index.flush();
+        let keys = self.index.desired_keys();
+        let complete = self.index.synced();
+        if *before != keys || complete != self.desired_tx.borrow().complete {
+            self.seq += 1;
+            let fresh: Vec<Time> = touched
+                .iter()
+                .filter_map(|k| self.index.outcome(k))
+                .flat_map(|o| o.endpoints.values().map(move |e| (o, e)))
+                .filter(|(o, e)| !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr)))
+                .filter_map(|(_, e)| e.ready_since.clone())
+                .collect();
+            if !fresh.is_empty() && self.propagating.len() < 10_000 {
+                self.propagating.push((self.seq, fresh));
+            }
+            self.metrics.set_published(keys.len());
+            self.desired_tx.send_replace(Desired {
+                seq: self.seq,
+                keys: Arc::new(keys),
+                complete,
+            });
+        }
+        self.metrics.set_registrations(self.index.registrations().count());
+        // Deleted registrations: their keys leave etcd with this seq (once complete).
+        if complete {
+            for key in &touched {
+                if let Some(reg) = self.index.registration(key)
+                    && reg.metadata.deletion_timestamp.is_some()
+                    && has_finalizer(reg)
+                {
+                    self.releasing.entry(key.clone()).or_insert(self.seq);
+                }
+            }
+        }
+        self.update_statuses(Some(&touched));
+        let applied = self.term.as_ref().map(|t| *t.handle.applied.borrow()).unwrap_or(0);
+        self.on_applied(applied);
+    }
+
+    fn on_writer_state(&mut self, state: WriterState) {
+        let publishing = match state {
+            WriterState::Starting => Publishing::Pending,
+            WriterState::Ready { .. } => Publishing::Ok,
+            WriterState::EtcdUnavailable { reason } => Publishing::EtcdUnavailable(reason),
+            WriterState::PrefixOwnedElsewhere { owner } => Publishing::PrefixOwnedElsewhere(owner),
+        };
+        // Keep the reason text from flapping every retry: compare the kind only.
+        if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.publishing) {
+            match &publishing {
+                Publishing::EtcdUnavailable(r) => tracing::warn!(reason = %r, "etcd unavailable"),
+                Publishing::PrefixOwnedElsewhere(o) => {
+                    self.metrics.error(ErrorKind::PrefixOwnedElsewhere);
+                    tracing::error!(owner = %o, prefix = %self.writer_cfg.prefix, "the etcd prefix is owned by another cluster; writing nothing")
+                }
+                Publishing::Ok => tracing::info!("publishing to etcd"),
+                Publishing::Pending => {}
+            }
+            self.publishing = publishing;
+            self.update_statuses(None);
+        }
+    }
+
+    fn on_applied(&mut self, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        let now = SystemTime::now();
+        self.propagating.retain(|(s, times)| {
+            if *s <= seq {
+                for t in times {
+                    self.metrics.propagated(t, now);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        if !matches!(self.publishing, Publishing::Ok) {
+            return;
+        }
+        let done: Vec<RegKey> = self.releasing.iter().filter(|(_, s)| **s <= seq).map(|(k, _)| k.clone()).collect();
+        for key in done {
+            self.releasing.remove(&key);
+            if let Some(reg) = self.index.registration(&key) {
+                tracing::info!(registration = %format!("{}/{}", key.0, key.1), "keys removed from etcd; releasing the finalizer");
+                self.kube.remove_finalizer(reg);
+            }
+        }
+    }
+
+    /// Writes the status of `only` (or every registration) where it changed. Leader only.
+    fn update_statuses(&mut self, only: Option<&[RegKey]>) {
+        if !self.leader {
+            return;
+        }
+        let keys: Vec<RegKey> = match only {
+            Some(keys) => keys.to_vec(),
+            None => self.index.registrations().map(|(k, _)| k.clone()).collect(),
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        for key in keys {
+            let (Some(reg), Some(outcome)) = (self.index.registration(&key), self.index.outcome(&key)) else {
+                self.sent.remove(&key);
+                continue;
+            };
+            if reg.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let update = status::next_status(reg, outcome, &self.publishing, now.clone());
+            let ok = matches!(self.publishing, Publishing::Ok) && outcome.problems.is_empty();
+            self.metrics.reconciled(ok);
+            if !outcome.problems.is_empty() {
+                self.metrics.error(ErrorKind::PortNotFound);
+            }
+            if !update.changed || self.sent.get(&key) == Some(&update.status) {
+                continue;
+            }
+            if update.reason_changed
+                && let Some(cond) = update.ready()
+            {
+                let warning = cond.status != "True" && cond.reason != status::reason::PENDING;
+                if cond.reason != status::reason::PENDING {
+                    self.kube.event(reg, warning, &cond.reason, cond.message.clone());
+                }
+            }
+            self.kube.patch_status(&key.0, &key.1, update.status.clone());
+            self.sent.insert(key, update.status);
+        }
+    }
+}
+
+fn has_finalizer(reg: &ServiceRegistration) -> bool {
+    reg.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}

@@ -1,0 +1,365 @@
+//! The pure decision: which endpoints a registration publishes, and the union of all of them as
+//! the etcd keys the operator wants under its prefix.
+//!
+//! Which pods are endpoints follows the EndpointSlice controller (`k8s.io/endpointslice`):
+//! a pod counts when it is in the registration's namespace, matches the selector, has an IP and
+//! is not terminal (Succeeded/Failed). It is published when it is Ready (the pod's `Ready`
+//! condition, which includes readiness gates; never `ContainersReady`) and not terminating
+//! (`deletionTimestamp` unset) — or, with `publishNotReady`, regardless of both, exactly like
+//! `ready = publishNotReadyAddresses || (serving && !terminating)` for a Service.
+//!
+//! A named port is resolved per pod like a Service's `targetPort` (`FindPort`): the first TCP
+//! port with that name among the containers, then among sidecar (restartable init) containers.
+//! A pod without it is skipped and reported as a [`Problem`].
+//!
+//! Nothing here does I/O; the controller feeds it the cached objects.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Map, Value};
+
+use crate::crd::ServiceRegistration;
+use crate::etcd::value;
+
+/// One endpoint a registration wants published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `ip:port`, IPv6 in brackets (`[fd00::5]:50051`).
+    pub addr: String,
+    /// The exact etcd value (Go's `internal.Update` JSON).
+    pub value: String,
+    /// Name of the pod behind the address.
+    pub pod: String,
+    /// When the pod last became Ready (`None` when it is not Ready, with `publishNotReady`).
+    pub ready_since: Option<Time>,
+}
+
+/// An etcd target, `<prefix>/<namespace>/<service>`: what a gRPC client dials (`etcd:///<target>`)
+/// and the parent of the endpoint keys.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target(String);
+
+impl Target {
+    /// The target of `service` in `namespace` under `prefix`.
+    pub fn new(prefix: &str, namespace: &str, service: &str) -> Self {
+        Target(format!("{prefix}/{namespace}/{service}"))
+    }
+
+    /// The target as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Target> for String {
+    fn from(target: Target) -> String {
+        target.0
+    }
+}
+
+/// Something only the operator can detect, reported in the registration's status.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Problem {
+    /// The pod has no TCP container port named `port`; it is skipped.
+    PortNotFound { pod: String, port: String },
+    /// The numeric `spec.port` is outside 1..=65535 (the API server normally refuses this).
+    InvalidPort { port: String },
+    /// The pod's IP cannot be parsed; it is skipped.
+    InvalidPodIp { pod: String, ip: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::PortNotFound { pod, port } => {
+                write!(f, "pod {pod} has no TCP container port named {port:?}")
+            }
+            Problem::InvalidPort { port } => write!(f, "port {port} is not in 1..65535"),
+            Problem::InvalidPodIp { pod, ip } => write!(f, "pod {pod} has an invalid IP {ip:?}"),
+        }
+    }
+}
+
+/// What one registration wants published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrationOutcome {
+    /// `<prefix>/<namespace>/<service>`.
+    pub target: String,
+    /// Endpoints by address (sorted, so every output derived from it is deterministic).
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Problems found, sorted and deduplicated.
+    pub problems: Vec<Problem>,
+    /// Name of the registration (ties in [`desired_keys`] are broken by it).
+    pub registration: String,
+    /// Creation time of the registration: on an address wanted by several registrations of
+    /// one target, the oldest registration's value wins (see [`desired_keys`]).
+    pub created: Option<Time>,
+}
+
+/// The endpoints `reg` wants published, from the candidate `pods` (any pods: this function
+/// checks namespace, selector, phase, IP and readiness itself).
+///
+/// A registration being deleted (`deletionTimestamp` set) wants nothing, so that its keys are
+/// removed before its finalizer is released.
+pub fn registration_outcome<'a>(
+    prefix: &str,
+    reg: &ServiceRegistration,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> RegistrationOutcome {
+    let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
+    let mut outcome = RegistrationOutcome {
+        target: Target::new(prefix, namespace, reg.service_name()).into(),
+        registration: reg.metadata.name.clone().unwrap_or_default(),
+        created: reg.metadata.creation_timestamp.clone(),
+        ..RegistrationOutcome::default()
+    };
+    if reg.metadata.deletion_timestamp.is_some() || namespace.is_empty() {
+        return outcome;
+    }
+    if let IntOrString::Int(port) = reg.spec.port
+        && u16::try_from(port).map_or(true, |p| p == 0)
+    {
+        outcome.problems.push(Problem::InvalidPort {
+            port: port.to_string(),
+        });
+        return outcome;
+    }
+    let publish_not_ready = reg.spec.publish_not_ready;
+    for pod in pods {
+        if pod.metadata.namespace.as_deref() != Some(namespace)
+            || !selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref())
+        {
+            continue;
+        }
+        let Some(ip) = pod_ip(pod) else { continue };
+        if is_terminal(pod) {
+            continue;
+        }
+        let ready = ready_condition(pod);
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        if !publish_not_ready && (ready.is_none() || terminating) {
+            continue;
+        }
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let Some(port) = resolve_port(pod, &reg.spec.port) else {
+            outcome.problems.push(Problem::PortNotFound {
+                pod: pod_name,
+                port: port_label(&reg.spec.port),
+            });
+            continue;
+        };
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            outcome.problems.push(Problem::InvalidPodIp {
+                pod: pod_name,
+                ip: ip.to_string(),
+            });
+            continue;
+        };
+        let addr = SocketAddr::new(ip, port).to_string();
+        let metadata = endpoint_metadata(reg, pod);
+        let endpoint = Endpoint {
+            value: value::encode(&addr, Some(&metadata)),
+            addr: addr.clone(),
+            pod: pod_name,
+            ready_since: ready.and_then(|c| c.last_transition_time.clone()),
+        };
+        match outcome.endpoints.entry(addr) {
+            Entry::Vacant(slot) => {
+                slot.insert(endpoint);
+            }
+            // Two pods on one address (host network, or an IP reused while the old pod is
+            // still listed): the lexicographically first pod name wins, whatever the order.
+            Entry::Occupied(mut slot) => {
+                if endpoint.pod < slot.get().pod {
+                    slot.insert(endpoint);
+                }
+            }
+        }
+    }
+    outcome.problems.sort();
+    outcome.problems.dedup();
+    outcome
+}
+
+/// The union of `outcomes` as full etcd key -> value, for every target under `prefix`.
+///
+/// Several registrations of one namespace may name the same service (one target): the target
+/// gets the union of their endpoints. When two of them want the same address with different
+/// values (different `spec.metadata`), the value of the oldest registration wins (earliest
+/// `creationTimestamp`, then lexicographically first name), so that adding a registration never
+/// rewrites endpoints that another one already publishes. The result does not depend on the
+/// order of `outcomes`. Outcomes whose target is not under `prefix/` are ignored.
+pub fn desired_keys<'a>(
+    prefix: &str,
+    outcomes: impl IntoIterator<Item = &'a RegistrationOutcome>,
+) -> BTreeMap<String, String> {
+    let under = format!("{prefix}/");
+    let mut ordered: Vec<&RegistrationOutcome> = outcomes
+        .into_iter()
+        .filter(|o| o.target.starts_with(&under))
+        .collect();
+    ordered.sort_by(|a, b| precedence(a, b));
+    let mut keys = BTreeMap::new();
+    for outcome in ordered {
+        for endpoint in outcome.endpoints.values() {
+            keys.entry(value::key(&outcome.target, &endpoint.addr))
+                .or_insert_with(|| endpoint.value.clone());
+        }
+    }
+    keys
+}
+
+/// Oldest first (a missing creation time counts as newest), then by name, then by target.
+fn precedence(a: &RegistrationOutcome, b: &RegistrationOutcome) -> Ordering {
+    let created = match (&a.created, &b.created) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    created
+        .then_with(|| a.registration.cmp(&b.registration))
+        .then_with(|| a.target.cmp(&b.target))
+}
+
+/// Whether `labels` satisfy `selector` (matchLabels AND matchExpressions).
+///
+/// An empty selector matches nothing here (the API server refuses it; selecting a whole
+/// namespace by accident would be worse than selecting nothing). Unknown operators match nothing.
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if match_labels.is_none() && expressions.is_empty() {
+        return false;
+    }
+    let get = |key: &str| labels.and_then(|l| l.get(key));
+    let labels_ok = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v));
+    labels_ok
+        && expressions.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// The pod's primary IP (`status.podIP`, else the first of `status.podIPs`).
+fn pod_ip(pod: &Pod) -> Option<&str> {
+    let status = pod.status.as_ref()?;
+    status
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
+        .or_else(|| {
+            status
+                .pod_ips
+                .as_deref()?
+                .first()
+                .map(|p| p.ip.as_str())
+                .filter(|ip| !ip.is_empty())
+        })
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The pod's `Ready` condition when it is True (readiness gates included; not ContainersReady).
+fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// The port number `port` resolves to on `pod`, like `FindPort` for a Service's targetPort.
+fn resolve_port(pod: &Pod, port: &IntOrString) -> Option<u16> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
+        IntOrString::String(name) => {
+            let spec = pod.spec.as_ref()?;
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            spec.containers
+                .iter()
+                .chain(sidecars)
+                .find_map(|c| named_tcp_port(c, name))
+        }
+    }
+}
+
+fn named_tcp_port(container: &Container, name: &str) -> Option<u16> {
+    container.ports.iter().flatten().find_map(|p| {
+        let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
+        (tcp && p.name.as_deref() == Some(name))
+            .then(|| u16::try_from(p.container_port).ok().filter(|n| *n != 0))
+            .flatten()
+    })
+}
+
+fn port_label(port: &IntOrString) -> String {
+    match port {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// `spec.metadata` plus `pod` (the pod's name) and `node` (its node, once scheduled); the
+/// operator's keys override the spec's (which the API server already refuses).
+fn endpoint_metadata(reg: &ServiceRegistration, pod: &Pod) -> Map<String, Value> {
+    let mut metadata: Map<String, Value> = reg
+        .spec
+        .metadata
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    metadata.insert(
+        "pod".into(),
+        Value::String(pod.metadata.name.clone().unwrap_or_default()),
+    );
+    if let Some(node) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+    {
+        metadata.insert("node".into(), Value::String(node.to_string()));
+    }
+    metadata
+}
+
+#[cfg(test)]
+mod tests;

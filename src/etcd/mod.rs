@@ -1,0 +1,59 @@
+//! The operator's etcd writer: it makes etcd hold exactly the desired endpoint keys under the
+//! operator's prefix, and keeps it so through etcd restarts, data loss, lease expiry and hand
+//! edits (DESIGN §4-§5).
+//!
+//! The controller publishes the whole desired state as a [`Desired`] on a `watch` channel;
+//! [`spawn_writer`] starts a task that claims the prefix ([`owner`]), writes under one lease per
+//! term ([`lease`]), diffs against what etcd holds ([`plan`]) and watches the prefix to repair
+//! drift. Its [`WriterHandle`] reports the [`WriterState`] and the sequence number of the last
+//! desired state fully written.
+//!
+//! The etcd client given to the writer should have HTTP/2 keepalives on (e.g.
+//! `ConnectOptions::new().with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))`) so
+//! that a silent partition breaks the streams; the writer also detects silent keepalive streams.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+mod backoff;
+mod config;
+pub mod error;
+mod known;
+mod lease;
+mod owner;
+pub mod plan;
+mod prefix;
+mod stats;
+pub mod value;
+mod writer;
+
+pub use config::WriterConfig;
+pub use error::EtcdError;
+pub use stats::{StatsSnapshot, WriterStats};
+pub use writer::{WriterHandle, spawn_writer};
+
+/// The complete desired content of the prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Increases with every new desired state (start at 1: `applied` is 0 before anything).
+    pub seq: u64,
+    /// Full etcd key -> value for the WHOLE prefix. Never contains `<prefix>/.owner`; keys
+    /// outside `<prefix>/` are ignored.
+    pub keys: Arc<BTreeMap<String, String>>,
+    /// False until both kube caches finished their initial list: until then the writer only
+    /// puts and never deletes.
+    pub complete: bool,
+}
+
+/// What the writer is doing, for status conditions, readiness and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterState {
+    /// Not yet connected, claimed and leased.
+    Starting,
+    /// The prefix is ours and keys are written under `lease`.
+    Ready { lease: i64 },
+    /// etcd cannot be reached or failed; retrying with backoff.
+    EtcdUnavailable { reason: String },
+    /// `<prefix>/.owner` names another cluster: nothing is written; checked again periodically.
+    PrefixOwnedElsewhere { owner: String },
+}

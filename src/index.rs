@@ -1,0 +1,439 @@
+//! The operator's in-memory view of the cluster: ServiceRegistrations and (trimmed) Pods, fed by
+//! watcher events and kept apart from the I/O that produces them, so it is tested without an
+//! API server.
+//!
+//! - Initial lists and relists are buffered until `InitDone` and then swapped in whole: a relist
+//!   (e.g. after an API-server restart) never shows an empty cluster in between, so it can never
+//!   make the operator delete keys.
+//! - A pod event marks dirty only the registrations of its namespace whose selector matches the
+//!   pod now, or that published it before; [`Index::flush`] recomputes just those outcomes.
+//! - [`Index::synced`] is true once both kinds finished their first list: only then may the
+//!   etcd writer delete anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus};
+use kube::runtime::watcher::Event;
+
+use crate::crd::ServiceRegistration;
+use crate::desired::{self, RegistrationOutcome, selector_matches};
+
+/// A registration's identity: (namespace, name).
+pub type RegKey = (String, String);
+
+struct Kind<K> {
+    synced: bool,
+    init: Option<Vec<K>>,
+}
+
+impl<K> Default for Kind<K> {
+    fn default() -> Self {
+        Kind {
+            synced: false,
+            init: None,
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Index {
+    prefix: String,
+    regs: BTreeMap<RegKey, Arc<ServiceRegistration>>,
+    pods: HashMap<String, BTreeMap<String, Arc<Pod>>>,
+    outcomes: BTreeMap<RegKey, RegistrationOutcome>,
+    dirty: BTreeSet<RegKey>,
+    reg_kind: Kind<ServiceRegistration>,
+    pod_kind: Kind<Pod>,
+}
+
+fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
+    Some((reg.metadata.namespace.clone()?, reg.metadata.name.clone()?))
+}
+
+impl Index {
+    /// An empty index for keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Index {
+            prefix: prefix.into(),
+            regs: BTreeMap::new(),
+            pods: HashMap::new(),
+            outcomes: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            reg_kind: Kind::default(),
+            pod_kind: Kind::default(),
+        }
+    }
+
+    /// Both kinds have completed their first full list.
+    pub fn synced(&self) -> bool {
+        self.reg_kind.synced && self.pod_kind.synced
+    }
+
+    /// Whether a flush has work to do.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Applies one ServiceRegistration watcher event.
+    pub fn apply_registration(&mut self, event: Event<ServiceRegistration>) {
+        match event {
+            Event::Init => self.reg_kind.init = Some(Vec::new()),
+            Event::InitApply(reg) => match self.reg_kind.init.as_mut() {
+                Some(buffer) => buffer.push(reg),
+                None => self.upsert_registration(reg),
+            },
+            Event::InitDone => {
+                let listed = self.reg_kind.init.take().unwrap_or_default();
+                let listed: BTreeMap<RegKey, Arc<ServiceRegistration>> = listed
+                    .into_iter()
+                    .filter_map(|r| Some((reg_key(&r)?, Arc::new(r))))
+                    .collect();
+                for gone in self.regs.keys().filter(|k| !listed.contains_key(*k)) {
+                    self.dirty.insert(gone.clone());
+                }
+                for (key, reg) in &listed {
+                    if self.regs.get(key) != Some(reg) {
+                        self.dirty.insert(key.clone());
+                    }
+                }
+                self.regs = listed;
+                self.reg_kind.synced = true;
+            }
+            Event::Apply(reg) => self.upsert_registration(reg),
+            Event::Delete(reg) => {
+                if let Some(key) = reg_key(&reg) {
+                    self.regs.remove(&key);
+                    self.dirty.insert(key);
+                }
+            }
+        }
+    }
+
+    fn upsert_registration(&mut self, reg: ServiceRegistration) {
+        if let Some(key) = reg_key(&reg) {
+            let reg = Arc::new(reg);
+            if self.regs.get(&key) != Some(&reg) {
+                self.regs.insert(key.clone(), reg);
+                self.dirty.insert(key);
+            }
+        }
+    }
+
+    /// Applies one Pod watcher event (pods should already be [`trim_pod`]med).
+    pub fn apply_pod(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Init => self.pod_kind.init = Some(Vec::new()),
+            Event::InitApply(pod) => match self.pod_kind.init.as_mut() {
+                Some(buffer) => buffer.push(pod),
+                None => self.upsert_pod(pod),
+            },
+            Event::InitDone => {
+                let listed = self.pod_kind.init.take().unwrap_or_default();
+                let mut pods: HashMap<String, BTreeMap<String, Arc<Pod>>> = HashMap::new();
+                for pod in listed {
+                    if let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) {
+                        pods.entry(ns).or_default().insert(name, Arc::new(pod));
+                    }
+                }
+                // Which namespaces changed at all: only their registrations are recomputed.
+                let namespaces: BTreeSet<String> = pods.keys().chain(self.pods.keys()).cloned().collect();
+                for ns in namespaces {
+                    if self.pods.get(&ns) != pods.get(&ns) {
+                        self.mark_namespace(&ns);
+                    }
+                }
+                self.pods = pods;
+                self.pod_kind.synced = true;
+            }
+            Event::Apply(pod) => self.upsert_pod(pod),
+            Event::Delete(pod) => {
+                let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
+                    return;
+                };
+                let removed = self.pods.get_mut(ns).and_then(|m| m.remove(name));
+                if let Some(old) = removed {
+                    self.mark_for_pod(&old);
+                }
+            }
+        }
+    }
+
+    fn upsert_pod(&mut self, pod: Pod) {
+        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) else {
+            return;
+        };
+        let pod = Arc::new(pod);
+        let old = self.pods.entry(ns).or_default().insert(name, pod.clone());
+        if old.as_ref() == Some(&pod) {
+            return;
+        }
+        if let Some(old) = old {
+            self.mark_for_pod(&old);
+        }
+        self.mark_for_pod(&pod);
+    }
+
+    /// Marks the registrations that select `pod` or published it.
+    fn mark_for_pod(&mut self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
+            return;
+        };
+        let start = (ns.to_string(), String::new());
+        for (key, reg) in self.regs.range(start..).take_while(|(k, _)| k.0 == ns) {
+            let published = self
+                .outcomes
+                .get(key)
+                .is_some_and(|o| o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty());
+            if published || selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref()) {
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    fn mark_namespace(&mut self, ns: &str) {
+        let start = (ns.to_string(), String::new());
+        let keys: Vec<RegKey> = self
+            .regs
+            .range(start..)
+            .take_while(|(k, _)| k.0 == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.dirty.extend(keys);
+    }
+
+    /// Recomputes the outcomes of dirty registrations; returns those whose outcome changed
+    /// (or that disappeared).
+    pub fn flush(&mut self) -> Vec<RegKey> {
+        let mut changed = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(reg) = self.regs.get(&key) else {
+                if self.outcomes.remove(&key).is_some() {
+                    changed.push(key);
+                }
+                continue;
+            };
+            let pods = self.pods.get(&key.0).into_iter().flat_map(|m| m.values().map(Arc::as_ref));
+            let outcome = desired::registration_outcome(&self.prefix, reg, pods);
+            if self.outcomes.get(&key) != Some(&outcome) {
+                self.outcomes.insert(key.clone(), outcome);
+                changed.push(key);
+            }
+        }
+        changed
+    }
+
+    /// Every key (and value) that should be under the prefix, from the current outcomes.
+    pub fn desired_keys(&self) -> BTreeMap<String, String> {
+        desired::desired_keys(&self.prefix, self.outcomes.values())
+    }
+
+    /// The current outcome of a registration.
+    pub fn outcome(&self, key: &RegKey) -> Option<&RegistrationOutcome> {
+        self.outcomes.get(key)
+    }
+
+    /// A registration by key.
+    pub fn registration(&self, key: &RegKey) -> Option<&Arc<ServiceRegistration>> {
+        self.regs.get(key)
+    }
+
+    /// All registrations.
+    pub fn registrations(&self) -> impl Iterator<Item = (&RegKey, &Arc<ServiceRegistration>)> {
+        self.regs.iter()
+    }
+
+    /// Number of pods cached.
+    pub fn pod_count(&self) -> usize {
+        self.pods.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// Drops what the operator never reads from a Pod before it is cached: managed fields,
+/// annotations, owner references, most of the spec and status. Name, namespace, labels,
+/// deletion timestamp and resourceVersion stay.
+pub fn trim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    let trim_container = |c: &Container| Container {
+        name: c.name.clone(),
+        ports: c.ports.clone(),
+        restart_policy: c.restart_policy.clone(),
+        ..Container::default()
+    };
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            containers: spec.containers.iter().map(trim_container).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|cs| cs.iter().map(trim_container).collect()),
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            conditions: status.conditions.map(|cs| {
+                cs.into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .map(|c| PodCondition {
+                        last_probe_time: None,
+                        message: None,
+                        ..c
+                    })
+                    .collect()
+            }),
+            ..PodStatus::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reg(ns: &str, name: &str, app: &str) -> ServiceRegistration {
+        serde_json::from_value(json!({
+            "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "port": 50051}
+        }))
+        .unwrap()
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app},
+                         "managedFields": [{"manager": "x"}], "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 50051}]}],
+                     "nodeName": "n1", "serviceAccountName": "sa"},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}},
+                                      {"type": "ContainersReady", "status": "True"}]}
+        }))
+        .unwrap();
+        trim_pod(&mut p);
+        p
+    }
+
+    fn synced_index(regs: Vec<ServiceRegistration>, pods: Vec<Pod>) -> Index {
+        let mut idx = Index::new("registrar");
+        idx.apply_registration(Event::Init);
+        for r in regs {
+            idx.apply_registration(Event::InitApply(r));
+        }
+        idx.apply_registration(Event::InitDone);
+        idx.apply_pod(Event::Init);
+        for p in pods {
+            idx.apply_pod(Event::InitApply(p));
+        }
+        idx.apply_pod(Event::InitDone);
+        idx.flush();
+        idx
+    }
+
+    fn keys(idx: &Index) -> Vec<String> {
+        idx.desired_keys().into_keys().collect()
+    }
+
+    #[test]
+    fn not_synced_until_both_kinds_listed() {
+        let mut idx = Index::new("registrar");
+        assert!(!idx.synced());
+        idx.apply_registration(Event::Init);
+        idx.apply_registration(Event::InitDone);
+        assert!(!idx.synced());
+        idx.apply_pod(Event::Init);
+        idx.apply_pod(Event::InitDone);
+        assert!(idx.synced());
+    }
+
+    #[test]
+    fn ready_pod_is_published_and_unready_removed() {
+        let mut idx = synced_index(vec![reg("shop", "greeter", "g")], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        assert_eq!(keys(&idx), vec!["registrar/shop/greeter/127.0.0.5:50051"]);
+        idx.apply_pod(Event::Apply(pod("shop", "p1", "g", "127.0.0.5", false)));
+        assert_eq!(idx.flush(), vec![("shop".to_string(), "greeter".to_string())]);
+        assert!(keys(&idx).is_empty());
+    }
+
+    #[test]
+    fn relist_is_swapped_in_whole_and_unchanged_relist_changes_nothing() {
+        let mut idx = synced_index(vec![reg("shop", "greeter", "g")], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        // A relist starts: nothing disappears while it is buffered.
+        idx.apply_pod(Event::Init);
+        idx.apply_registration(Event::Init);
+        assert!(idx.flush().is_empty());
+        assert_eq!(keys(&idx).len(), 1);
+        idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "127.0.0.5", true)));
+        idx.apply_registration(Event::InitApply(reg("shop", "greeter", "g")));
+        idx.apply_registration(Event::InitDone);
+        idx.apply_pod(Event::InitDone);
+        assert!(idx.flush().is_empty(), "an identical relist must change nothing");
+        assert_eq!(keys(&idx).len(), 1);
+    }
+
+    #[test]
+    fn relist_drops_what_vanished_meanwhile() {
+        let mut idx = synced_index(
+            vec![reg("shop", "greeter", "g")],
+            vec![pod("shop", "p1", "g", "127.0.0.5", true), pod("shop", "p2", "g", "127.0.0.6", true)],
+        );
+        assert_eq!(keys(&idx).len(), 2);
+        idx.apply_pod(Event::Init);
+        idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "127.0.0.5", true)));
+        idx.apply_pod(Event::InitDone);
+        idx.flush();
+        assert_eq!(keys(&idx), vec!["registrar/shop/greeter/127.0.0.5:50051"]);
+    }
+
+    #[test]
+    fn pod_event_marks_only_matching_registrations() {
+        let mut idx = synced_index(
+            vec![reg("shop", "a", "a"), reg("shop", "b", "b"), reg("other", "a", "a")],
+            vec![],
+        );
+        idx.apply_pod(Event::Apply(pod("shop", "p1", "a", "127.0.0.5", true)));
+        assert_eq!(idx.dirty.iter().cloned().collect::<Vec<_>>(), vec![("shop".to_string(), "a".to_string())]);
+        idx.flush();
+        // Relabelled away: the registration that published it is marked.
+        idx.apply_pod(Event::Apply(pod("shop", "p1", "zzz", "127.0.0.5", true)));
+        assert!(idx.dirty.contains(&("shop".to_string(), "a".to_string())));
+        idx.flush();
+        assert!(keys(&idx).is_empty());
+    }
+
+    #[test]
+    fn deleting_a_registration_removes_only_its_endpoints() {
+        let mut idx = synced_index(
+            vec![reg("shop", "a", "a"), reg("shop", "b", "b")],
+            vec![pod("shop", "p1", "a", "127.0.0.5", true), pod("shop", "p2", "b", "127.0.0.6", true)],
+        );
+        assert_eq!(keys(&idx).len(), 2);
+        idx.apply_registration(Event::Delete(reg("shop", "a", "a")));
+        assert_eq!(idx.flush(), vec![("shop".to_string(), "a".to_string())]);
+        assert_eq!(keys(&idx), vec!["registrar/shop/b/127.0.0.6:50051"]);
+    }
+
+    #[test]
+    fn trim_keeps_what_the_decision_reads() {
+        let p = pod("shop", "p1", "g", "127.0.0.5", true);
+        assert!(p.metadata.managed_fields.is_none());
+        assert!(p.metadata.annotations.is_none());
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.service_account_name.is_none());
+        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 50051);
+        let status = p.status.as_ref().unwrap();
+        let conds = status.conditions.as_ref().unwrap();
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].type_, "Ready");
+    }
+}

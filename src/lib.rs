@@ -1,0 +1,21 @@
+//! Registrar, the operator: mirrors the ready endpoints selected by `ServiceRegistration`s into
+//! etcd, in etcd's gRPC naming format, under one lease that it keeps alive.
+//!
+//! - [`crd`]: the `ServiceRegistration` custom resource.
+//! - [`desired`]: the pure decision "which endpoints belong in etcd".
+//! - [`index`]: the in-memory view of registrations and pods that feeds it.
+//! - [`status`]: the pure status computation.
+//! - [`etcd`]: the etcd writer (lease, diffs, batching, drift repair, prefix ownership).
+//! - [`controller`]: the engine that wires watches, the index, the writer and the API writes.
+//! - [`leader`], [`admin`], [`metrics`], [`config`]: running it.
+
+pub mod admin;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod desired;
+pub mod etcd;
+pub mod index;
+pub mod leader;
+pub mod metrics;
+pub mod status;

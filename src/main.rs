@@ -1,0 +1,161 @@
+//! `registrar`: the operator binary. `registrar run` mirrors ready endpoints into etcd;
+//! `registrar crd` prints the CustomResourceDefinition.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use registrar::admin::{AdminServer, AdminState};
+use registrar::config::{Cli, Command, LogFormat, RunArgs};
+use registrar::controller::Engine;
+use registrar::etcd::WriterConfig;
+use registrar::metrics::Metrics;
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match registrar::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            match run(*args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("--kubeconfig")?
+        }
+        None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Connects to etcd, retrying with backoff until it answers (or shutdown).
+async fn etcd_client(args: &RunArgs, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Option<etcd_client::Client>> {
+    let options = args.etcd_connect_options()?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match etcd_client::Client::connect(args.etcd_endpoints.clone(), Some(options.clone())).await {
+            Ok(client) => return Ok(Some(client)),
+            Err(e) => {
+                tracing::warn!(error = %e, endpoints = ?args.etcd_endpoints, "cannot connect to etcd; retrying in {delay:?}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Configuration errors first: they must fail at start, naming the flag.
+    args.etcd_connect_options()?;
+    let (shutdown_tx, mut shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let metrics = Metrics::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let admin = AdminServer::bind(args.admin_addr).await?;
+    tracing::info!(addr = %admin.local_addr(), "admin server listening");
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        ready: ready_rx,
+    };
+    let mut admin_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = admin_shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = admin.serve(admin_state, stop).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+
+    let client = kube_client(&args).await?;
+    let cluster_id = match &args.cluster_id {
+        Some(id) => id.clone(),
+        None => Api::<Namespace>::all(client.clone())
+            .get("kube-system")
+            .await
+            .context("reading the kube-system namespace for the default --cluster-id")?
+            .metadata
+            .uid
+            .context("kube-system has no uid; set --cluster-id")?,
+    };
+    tracing::info!(prefix = %args.prefix, cluster_id = %cluster_id, lease_ttl = ?args.lease_ttl(), "starting");
+
+    let Some(etcd) = etcd_client(&args, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let leader = registrar::leader::elect(client.clone(), &args).await?;
+    let mut writer = WriterConfig::new(args.prefix.clone(), cluster_id);
+    writer.lease_ttl = args.lease_ttl();
+    writer.coalesce = args.coalesce();
+    let engine = Engine {
+        client,
+        etcd,
+        writer,
+        metrics,
+        identity: args.identity(),
+        coalesce: args.coalesce(),
+    };
+    engine.run(leader, ready_tx, shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

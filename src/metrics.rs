@@ -1,0 +1,511 @@
+//! Prometheus metrics of the operator.
+//!
+//! One [`Metrics`] value owns the registry and every metric; it is cheap to clone (an `Arc`
+//! inside) and the rest of the operator records through its small methods
+//! ([`Metrics::reconciled`], [`Metrics::txn`], [`Metrics::set_published`], ...). The admin
+//! server exposes [`Metrics::encode`] (Prometheus text 0.0.4) and
+//! [`Metrics::encode_openmetrics`] (OpenMetrics 1.0.0) on `/metrics`.
+//!
+//! Every labelled series is created at zero when the registry is built, so dashboards and
+//! alerts see `0` rather than a missing series before the first event.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "registrar";
+
+/// `Content-Type` of [`Metrics::encode`].
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// `Content-Type` of [`Metrics::encode_openmetrics`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of the propagation histogram, in seconds. Pod `lastTransitionTime` has a resolution
+/// of one second, so sub-second buckets only say "within the same second".
+const PROPAGATION_BUCKETS: [f64; 13] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Outcome of a reconcile or an etcd transaction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    fn from_ok(ok: bool) -> Self {
+        if ok { Self::Ok } else { Self::Error }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// What went wrong, for `registrar_errors_total{kind}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A call to the Kubernetes API failed (list/watch, status patch, event, finalizer).
+    KubeApi,
+    /// An etcd request (txn, range, watch) failed.
+    Etcd,
+    /// Granting an etcd lease failed or the lease was lost.
+    EtcdLease,
+    /// The prefix is claimed by another cluster; nothing is written.
+    PrefixOwnedElsewhere,
+    /// A registration names a container port that a selected pod lacks.
+    PortNotFound,
+    /// A registration the operator cannot act on (e.g. bad metadata) that the API server let in.
+    InvalidRegistration,
+    /// Anything else (a bug or an unexpected state).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [ErrorKind; 7] = [
+        Self::KubeApi,
+        Self::Etcd,
+        Self::EtcdLease,
+        Self::PrefixOwnedElsewhere,
+        Self::PortNotFound,
+        Self::InvalidRegistration,
+        Self::Internal,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KubeApi => "kube_api",
+            Self::Etcd => "etcd",
+            Self::EtcdLease => "etcd_lease",
+            Self::PrefixOwnedElsewhere => "prefix_owned_elsewhere",
+            Self::PortNotFound => "port_not_found",
+            Self::InvalidRegistration => "invalid_registration",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl EncodeLabelValue for ErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    published: Gauge,
+    registrations: Gauge,
+    leader: Gauge,
+    txns: Family<ResultLabels, Counter>,
+    txn_ops: Counter,
+    txn_duration: Histogram,
+    lease_grants: Counter,
+    keepalive_failures: Counter,
+    propagation: Histogram,
+}
+
+/// The operator's metrics. Clone it freely: clones share the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered and every labelled series at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+
+        registry.register(
+            "build",
+            "Build information of the running operator",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        for result in [Outcome::Ok, Outcome::Error] {
+            reconciles.get_or_create_owned(&ResultLabels { result });
+        }
+        registry.register(
+            "reconciles",
+            "Reconciles of ServiceRegistrations, by result",
+            reconciles.clone(),
+        );
+
+        let errors = Family::<KindLabels, Counter>::default();
+        for kind in ErrorKind::ALL {
+            errors.get_or_create_owned(&KindLabels { kind });
+        }
+        registry.register("errors", "Errors, by kind", errors.clone());
+
+        let published = Gauge::default();
+        registry.register(
+            "published_endpoints",
+            "Endpoint keys the operator wants published in etcd (all registrations)",
+            published.clone(),
+        );
+
+        let registrations = Gauge::default();
+        registry.register(
+            "registrations",
+            "ServiceRegistrations known to the operator",
+            registrations.clone(),
+        );
+
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and writes etcd, else 0",
+            leader.clone(),
+        );
+
+        let txns = Family::<ResultLabels, Counter>::default();
+        for result in [Outcome::Ok, Outcome::Error] {
+            txns.get_or_create_owned(&ResultLabels { result });
+        }
+        registry.register("etcd_txns", "etcd transactions, by result", txns.clone());
+
+        let txn_ops = Counter::default();
+        registry.register(
+            "etcd_txn_ops",
+            "Operations (puts and deletes) sent in etcd transactions",
+            txn_ops.clone(),
+        );
+
+        let txn_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "etcd_txn_duration",
+            "Latency of etcd transactions",
+            Unit::Seconds,
+            txn_duration.clone(),
+        );
+
+        let lease_grants = Counter::default();
+        registry.register(
+            "etcd_lease_grants",
+            "etcd leases granted (one per leader term, plus one per lost lease)",
+            lease_grants.clone(),
+        );
+
+        let keepalive_failures = Counter::default();
+        registry.register(
+            "etcd_keepalive_failures",
+            "Failed etcd lease keepalives",
+            keepalive_failures.clone(),
+        );
+
+        let propagation = Histogram::new(PROPAGATION_BUCKETS);
+        registry.register_with_unit(
+            "propagation_latency",
+            "etcd commit time of an endpoint minus its pod's Ready lastTransitionTime \
+             (one-second resolution)",
+            Unit::Seconds,
+            propagation.clone(),
+        );
+
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                reconciles,
+                errors,
+                published,
+                registrations,
+                leader,
+                txns,
+                txn_ops,
+                txn_duration,
+                lease_grants,
+                keepalive_failures,
+                propagation,
+            }),
+        }
+    }
+
+    /// Counts one reconcile.
+    pub fn reconciled(&self, ok: bool) {
+        self.inner
+            .reconciles
+            .get_or_create(&ResultLabels {
+                result: Outcome::from_ok(ok),
+            })
+            .inc();
+    }
+
+    /// Counts one error.
+    pub fn error(&self, kind: ErrorKind) {
+        self.inner.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Sets the number of endpoint keys the operator wants in etcd.
+    pub fn set_published(&self, n: usize) {
+        self.inner.published.set(saturating_i64(n));
+    }
+
+    /// Sets the number of ServiceRegistrations known.
+    pub fn set_registrations(&self, n: usize) {
+        self.inner.registrations.set(saturating_i64(n));
+    }
+
+    /// Records whether this replica is the leader.
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Records one etcd transaction of `ops` operations that took `latency`.
+    pub fn txn(&self, latency: Duration, ops: usize, ok: bool) {
+        self.inner
+            .txns
+            .get_or_create(&ResultLabels {
+                result: Outcome::from_ok(ok),
+            })
+            .inc();
+        self.inner
+            .txn_ops
+            .inc_by(u64::try_from(ops).unwrap_or(u64::MAX));
+        self.inner.txn_duration.observe(latency.as_secs_f64());
+    }
+
+    /// Counts one granted etcd lease.
+    pub fn lease_granted(&self) {
+        self.inner.lease_grants.inc();
+    }
+
+    /// Counts one failed keepalive.
+    pub fn keepalive_failed(&self) {
+        self.inner.keepalive_failures.inc();
+    }
+
+    /// Records one propagation latency directly.
+    pub fn propagation(&self, latency: Duration) {
+        self.inner.propagation.observe(latency.as_secs_f64());
+    }
+
+    /// Records the propagation latency of one endpoint: `committed_at` (when etcd acknowledged
+    /// the txn that put it) minus `ready_since` (the pod's Ready `lastTransitionTime`). A
+    /// negative difference (clock skew between the node and the operator) counts as zero.
+    pub fn propagated(&self, ready_since: &Time, committed_at: SystemTime) {
+        if let Some(latency) = propagation_latency(ready_since, committed_at) {
+            self.propagation(latency);
+        }
+    }
+
+    /// The exposition in the Prometheus text format 0.0.4 ([`PROMETHEUS_TEXT_CONTENT_TYPE`]).
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry)?;
+        Ok(out)
+    }
+
+    /// The exposition in the OpenMetrics 1.0.0 text format ([`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn encode_openmetrics(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
+        Ok(out)
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `committed_at - ready_since`, clamped at zero; `None` when `committed_at` is before the Unix
+/// epoch (a broken clock), which is not worth an observation.
+fn propagation_latency(ready_since: &Time, committed_at: SystemTime) -> Option<Duration> {
+    let committed = committed_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let ready = ready_since.0.as_duration().as_secs_f64();
+    Duration::try_from_secs_f64((committed - ready).max(0.0)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    /// The value of the sample line `series` (the part before the value), if present.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn exposition_names_every_metric() {
+        let text = Metrics::new().encode().unwrap();
+        for name in [
+            "registrar_build_info",
+            "registrar_reconciles_total",
+            "registrar_errors_total",
+            "registrar_published_endpoints",
+            "registrar_registrations",
+            "registrar_leader",
+            "registrar_etcd_txns_total",
+            "registrar_etcd_txn_ops_total",
+            "registrar_etcd_txn_duration_seconds",
+            "registrar_etcd_lease_grants_total",
+            "registrar_etcd_keepalive_failures_total",
+            "registrar_propagation_latency_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn labelled_series_start_at_zero() {
+        let text = Metrics::new().encode().unwrap();
+        assert_eq!(
+            sample(&text, r#"registrar_reconciles_total{result="ok"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, r#"registrar_reconciles_total{result="error"}"#),
+            Some(0.0)
+        );
+        for kind in ErrorKind::ALL {
+            let series = format!(r#"registrar_errors_total{{kind="{}"}}"#, kind.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        assert!(text.contains(r#"registrar_build_info{version="0.1.0"} 1"#));
+    }
+
+    #[test]
+    fn methods_move_the_series() {
+        let m = Metrics::new();
+        let clone = m.clone();
+        m.reconciled(true);
+        m.reconciled(true);
+        clone.reconciled(false);
+        m.error(ErrorKind::Etcd);
+        m.set_published(42);
+        m.set_registrations(3);
+        m.set_leader(true);
+        m.txn(Duration::from_millis(3), 128, true);
+        m.txn(Duration::from_millis(30), 2, false);
+        m.lease_granted();
+        m.keepalive_failed();
+        m.keepalive_failed();
+        m.propagation(Duration::from_millis(1500));
+
+        let text = m.encode().unwrap();
+        let at = |series: &str| sample(&text, series);
+        assert_eq!(at(r#"registrar_reconciles_total{result="ok"}"#), Some(2.0));
+        assert_eq!(
+            at(r#"registrar_reconciles_total{result="error"}"#),
+            Some(1.0)
+        );
+        assert_eq!(at(r#"registrar_errors_total{kind="etcd"}"#), Some(1.0));
+        assert_eq!(at(r#"registrar_errors_total{kind="kube_api"}"#), Some(0.0));
+        assert_eq!(at("registrar_published_endpoints"), Some(42.0));
+        assert_eq!(at("registrar_registrations"), Some(3.0));
+        assert_eq!(at("registrar_leader"), Some(1.0));
+        assert_eq!(at(r#"registrar_etcd_txns_total{result="ok"}"#), Some(1.0));
+        assert_eq!(
+            at(r#"registrar_etcd_txns_total{result="error"}"#),
+            Some(1.0)
+        );
+        assert_eq!(at("registrar_etcd_txn_ops_total"), Some(130.0));
+        assert_eq!(at("registrar_etcd_txn_duration_seconds_count"), Some(2.0));
+        assert_eq!(at("registrar_etcd_lease_grants_total"), Some(1.0));
+        assert_eq!(at("registrar_etcd_keepalive_failures_total"), Some(2.0));
+        assert_eq!(at("registrar_propagation_latency_seconds_count"), Some(1.0));
+        assert_eq!(
+            at(r#"registrar_propagation_latency_seconds_bucket{le="1"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            at(r#"registrar_propagation_latency_seconds_bucket{le="2"}"#),
+            Some(1.0)
+        );
+
+        m.set_leader(false);
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "registrar_leader"), Some(0.0));
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let m = Metrics::new();
+        m.reconciled(true);
+        let text = m.encode_openmetrics().unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(
+            sample(&text, r#"registrar_reconciles_total{result="ok"}"#),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn propagation_is_commit_minus_ready() {
+        // 2025-01-01T00:00:00Z
+        let secs = 1_735_689_600;
+        let ready = Timestamp::from_second(secs).unwrap();
+        let ready_at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+        let committed = ready_at + Duration::from_millis(2500);
+        let latency = propagation_latency(&Time(ready), committed).unwrap();
+        assert_eq!(latency, Duration::from_millis(2500));
+
+        // The node's clock ahead of ours: clamp at zero, never negative.
+        let early = ready_at - Duration::from_secs(3);
+        assert_eq!(
+            propagation_latency(&Time(ready), early),
+            Some(Duration::ZERO)
+        );
+
+        let m = Metrics::new();
+        m.propagated(&Time(ready), committed);
+        let text = m.encode().unwrap();
+        assert_eq!(
+            sample(&text, "registrar_propagation_latency_seconds_sum"),
+            Some(2.5)
+        );
+    }
+}

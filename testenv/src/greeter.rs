@@ -1,0 +1,169 @@
+//! The shared demo/test gRPC service (`proto/greeter.proto`, package `greeter.v1`) and a
+//! [`serve`] helper that runs a real tonic Greeter server on a loopback address.
+//!
+//! Each reply names the backend that answered, so tests and benchmarks can count how calls
+//! spread. A [`TestServer`] counts the RPCs it served and is killed abruptly when stopped or
+//! dropped: it runs on its own Tokio runtime, and shutting that runtime down closes the listener
+//! and every open connection at once, like a crashed process (no GOAWAY, no draining).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tonic::{Request, Response, Status};
+
+tonic::include_proto!("greeter.v1");
+
+pub use greeter_client::GreeterClient;
+pub use greeter_server::{Greeter, GreeterServer};
+
+/// A Greeter that answers `Hello <name>` and names itself in `backend`.
+#[derive(Clone, Debug)]
+pub struct NamedGreeter {
+    name: String,
+    served: Arc<AtomicU64>,
+}
+
+impl NamedGreeter {
+    /// A greeter called `name` that counts served calls in `served`.
+    pub fn new(name: impl Into<String>, served: Arc<AtomicU64>) -> Self {
+        Self {
+            name: name.into(),
+            served,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Greeter for NamedGreeter {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let who = request.into_inner().name;
+        Ok(Response::new(HelloReply {
+            message: format!("Hello {who}"),
+            backend: self.name.clone(),
+        }))
+    }
+}
+
+/// A running Greeter server; stopped (abruptly) when dropped.
+pub struct TestServer {
+    addr: SocketAddr,
+    name: String,
+    served: Arc<AtomicU64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// The address it listens on (the real port when started with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The name it answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many RPCs it has served.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Kills the server: closes the listener and every connection without draining.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Whether it is still serving.
+    pub fn is_running(&self) -> bool {
+        self.runtime.is_some()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("name", &self.name)
+            .field("served", &self.served())
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+/// Starts a Greeter server called `name` on `addr` (a loopback address; port 0 picks a free
+/// port) and returns once it accepts connections.
+///
+/// # Panics
+/// If the address cannot be bound or the server's runtime cannot be created; use
+/// [`try_serve`] to get an error instead.
+pub async fn serve(addr: SocketAddr, name: String) -> TestServer {
+    match try_serve(addr, name).await {
+        Ok(server) => server,
+        Err(e) => panic!("starting a test Greeter server on {addr}: {e:#}"),
+    }
+}
+
+/// Like [`serve`], returning an error instead of panicking.
+pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
+    anyhow::ensure!(addr.ip().is_loopback(), "test servers listen on loopback only, not {addr}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("greeter-{name}"))
+        .enable_all()
+        .build()
+        .context("building the server runtime")?;
+    let listener = {
+        let _guard = runtime.enter();
+        let std_listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        std_listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(std_listener)?
+    };
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let greeter = NamedGreeter::new(name.clone(), served.clone());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task_name = name.clone();
+    runtime.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(GreeterServer::new(greeter))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(server = %task_name, "test Greeter server failed: {e}");
+        }
+    });
+    // The listener is bound before this returns, so connections queue until the server task
+    // accepts them; still wait until a TCP connect succeeds to hand back a serving server.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("test server {name} on {addr}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    Ok(TestServer {
+        addr,
+        name,
+        served,
+        runtime: Some(runtime),
+    })
+}
