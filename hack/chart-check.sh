@@ -100,6 +100,8 @@ if render "$tmp/default.yaml"; then
   expect_in "$tmp/default.yaml" "default: restricted pod security" \
     'runAsNonRoot: true' 'runAsUser: 65532' 'readOnlyRootFilesystem: true' \
     'allowPrivilegeEscalation: false' 'drop: \["ALL"\]' 'type: RuntimeDefault'
+  expect_in "$tmp/default.yaml" "default: kube-system readable for the default cluster id" \
+    'resourceNames: \["kube-system"\]'
   expect_in "$tmp/default.yaml" "default: probes on the admin port" 'path: /healthz' 'path: /readyz' 'port: admin'
   expect_not_in "$tmp/default.yaml" "default: optional objects off" '^kind: ServiceMonitor$' 'REGISTRAR_ETCD_CA_FILE' 'REGISTRAR_ETCD_PASSWORD_FILE'
 else
@@ -120,10 +122,11 @@ for values in "$chart"/ci/*.yaml; do
       expect_in "$out" "$name: TLS, auth, ServiceMonitor, IPv6 bind rendered" \
         '^kind: ServiceMonitor$' 'name: REGISTRAR_ETCD_CA_FILE' 'name: REGISTRAR_ETCD_CERT_FILE' \
         'name: REGISTRAR_ETCD_KEY_FILE' 'name: REGISTRAR_ETCD_PASSWORD_FILE' 'name: REGISTRAR_ETCD_USERNAME' \
-        'secretName: etcd-client-tls' 'key: pass$' 'value: "\[::\]:9090"' 'value: "prod-eu-1"' \
+        'secretName: etcd-client-tls' 'value: "etcd.storage.svc"' 'key: pass$' 'value: "\[::\]:9090"' 'value: "prod-eu-1"' \
         'value: "https://etcd-0.etcd:2379,https://etcd-1.etcd:2379,https://\[fd00::10\]:2379"' \
         'image: "registry.example.test/registrar@sha256:0123' 'resourceNames: \["registrar-leader"\]' \
         'minAvailable: 50%'
+      expect_not_in "$out" "$name: no namespace access with an explicit cluster id" '"kube-system"'
       ;;
     single-replica-values)
       expect_in "$out" "$name: CA only, election off" 'name: REGISTRAR_ETCD_CA_FILE' 'value: "false"' \

@@ -97,7 +97,7 @@ impl AdminServer {
         state: AdminState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AdminError> {
-        tracing::info!(addr = %self.local_addr, "admin server listening");
+        tracing::debug!(addr = %self.local_addr, "admin server serving");
         let (signalled_tx, signalled_rx) = oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;

@@ -281,9 +281,16 @@ async fn drift_by_hand_is_repaired() -> Result<()> {
     client
         .put(format!("{prefix}/shop/greeter/10.66.6.6:1"), "stray", None)
         .await?;
-    client.delete(format!("{prefix}/.owner"), None).await?;
 
     assert_eq!(converged(&mut client, &run, &prefix, &want).await?, lease);
+    assert_eq!(
+        run.handle.stats.snapshot().watch_resumes,
+        0,
+        "repaired by the running session, not by a restart"
+    );
+
+    // The claim deleted by hand is taken again.
+    client.delete(format!("{prefix}/.owner"), None).await?;
     poll("the claim to be restored", WAIT, || {
         let mut client = client.clone();
         let prefix = prefix.clone();
@@ -378,7 +385,53 @@ async fn etcd_down_longer_than_the_ttl_then_back() -> Result<()> {
     // Still alive after several TTLs: keepalives resumed.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(converged(&mut client, &run, &prefix, &more).await?, lease);
-    assert!(run.handle.stats.snapshot().keepalive_failures >= 1);
+    let stats = run.handle.stats.snapshot();
+    assert!(stats.keepalive_failures >= 1);
+    assert_eq!(
+        (stats.relists, stats.watch_resumes),
+        (1, 1),
+        "the watch resumed at the next revision instead of listing again"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_resumed_past_a_compaction_lists_again() -> Result<()> {
+    let mut etcd = Etcd::start().await?;
+    let prefix = unique_name("compact");
+    let want = endpoints(&prefix, 5);
+    let mut cfg = config(&prefix, "cluster-a");
+    // Retries 2-4 s apart: room to change and compact etcd before the writer is back.
+    cfg.backoff_initial = Duration::from_secs(4);
+    cfg.backoff_max = Duration::from_secs(4);
+    let mut run = start(&etcd, cfg, desired(1, want.clone(), true)).await?;
+    run.applied(1).await?;
+
+    etcd.stop().await?;
+    run.wait_state("EtcdUnavailable", |s| {
+        matches!(s, WriterState::EtcdUnavailable { .. })
+    })
+    .await?;
+    let failed_at = tokio::time::Instant::now();
+    etcd.restart().await?;
+    let mut client = etcd.client().await?;
+    let first = want.keys().next().context("empty")?;
+    client.delete(first.as_str(), None).await?;
+    let stray = format!("{prefix}/shop/greeter/10.66.6.6:1");
+    let put = client.put(stray.as_str(), "stray", None).await?;
+    let rev = put.header().context("no header")?.revision();
+    client.compact(rev, None).await?;
+    let in_time = failed_at.elapsed() < Duration::from_millis(1900);
+
+    converged(&mut client, &run, &prefix, &want).await?;
+    if in_time {
+        assert!(
+            run.handle.stats.snapshot().relists >= 2,
+            "resuming past the compaction must list again"
+        );
+    } else {
+        eprintln!("etcd restarted too slowly to be sure the resume hit the compaction");
+    }
     Ok(())
 }
 

@@ -132,7 +132,10 @@ mod tests {
         let mut base = 1.0f64;
         for _ in 0..30 {
             let d = s.next_delay().as_secs_f64();
-            assert!(d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9, "{d} vs {base}");
+            assert!(
+                d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9,
+                "{d} vs {base}"
+            );
             base = (base * 1.6).min(120.0);
         }
         assert_eq!(s.current(), Duration::from_secs(120));

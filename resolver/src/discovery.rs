@@ -59,12 +59,22 @@ impl Snapshot {
 }
 
 /// Options and constructor of a [`Resolver`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ResolverBuilder {
     client: Client,
     target: String,
     backoff: Backoff,
     request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ResolverBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolverBuilder")
+            .field("target", &self.target)
+            .field("backoff", &self.backoff)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResolverBuilder {
@@ -399,7 +409,11 @@ impl Discovery {
     }
 }
 
-fn publish(tx: &watch::Sender<Arc<Snapshot>>, revision: i64, endpoints: &BTreeMap<String, Endpoint>) {
+fn publish(
+    tx: &watch::Sender<Arc<Snapshot>>,
+    revision: i64,
+    endpoints: &BTreeMap<String, Endpoint>,
+) {
     tx.send_if_modified(|current| {
         if current.endpoints == *endpoints {
             return false;
@@ -419,7 +433,14 @@ fn log_diff(prefix: &str, old: &BTreeMap<String, Endpoint>, new: &BTreeMap<Strin
         .iter()
         .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
         .count();
-    tracing::info!(prefix, added, removed, updated, total = new.len(), "relisted endpoints");
+    tracing::info!(
+        prefix,
+        added,
+        removed,
+        updated,
+        total = new.len(),
+        "relisted endpoints"
+    );
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -43,6 +43,10 @@ pub enum Error {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The shared lease is lost and being re-granted (etcd unreachable?): new registrations
+    /// fail until it is back; existing ones are re-put automatically.
+    #[error("no etcd lease at the moment (being re-granted)")]
+    NoLease,
     /// The background task serving this handle has stopped (the runtime is shutting down).
     #[error("the background task has stopped")]
     Stopped,

@@ -1,1 +1,85 @@
+//! Client-side gRPC service discovery through etcd for [tonic], wire-compatible with etcd's
+//! gRPC naming (`go.etcd.io/etcd/client/v3/naming`), with real round-robin over READY backends.
+//!
+//! Backends of a *target* (e.g. `registrar/shop/greeter`) are etcd keys `<target>/<addr>`
+//! whose values are `{"Op":0,"Addr":"10.1.0.5:50051","Metadata":…}`: what the Registrar
+//! operator publishes for Kubernetes workloads, what Go's `endpoints.Manager` writes and what
+//! [`Registration`] writes for servers outside Kubernetes.
+//!
+//! - [`Resolver`] keeps the endpoint set of a target: list, then watch from the next revision,
+//!   resume after broken streams, relist after compaction, keep the last known set while etcd
+//!   is unreachable. Consumers get [`Snapshot`]s.
+//! - [`Balancer`] is a `Clone` [`tower::Service`] usable by any tonic-generated client: one
+//!   connection per backend address, round-robin over READY backends only, gRPC connection
+//!   backoff for failing ones, bounded wait then `Unavailable` when none is ready.
+//! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
+//!   and re-put after a loss, deleted on shutdown.
+//! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password.
+//!
+//! # Example
+//!
+//! A server registers itself; a client calls the target through the balancer.
+//!
+//! ```no_run
+//! # use registrar_testenv::greeter as pb; // stands for your tonic-generated module
+//! use std::time::Duration;
+//! use registrar_resolver::{Balancer, EtcdConnect, Registration};
+//! use serde_json::json;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let etcd = EtcdConnect::new(["http://127.0.0.1:2379"]).connect().await?;
+//!
+//!     // Server side: serve on 127.0.0.2:50051 (not shown), then register it.
+//!     let registration = Registration::builder(etcd.clone(), "registrar/shop/greeter", "127.0.0.2:50051")
+//!         .metadata(json!({"zone": "a"}))
+//!         .ttl(Duration::from_secs(10))
+//!         .register()
+//!         .await?;
+//!
+//!     // Client side: one balanced channel for the whole target.
+//!     let channel = Balancer::builder(etcd, "registrar/shop/greeter")
+//!         .wait_for_ready_timeout(Duration::from_secs(5))
+//!         .build()
+//!         .await?;
+//!     let mut client = pb::GreeterClient::new(channel);
+//!     let reply = client
+//!         .say_hello(pb::HelloRequest { name: "world".into() })
+//!         .await?;
+//!     println!("{} (from {})", reply.get_ref().message, reply.get_ref().backend);
+//!
+//!     registration.deregister().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Compatibility notes
+//!
+//! - The resolver reads `<target>/` (with the slash), as etcd's Go resolver 3.5+ does for its
+//!   watch; a target with a trailing slash is the same target.
+//! - Values are decoded like Go's `encoding/json` (see [`value`]); invalid ones are skipped with
+//!   a warning. A PUT that replaces a valid value with an invalid one removes the endpoint (a
+//!   relist would not find it either), where Go's resolver would keep the stale address.
+//! - Unlike Go's resolver, which stops for good when its watch fails, this one resumes, relists
+//!   after compaction, and lets calls wait (bounded) instead of blocking forever on an empty set.
 
+#![deny(missing_docs)]
+
+mod backoff;
+mod balancer;
+mod connect;
+mod discovery;
+mod error;
+mod registration;
+pub mod value;
+
+pub use backoff::Backoff;
+pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
+pub use connect::EtcdConnect;
+pub use discovery::{Resolver, ResolverBuilder, Snapshot};
+pub use error::Error;
+pub use registration::{Registration, RegistrationBuilder, SharedLease, SharedLeaseBuilder};
+pub use value::{Endpoint, Metadata};
+
+/// The etcd client this crate works with (re-exported so versions match).
+pub use etcd_client;

@@ -39,7 +39,10 @@ impl Endpoint {
     /// Decodes an etcd value (see the module docs for the rules).
     pub fn decode(value: &[u8]) -> Result<Self, ValueError> {
         let wire: WireIn = serde_json::from_slice(value).map_err(ValueError::Json)?;
-        let addr = wire.addr.filter(|a| !a.is_empty()).ok_or(ValueError::MissingAddr)?;
+        let addr = wire
+            .addr
+            .filter(|a| !a.is_empty())
+            .ok_or(ValueError::MissingAddr)?;
         validate_addr(&addr)?;
         Ok(Endpoint {
             addr,
@@ -169,7 +172,8 @@ pub fn validate_addr(addr: &str) -> Result<(), ValueError> {
     };
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
         let (v6, port) = rest.split_once("]:").ok_or_else(|| bad("no port"))?;
-        v6.parse::<Ipv6Addr>().map_err(|_| bad("invalid IPv6 address"))?;
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| bad("invalid IPv6 address"))?;
         (v6, port)
     } else {
         let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -282,16 +286,16 @@ mod tests {
 
     #[test]
     fn ignores_op_value_and_unknown_fields() {
-        let e = decode(r#"{"Op":1,"Addr":"a:1","Extra":[1,{"x":2}],"Metadata":{"k":"v"}}"#)
-            .unwrap();
+        let e =
+            decode(r#"{"Op":1,"Addr":"a:1","Extra":[1,{"x":2}],"Metadata":{"k":"v"}}"#).unwrap();
         assert_eq!(e.addr, "a:1");
         assert_eq!(e.metadata.to_value().unwrap(), json!({"k": "v"}));
     }
 
     #[test]
     fn field_names_are_case_insensitive_and_last_wins() {
-        let e = decode(r#"{"addr":"a:1","ADDR":"b:2","metadata":1,"mEtAdAtA":{"z":null}}"#)
-            .unwrap();
+        let e =
+            decode(r#"{"addr":"a:1","ADDR":"b:2","metadata":1,"mEtAdAtA":{"z":null}}"#).unwrap();
         assert_eq!(e.addr, "b:2");
         assert_eq!(e.metadata.as_json(), r#"{"z":null}"#);
     }
@@ -304,8 +308,7 @@ mod tests {
 
     #[test]
     fn null_addr_keeps_earlier_value_and_null_metadata_clears() {
-        let e = decode(r#"{"Addr":"a:1","Addr":null,"Metadata":{"x":1},"Metadata":null}"#)
-            .unwrap();
+        let e = decode(r#"{"Addr":"a:1","Addr":null,"Metadata":{"x":1},"Metadata":null}"#).unwrap();
         assert_eq!(e.addr, "a:1");
         assert!(e.metadata.is_null());
     }
@@ -341,7 +344,10 @@ mod tests {
     fn rejects_missing_or_bad_addr() {
         assert!(matches!(decode("{}"), Err(ValueError::MissingAddr)));
         assert!(matches!(decode("null"), Err(ValueError::MissingAddr)));
-        assert!(matches!(decode(r#"{"Addr":""}"#), Err(ValueError::MissingAddr)));
+        assert!(matches!(
+            decode(r#"{"Addr":""}"#),
+            Err(ValueError::MissingAddr)
+        ));
         for bad in [
             "nohost",
             ":80",
@@ -370,7 +376,7 @@ mod tests {
 
     #[test]
     fn garbage_does_not_panic() {
-        let garbage: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let garbage: Vec<u8> = (0..2_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
         assert!(Endpoint::decode(&garbage).is_err());
         let deep = "[".repeat(100_000);
         assert!(Endpoint::decode(deep.as_bytes()).is_err());
@@ -381,7 +387,10 @@ mod tests {
     #[test]
     fn encodes_go_shape() {
         let e = Endpoint::new("127.0.0.2:1", Metadata::null()).unwrap();
-        assert_eq!(e.encode(), r#"{"Op":0,"Addr":"127.0.0.2:1","Metadata":null}"#);
+        assert_eq!(
+            e.encode(),
+            r#"{"Op":0,"Addr":"127.0.0.2:1","Metadata":null}"#
+        );
         let e = Endpoint::new("h:2", json!({"pod": "p", "n": [1, 2]}).into()).unwrap();
         assert_eq!(
             e.encode(),

@@ -2,7 +2,8 @@
 //! [`serve`] helper that runs a real tonic Greeter server on a loopback address.
 //!
 //! Each reply names the backend that answered, so tests and benchmarks can count how calls
-//! spread. A [`TestServer`] counts the RPCs it served and is killed abruptly when stopped or
+//! spread. A request whose name is `sleep:<ms>` is answered after that many milliseconds, to
+//! keep a call in flight. A [`TestServer`] counts the RPCs it served and is killed abruptly when stopped or
 //! dropped: it runs on its own Tokio runtime, and shutting that runtime down closes the listener
 //! and every open connection at once, like a crashed process (no GOAWAY, no draining).
 
@@ -19,7 +20,8 @@ tonic::include_proto!("greeter.v1");
 pub use greeter_client::GreeterClient;
 pub use greeter_server::{Greeter, GreeterServer};
 
-/// A Greeter that answers `Hello <name>` and names itself in `backend`.
+/// A Greeter that answers `Hello <name>` and names itself in `backend` (`sleep:<ms>` delays the
+/// answer).
 #[derive(Clone, Debug)]
 pub struct NamedGreeter {
     name: String,
@@ -42,8 +44,11 @@ impl Greeter for NamedGreeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        self.served.fetch_add(1, Ordering::Relaxed);
         let who = request.into_inner().name;
+        if let Some(ms) = who.strip_prefix("sleep:").and_then(|ms| ms.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(HelloReply {
             message: format!("Hello {who}"),
             backend: self.name.clone(),
@@ -120,7 +125,10 @@ pub async fn serve(addr: SocketAddr, name: String) -> TestServer {
 
 /// Like [`serve`], returning an error instead of panicking.
 pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
-    anyhow::ensure!(addr.ip().is_loopback(), "test servers listen on loopback only, not {addr}");
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "test servers listen on loopback only, not {addr}"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(format!("greeter-{name}"))

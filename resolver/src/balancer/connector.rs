@@ -143,7 +143,9 @@ impl tower::Service<Uri> for OneShotConnector {
             };
             let authority = uri
                 .authority()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URI without authority"))?
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "URI without authority")
+                })?
                 .as_str()
                 .to_owned();
             let stream = TcpStream::connect(authority.as_str()).await?;

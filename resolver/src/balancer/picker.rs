@@ -100,7 +100,11 @@ mod tests {
     #[test]
     fn random_start() {
         let starts: std::collections::HashSet<_> = (0..200)
-            .map(|_| *Picker::new(vec![entry("a"), entry("b"), entry("c")]).pick().unwrap())
+            .map(|_| {
+                *Picker::new(vec![entry("a"), entry("b"), entry("c")])
+                    .pick()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(starts.len(), 3);
     }

@@ -12,54 +12,55 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
+use super::ConnectivityState;
 use super::connector::{OneShotConnector, TcpSettings};
 use super::pool::Pool;
-use super::ConnectivityState;
 use crate::backoff::{Backoff, BackoffState};
 
-/// What a subchannel needs to connect.
-#[derive(Clone, Debug)]
-pub(crate) struct SubchannelConfig {
-    pub(crate) endpoint: Endpoint,
+/// When and how long to try connecting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectPolicy {
     pub(crate) backoff: Backoff,
     pub(crate) min_connect_timeout: Duration,
 }
 
-/// Runs the connection of `addr` until aborted by the pool.
-pub(crate) async fn run(addr: Arc<str>, generation: u64, config: SubchannelConfig, pool: Arc<Pool>) {
-    let tcp = TcpSettings::from_endpoint(&config.endpoint);
-    let mut backoff = BackoffState::new(config.backoff);
+/// Runs the connection of `addr` through `endpoint` until aborted by the pool.
+pub(crate) async fn run(
+    addr: Arc<str>,
+    generation: u64,
+    endpoint: Endpoint,
+    policy: ConnectPolicy,
+    pool: Arc<Pool>,
+) {
+    let tcp = TcpSettings::from_endpoint(&endpoint);
+    let mut backoff = BackoffState::new(policy.backoff);
     let mut window_end = Instant::now() + backoff.current();
     loop {
         pool.set_state(&addr, generation, ConnectivityState::Connecting, None);
         let timeout = window_end
             .saturating_duration_since(Instant::now())
-            .max(config.min_connect_timeout);
+            .max(policy.min_connect_timeout);
         let (connector, watch) = OneShotConnector::new(tcp);
-        let error = match tokio::time::timeout(
-            timeout,
-            config.endpoint.connect_with_connector(connector),
-        )
-        .await
-        {
-            Ok(Ok(channel)) => {
-                let ready_at = Instant::now();
-                backoff.reset();
-                tracing::debug!(%addr, "backend connected");
-                pool.set_ready(&addr, generation, channel, watch.alive());
-                watch.closed().await;
-                tracing::info!(%addr, "backend connection lost; reconnecting");
-                pool.set_state(&addr, generation, ConnectivityState::Idle, None);
-                // A connection that dies right after connecting must not make us redial in a
-                // tight loop: space attempts by at least the initial backoff.
-                let earliest = ready_at + backoff.current();
-                tokio::time::sleep_until(earliest).await;
-                window_end = Instant::now() + backoff.current();
-                continue;
-            }
-            Ok(Err(e)) => error_chain(&e),
-            Err(_) => format!("connect timed out after {timeout:?}"),
-        };
+        let error =
+            match tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await {
+                Ok(Ok(channel)) => {
+                    let ready_at = Instant::now();
+                    backoff.reset();
+                    tracing::debug!(%addr, "backend connected");
+                    pool.set_ready(&addr, generation, channel, watch.alive());
+                    watch.closed().await;
+                    tracing::info!(%addr, "backend connection lost; reconnecting");
+                    pool.set_state(&addr, generation, ConnectivityState::Idle, None);
+                    // A connection that dies right after connecting must not make us redial in a
+                    // tight loop: space attempts by at least the initial backoff.
+                    let earliest = ready_at + backoff.current();
+                    tokio::time::sleep_until(earliest).await;
+                    window_end = Instant::now() + backoff.current();
+                    continue;
+                }
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => format!("connect timed out after {timeout:?}"),
+            };
         tracing::debug!(%addr, %error, "backend connection attempt failed");
         pool.set_state(
             &addr,

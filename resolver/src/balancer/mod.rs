@@ -1,0 +1,389 @@
+//! The client-side balancer: a [`tower::Service`] (hence a [`tonic::client::GrpcService`]) that
+//! sends each call to the next READY backend of a target, round-robin.
+//!
+//! - One HTTP/2 connection per distinct backend address (keys naming the same `Addr` share it).
+//! - Connectivity is tracked per backend ([`ConnectivityState`]); only READY backends are picked,
+//!   in true round-robin order from a random start. Failing backends are retried with gRPC's
+//!   connection backoff; a lost connection is redialed at once.
+//! - With no READY backend a call waits up to the configured time (and never past its own
+//!   `grpc-timeout`), then fails with `Unavailable`.
+//! - A backend removed from etcd leaves the picker at once; calls already sent to it finish.
+
+mod connector;
+mod picker;
+mod pool;
+mod subchannel;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use etcd_client::Client;
+use futures::future::BoxFuture;
+use tonic::body::Body;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use tower::ServiceExt;
+
+use crate::backoff::Backoff;
+use crate::discovery::{Resolver, ResolverBuilder};
+use crate::error::Error;
+use pool::{AbortOnDrop, EndpointFactory, Picked, Pool};
+use subchannel::ConnectPolicy;
+
+/// Connectivity of one backend, as in gRPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectivityState {
+    /// Not connected and not trying (just added, or its connection was just lost).
+    Idle,
+    /// A connection attempt is in progress.
+    Connecting,
+    /// Connected: calls are sent here.
+    Ready,
+    /// The last attempt failed; the next one starts when the backoff window ends.
+    TransientFailure,
+}
+
+/// The state of one backend, from [`Balancer::backends`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// `host:port`.
+    pub addr: String,
+    /// Current connectivity.
+    pub state: ConnectivityState,
+    /// Why the last connection attempt failed, while not READY.
+    pub last_error: Option<String>,
+}
+
+type Configure = dyn Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
+
+/// Options and constructor of a [`Balancer`].
+pub struct BalancerBuilder {
+    resolver: ResolverBuilder,
+    tls: Option<ClientTlsConfig>,
+    configure: Option<Arc<Configure>>,
+    backoff: Backoff,
+    min_connect_timeout: Duration,
+    wait_for_ready: Duration,
+}
+
+impl fmt::Debug for BalancerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancerBuilder")
+            .field("resolver", &self.resolver)
+            .field("tls", &self.tls)
+            .field("configure", &self.configure.is_some())
+            .field("backoff", &self.backoff)
+            .field("min_connect_timeout", &self.min_connect_timeout)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .finish()
+    }
+}
+
+impl BalancerBuilder {
+    /// Connect to backends with TLS (`https`). Backends are usually registered by IP address,
+    /// so set the name to verify with [`ClientTlsConfig::domain_name`].
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Adjusts every backend's [`Endpoint`] (request timeout, HTTP/2 keepalive, window sizes,
+    /// user agent, concurrency limit, …). It receives the endpoint for `http(s)://<addr>` with
+    /// TLS already applied. [`Endpoint::connect_timeout`] bounds the TCP connect; the whole
+    /// attempt is bounded by the connection backoff (see [`min_connect_timeout`](Self::min_connect_timeout)).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn f(b: registrar_resolver::BalancerBuilder) -> registrar_resolver::BalancerBuilder {
+    /// b.configure_endpoint(|e| {
+    ///     Ok(e.timeout(Duration::from_secs(5))
+    ///         .http2_keep_alive_interval(Duration::from_secs(10))
+    ///         .keep_alive_timeout(Duration::from_secs(5)))
+    /// })
+    /// # }
+    /// ```
+    pub fn configure_endpoint(
+        mut self,
+        f: impl Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(Arc::new(f));
+        self
+    }
+
+    /// Backoff between connection attempts to a failing backend (default [`Backoff::GRPC`]:
+    /// 1 s, ×1.6, at most 120 s, jitter 0.2).
+    pub fn connection_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The least time a connection attempt is given (default 20 s, as in gRPC).
+    pub fn min_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.min_connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for a READY backend before failing with `Unavailable`
+    /// (default 10 s; a shorter `grpc-timeout` on the call wins).
+    pub fn wait_for_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_for_ready = timeout;
+        self
+    }
+
+    /// Backoff between attempts to reach etcd again (see [`ResolverBuilder::backoff`]).
+    pub fn etcd_backoff(mut self, backoff: Backoff) -> Self {
+        self.resolver = self.resolver.backoff(backoff);
+        self
+    }
+
+    /// Deadline of each etcd list/watch request (see [`ResolverBuilder::request_timeout`]).
+    pub fn etcd_request_timeout(mut self, timeout: Duration) -> Self {
+        self.resolver = self.resolver.request_timeout(timeout);
+        self
+    }
+
+    /// Reads the target's endpoints from etcd (failing if etcd cannot be read), starts watching
+    /// them and connecting to the backends. Returns without waiting for connections: calls wait
+    /// for the first READY backend. Background tasks stop when the last clone is dropped.
+    pub async fn build(self) -> Result<Balancer, Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self.tls;
+        let configure = self.configure;
+        let factory: Arc<EndpointFactory> = Arc::new(move |addr: &str| {
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone())?;
+            }
+            match &configure {
+                Some(f) => f(endpoint),
+                None => Ok(endpoint),
+            }
+        });
+        // Fail early on settings that cannot work for any address.
+        factory("127.0.0.1:1")?;
+        let resolver = self.resolver.build().await?;
+        let pool = Arc::new(Pool::new());
+        let policy = ConnectPolicy {
+            backoff: self.backoff,
+            min_connect_timeout: self.min_connect_timeout,
+        };
+        let manager = tokio::spawn(pool::manage(
+            resolver.clone(),
+            pool.clone(),
+            factory,
+            policy,
+        ));
+        Ok(Balancer {
+            inner: Arc::new(Inner {
+                pool,
+                resolver,
+                wait_for_ready: self.wait_for_ready,
+                _manager: AbortOnDrop(manager),
+            }),
+        })
+    }
+}
+
+/// A round-robin gRPC channel over the backends registered in etcd under one target.
+///
+/// Use it wherever a tonic [`Channel`](tonic::transport::Channel) goes: it is `Clone` and
+/// implements [`tower::Service`] for HTTP requests, hence [`tonic::client::GrpcService`]. Calls
+/// that cannot be served fail with a [`tonic::Status`] (boxed in the service error), which tonic
+/// clients return as is.
+#[derive(Clone)]
+pub struct Balancer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Arc<Pool>,
+    resolver: Resolver,
+    wait_for_ready: Duration,
+    _manager: AbortOnDrop,
+}
+
+impl fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("target", &self.inner.resolver.target())
+            .field("backends", &self.inner.pool.statuses())
+            .finish()
+    }
+}
+
+impl Balancer {
+    /// A builder for a balancer over `target` (e.g. `registrar/shop/greeter`).
+    pub fn builder(client: Client, target: impl Into<String>) -> BalancerBuilder {
+        BalancerBuilder {
+            resolver: Resolver::builder(client, target),
+            tls: None,
+            configure: None,
+            backoff: Backoff::GRPC,
+            min_connect_timeout: Duration::from_secs(20),
+            wait_for_ready: Duration::from_secs(10),
+        }
+    }
+
+    /// The resolver feeding this balancer.
+    pub fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
+    }
+
+    /// Every known backend and its connectivity, ordered by address.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.inner.pool.statuses()
+    }
+
+    /// Number of READY backends.
+    pub fn ready_count(&self) -> usize {
+        self.inner.pool.picker().len()
+    }
+}
+
+/// Future of a call through the [`Balancer`].
+pub struct ResponseFuture {
+    inner: BoxFuture<'static, Result<http::Response<Body>, tower::BoxError>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, tower::BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Balancer {
+    type Response = http::Response<Body>;
+    type Error = tower::BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: waiting for a backend happens per call, bounded in time.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let picked = self.inner.pool.picker().pick().cloned();
+        let inner = match picked {
+            Some(picked) => Box::pin(send(picked, request)) as BoxFuture<'static, _>,
+            None => {
+                let pool = self.inner.pool.clone();
+                let wait = grpc_timeout(request.headers()).map_or(self.inner.wait_for_ready, |t| {
+                    t.min(self.inner.wait_for_ready)
+                });
+                Box::pin(async move {
+                    let picked = wait_for_ready(&pool, wait).await?;
+                    send(picked, request).await
+                })
+            }
+        };
+        ResponseFuture { inner }
+    }
+}
+
+async fn send(
+    picked: Picked,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, tower::BoxError> {
+    picked.channel.oneshot(request).await.map_err(Into::into)
+}
+
+/// Waits until a backend can be picked, at most `wait`.
+async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Picked, tower::BoxError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pickers = pool.subscribe();
+    loop {
+        if let Some(picked) = pickers.borrow_and_update().pick().cloned() {
+            return Ok(picked);
+        }
+        // A picker can also become empty of live entries without being replaced (its only
+        // connection just closed); the replacement follows at once, so waiting for it is right.
+        match tokio::time::timeout_at(deadline, pickers.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => {
+                return Err(Box::new(tonic::Status::unavailable(format!(
+                    "no ready backend within {wait:?}"
+                ))));
+            }
+        }
+    }
+}
+
+/// The `grpc-timeout` of a request: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn parses_grpc_timeout() {
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            grpc_timeout(&headers("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("2H")),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(
+            grpc_timeout(&headers("99999999n")),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S", "1.5S"] {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = bad.parse() {
+                h.insert("grpc-timeout", v);
+            }
+            assert_eq!(grpc_timeout(&h), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn empty_pool_fails_unavailable_after_the_wait() {
+        let pool = Pool::new();
+        let start = tokio::time::Instant::now();
+        let err = wait_for_ready(&pool, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let status = err.downcast::<tonic::Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,300 @@
+//! Shared fixtures of the operator's integration tests: a control plane, a separate etcd for
+//! Registrar's keys, the `registrar` binary as a real process, and helpers to make pods Ready
+//! and to read etcd.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use registrar::crd::ServiceRegistration;
+use registrar_testenv::{ControlPlane, Etcd, Process, free_port, poll};
+use serde_json::{Value, json};
+
+/// Default deadline for conditions in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `registrar run` process.
+pub struct Operator {
+    pub process: Process,
+    pub admin: String,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Options for [`Operator::start`].
+#[derive(Clone)]
+pub struct OperatorOptions {
+    pub prefix: String,
+    pub cluster_id: String,
+    pub lease_ttl: u64,
+    pub extra: Vec<String>,
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl OperatorOptions {
+    pub fn new(prefix: &str) -> Self {
+        OperatorOptions {
+            prefix: prefix.to_string(),
+            cluster_id: "cluster-a".into(),
+            lease_ttl: 3,
+            extra: Vec::new(),
+            kubeconfig: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Operator {
+    /// Starts the operator binary against `cp` and `etcd`.
+    pub async fn start(cp: &ControlPlane, etcd: &Etcd, opts: &OperatorOptions) -> Result<Operator> {
+        let dir = tempfile::Builder::new().prefix("registrar-op-").tempdir()?;
+        let port = free_port()?;
+        let admin = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrar"));
+        cmd.arg("run")
+            .arg("--kubeconfig")
+            .arg(opts.kubeconfig.as_deref().unwrap_or(cp.kubeconfig()))
+            .arg("--etcd-endpoints")
+            .arg(etcd.endpoint())
+            .arg("--prefix")
+            .arg(&opts.prefix)
+            .arg("--cluster-id")
+            .arg(&opts.cluster_id)
+            .arg("--lease-ttl")
+            .arg(opts.lease_ttl.to_string())
+            .arg("--admin-addr")
+            .arg(&admin)
+            .args(&opts.extra)
+            .env("RUST_LOG", "info,registrar=debug")
+            .env_remove("KUBECONFIG");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let log = dir.path().join("registrar.log");
+        let process = Process::spawn("registrar", cmd, &log)?;
+        let mut op = Operator {
+            process,
+            admin,
+            log,
+            _dir: dir,
+        };
+        op.wait_ready().await?;
+        Ok(op)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let admin = self.admin.clone();
+        let res = poll("operator /readyz", DEADLINE, || {
+            let admin = admin.clone();
+            async move { (http_get(&admin, "/readyz").await.ok()?.0 == 200).then_some(()) }
+        })
+        .await;
+        if res.is_err() {
+            self.process.check_alive()?;
+            anyhow::bail!("operator not ready; log tail:\n{}", self.process.log_tail(40));
+        }
+        Ok(())
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(http_get(&self.admin, "/metrics").await?.1)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- registrar log tail ({}) ---\n{}", self.admin, self.process.log_tail(60));
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Creates namespace `name`.
+pub async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+/// Creates a ServiceRegistration from a spec.
+pub async fn create_reg(client: &kube::Client, ns: &str, name: &str, spec: Value) -> Result<ServiceRegistration> {
+    let reg: ServiceRegistration = serde_json::from_value(json!({
+        "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))?;
+    Ok(Api::<ServiceRegistration>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &reg)
+        .await?)
+}
+
+/// Merge-patches a registration's spec.
+pub async fn patch_reg(client: &kube::Client, ns: &str, name: &str, spec: Value) -> Result<()> {
+    Api::<ServiceRegistration>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .await?;
+    Ok(())
+}
+
+/// Creates a pod with `labels` and a container port `grpc`=`port`, on node `node-1`.
+pub async fn create_pod(client: &kube::Client, ns: &str, name: &str, labels: Value, port: i32) -> Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "example.invalid/app",
+                 "ports": [{"name": "grpc", "containerPort": port}]}]}
+    }))?;
+    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await?;
+    Ok(())
+}
+
+/// Sets a pod's IP and Ready condition (as a kubelet would).
+pub async fn set_ready(client: &kube::Client, ns: &str, name: &str, ip: &str, ready: bool) -> Result<()> {
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}]}});
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+/// Creates a pod and makes it Ready with `ip`.
+pub async fn ready_pod(client: &kube::Client, ns: &str, name: &str, labels: Value, ip: &str) -> Result<()> {
+    create_pod(client, ns, name, labels, 50051).await?;
+    set_ready(client, ns, name, ip, true).await
+}
+
+/// Every key under `prefix/` (excluding the owner claim) with its value.
+pub async fn etcd_keys(etcd: &mut etcd_client::Client, prefix: &str) -> Result<BTreeMap<String, String>> {
+    let resp = etcd
+        .get(format!("{prefix}/"), Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value_str().ok()?.to_string())))
+        .filter(|(k, _)| !k.ends_with("/.owner"))
+        .collect())
+}
+
+/// Waits until the keys under `prefix/` are exactly `want` (key names only).
+pub async fn wait_keys(etcd: &etcd_client::Client, prefix: &str, want: &[&str]) -> Result<BTreeMap<String, String>> {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let res = poll(&format!("etcd keys {want:?}"), DEADLINE, || {
+        let mut etcd = etcd.clone();
+        let want = want.clone();
+        let prefix = prefix.to_string();
+        async move {
+            let keys = etcd_keys(&mut etcd, &prefix).await.ok()?;
+            (keys.keys().cloned().collect::<Vec<_>>() == want).then_some(keys)
+        }
+    })
+    .await;
+    match res {
+        Ok(keys) => Ok(keys),
+        Err(e) => {
+            let mut etcd = etcd.clone();
+            let now = etcd_keys(&mut etcd, prefix).await.unwrap_or_default();
+            anyhow::bail!("{e}; keys now: {:?}", now.keys().collect::<Vec<_>>())
+        }
+    }
+}
+
+/// Waits until the registration's Ready condition has `reason`; returns the registration.
+pub async fn wait_reason(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Result<ServiceRegistration> {
+    let api: Api<ServiceRegistration> = Api::namespaced(client.clone(), ns);
+    let res = poll(&format!("{ns}/{name} Ready reason {reason}"), DEADLINE, || {
+        let api = api.clone();
+        async move {
+            let reg = api.get(name).await.ok()?;
+            let ok = reg
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == reason);
+            ok.then_some(reg)
+        }
+    })
+    .await;
+    match res {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let now = api.get(name).await.ok().and_then(|r| r.status);
+            anyhow::bail!("{e}; status now: {now:?}")
+        }
+    }
+}
+
+/// The lease id of a key.
+pub async fn lease_of(etcd: &mut etcd_client::Client, key: &str) -> Result<i64> {
+    let resp = etcd.get(key, None).await?;
+    Ok(resp.kvs().first().map(|kv| kv.lease()).unwrap_or(0))
+}
+
+/// Path to the operator binary.
+pub fn operator_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_registrar"))
+}
+
+/// One test's world: a control plane, Registrar's own etcd, a namespace and a prefix.
+pub struct Ground {
+    pub cp: ControlPlane,
+    pub etcd: Etcd,
+    pub client: kube::Client,
+    pub kv: etcd_client::Client,
+    pub ns: String,
+    pub prefix: String,
+}
+
+impl Ground {
+    pub async fn new() -> Result<Ground> {
+        let (cp, etcd) = tokio::try_join!(ControlPlane::start(), Etcd::start())?;
+        let client = cp.client().await?;
+        let kv = etcd.client().await?;
+        let ns = registrar_testenv::unique_name("ns");
+        namespace(&client, &ns).await?;
+        let prefix = "registrar".to_string();
+        Ok(Ground { cp, etcd, client, kv, ns, prefix })
+    }
+
+    pub fn options(&self) -> OperatorOptions {
+        OperatorOptions::new(&self.prefix)
+    }
+
+    pub async fn operator(&self) -> Result<Operator> {
+        Operator::start(&self.cp, &self.etcd, &self.options()).await
+    }
+
+    /// `<prefix>/<ns>/<service>/<addr>`.
+    pub fn key(&self, service: &str, addr: &str) -> String {
+        format!("{}/{}/{service}/{addr}", self.prefix, self.ns)
+    }
+}
