@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use registrar::admin::{AdminServer, AdminState};
 use registrar::config::{Cli, Command, LogFormat, RunArgs};
-use registrar::controller::Engine;
+use registrar::controller::{Engine, EtcdConnection};
 use registrar::etcd::WriterConfig;
 use registrar::metrics::Metrics;
 use tokio::sync::watch;
@@ -67,29 +67,46 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// Connects to etcd, retrying with backoff until it answers (or shutdown).
-async fn etcd_client(args: &RunArgs, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Option<etcd_client::Client>> {
+/// Dials etcd in the background, retrying with backoff until it answers (or shutdown), and
+/// publishes the connection state: until connected, registrations show `EtcdUnavailable` with
+/// the reason (e.g. wrong credentials) instead of the process crash-looping.
+fn connect_etcd(args: &RunArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
     let options = args.etcd_connect_options()?;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match etcd_client::Client::connect(args.etcd_endpoints.clone(), Some(options.clone())).await {
-            Ok(client) => return Ok(Some(client)),
-            Err(e) => {
-                tracing::warn!(error = %e, endpoints = ?args.etcd_endpoints, "cannot connect to etcd; retrying in {delay:?}");
+    let endpoints = args.etcd_endpoints.clone();
+    let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(15),
+                etcd_client::Client::connect(endpoints.clone(), Some(options.clone())),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(client)) => {
+                    tracing::info!(endpoints = ?endpoints, "connected to etcd");
+                    let _ = tx.send(EtcdConnection::Connected(client));
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out connecting to etcd".to_string(),
+            };
+            tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
+            let _ = tx.send(EtcdConnection::Connecting(format!("cannot connect to etcd: {error}")));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
             }
+            delay = (delay * 2).min(Duration::from_secs(30));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Ok(None),
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+    });
+    Ok(rx)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Configuration errors first: they must fail at start, naming the flag.
     args.etcd_connect_options()?;
-    let (shutdown_tx, mut shutdown) = watch::channel(false);
+    let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -127,9 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(prefix = %args.prefix, cluster_id = %cluster_id, lease_ttl = ?args.lease_ttl(), "starting");
 
-    let Some(etcd) = etcd_client(&args, &mut shutdown).await? else {
-        return Ok(());
-    };
+    let etcd = connect_etcd(&args, shutdown.clone())?;
     let leader = registrar::leader::elect(client.clone(), &args).await?;
     let mut writer = WriterConfig::new(args.prefix.clone(), cluster_id);
     writer.lease_ttl = args.lease_ttl();

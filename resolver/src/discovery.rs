@@ -240,7 +240,7 @@ impl Discovery {
         let Ok(key) = kv.key_str() else {
             tracing::warn!(
                 prefix = %self.prefix,
-                key = %String::from_utf8_lossy(&kv.key()[..kv.key().len().min(200)]),
+                key = ?String::from_utf8_lossy(&kv.key()[..kv.key().len().min(200)]),
                 "skipping endpoint: key is not UTF-8"
             );
             return None;
@@ -249,9 +249,9 @@ impl Discovery {
             Ok(endpoint) => Some((key.to_owned(), endpoint)),
             Err(e) => {
                 tracing::warn!(
-                    key = %truncate(key, 200),
+                    key = ?truncate(key, 200),
                     value_len = kv.value().len(),
-                    value_start = %String::from_utf8_lossy(&kv.value()[..kv.value().len().min(64)]),
+                    value_start = ?String::from_utf8_lossy(&kv.value()[..kv.value().len().min(64)]),
                     error = %e,
                     "skipping invalid endpoint value"
                 );
@@ -390,7 +390,7 @@ impl Discovery {
             match update {
                 Some((key, endpoint)) => {
                     if endpoints.get(&key) != Some(&endpoint) {
-                        tracing::info!(%key, addr = %endpoint.addr, "endpoint added or updated");
+                        tracing::info!(?key, addr = %endpoint.addr, "endpoint added or updated");
                         endpoints.insert(key, endpoint);
                         changed = true;
                     }
@@ -399,7 +399,7 @@ impl Discovery {
                     // A delete, or a put of an invalid value: the key no longer names a valid
                     // endpoint (as a relist would find).
                     if let Some(old) = endpoints.remove(key) {
-                        tracing::info!(%key, addr = %old.addr, "endpoint removed");
+                        tracing::info!(?key, addr = %old.addr, "endpoint removed");
                         changed = true;
                     }
                 }

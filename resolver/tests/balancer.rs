@@ -29,7 +29,9 @@ async fn three_backends_share_calls_evenly() -> Result<()> {
         put_endpoint(&mut kv, &target, s.addr()).await?;
         servers.push(s);
     }
-    let balancer = Balancer::builder(etcd.client().await?, &target).build().await?;
+    let balancer = Balancer::builder(etcd.client().await?, &target)
+        .build()
+        .await?;
     wait_ready(&balancer, 3).await?;
     let mut client = GreeterClient::new(balancer.clone());
 
@@ -83,13 +85,17 @@ async fn killed_backend_is_skipped_then_used_again() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let victim = servers[1].addr();
     servers[1].stop();
-    poll("the killed backend to leave READY", Duration::from_secs(10), || async {
-        balancer
-            .backends()
-            .iter()
-            .any(|b| b.addr == victim.to_string() && b.state != ConnectivityState::Ready)
-            .then_some(())
-    })
+    poll(
+        "the killed backend to leave READY",
+        Duration::from_secs(10),
+        || async {
+            balancer
+                .backends()
+                .iter()
+                .any(|b| b.addr == victim.to_string() && b.state != ConnectivityState::Ready)
+                .then_some(())
+        },
+    )
     .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut failed_around_kill = 0;
@@ -129,15 +135,19 @@ async fn deleted_key_gets_no_calls_and_added_key_gets_calls() -> Result<()> {
     let c = greeter::serve(loopback(10), "c".into()).await;
     put_endpoint(&mut kv, &target, a.addr()).await?;
     put_endpoint(&mut kv, &target, b.addr()).await?;
-    let balancer = Balancer::builder(etcd.client().await?, &target).build().await?;
+    let balancer = Balancer::builder(etcd.client().await?, &target)
+        .build()
+        .await?;
     wait_ready(&balancer, 2).await?;
     let mut client = GreeterClient::new(balancer.clone());
     spread(&mut client, 10).await?;
 
     delete_endpoint(&mut kv, &target, b.addr()).await?;
-    poll("b to leave the balancer", Duration::from_secs(10), || async {
-        (balancer.backends().len() == 1).then_some(())
-    })
+    poll(
+        "b to leave the balancer",
+        Duration::from_secs(10),
+        || async { (balancer.backends().len() == 1).then_some(()) },
+    )
     .await?;
     let b_before = b.served();
     let counts = spread(&mut client, 200).await?;
@@ -157,9 +167,11 @@ async fn deleted_key_gets_no_calls_and_added_key_gets_calls() -> Result<()> {
         None,
     )
     .await?;
-    poll("the alias key to be seen", Duration::from_secs(10), || async {
-        (balancer.resolver().snapshot().len() == 3).then_some(())
-    })
+    poll(
+        "the alias key to be seen",
+        Duration::from_secs(10),
+        || async { (balancer.resolver().snapshot().len() == 3).then_some(()) },
+    )
     .await?;
     assert_eq!(balancer.backends().len(), 2);
     let counts = spread(&mut client, 200).await?;
@@ -193,9 +205,16 @@ async fn empty_target_fails_unavailable_after_the_wait_or_succeeds_when_a_backen
     request.set_timeout(Duration::from_millis(100));
     let start = Instant::now();
     let status = client.say_hello(request).await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_millis(600), "{:?}", start.elapsed());
     assert!(
-        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+        start.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
         "{status:?}"
     );
 
@@ -238,9 +257,11 @@ async fn in_flight_calls_finish_on_a_removed_backend() -> Result<()> {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     delete_endpoint(&mut kv, &target, s.addr()).await?;
-    poll("the backend to be removed", Duration::from_secs(10), || async {
-        balancer.backends().is_empty().then_some(())
-    })
+    poll(
+        "the backend to be removed",
+        Duration::from_secs(10),
+        || async { balancer.backends().is_empty().then_some(()) },
+    )
     .await?;
     assert!(!call.is_finished(), "the slow call should still be running");
     let reply = call.await??;
@@ -268,16 +289,22 @@ async fn unreachable_backend_backs_off_and_is_not_picked() -> Result<()> {
         l.local_addr()?
     };
     put_endpoint(&mut kv, &target, dead).await?;
-    let balancer = Balancer::builder(etcd.client().await?, &target).build().await?;
+    let balancer = Balancer::builder(etcd.client().await?, &target)
+        .build()
+        .await?;
     wait_ready(&balancer, 1).await?;
-    poll("the dead backend in TRANSIENT_FAILURE", Duration::from_secs(10), || async {
-        balancer
-            .backends()
-            .into_iter()
-            .find(|b| b.addr == dead.to_string())
-            .filter(|b| b.state == ConnectivityState::TransientFailure)
-            .and_then(|b| b.last_error)
-    })
+    poll(
+        "the dead backend in TRANSIENT_FAILURE",
+        Duration::from_secs(10),
+        || async {
+            balancer
+                .backends()
+                .into_iter()
+                .find(|b| b.addr == dead.to_string())
+                .filter(|b| b.state == ConnectivityState::TransientFailure)
+                .and_then(|b| b.last_error)
+        },
+    )
     .await?;
     let mut client = GreeterClient::new(balancer.clone());
     let counts = spread(&mut client, 100).await?;

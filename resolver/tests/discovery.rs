@@ -23,7 +23,9 @@ struct Capture;
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(logs) = LOGS.get() {
-            logs.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            logs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
         }
         std::io::stderr().write(buf)
     }
@@ -54,14 +56,18 @@ fn keys(resolver: &Resolver) -> BTreeSet<String> {
 }
 
 fn value(addr: &str) -> String {
-    Endpoint::new(addr, Metadata::null()).map(|e| e.encode()).unwrap_or_default()
+    Endpoint::new(addr, Metadata::null())
+        .map(|e| e.encode())
+        .unwrap_or_default()
 }
 
 async fn wait_keys(resolver: &Resolver, want: &[String]) -> Result<()> {
     let want: BTreeSet<String> = want.iter().cloned().collect();
-    poll(&format!("keys {want:?}"), Duration::from_secs(20), || async {
-        (keys(resolver) == want).then_some(())
-    })
+    poll(
+        &format!("keys {want:?}"),
+        Duration::from_secs(20),
+        || async { (keys(resolver) == want).then_some(()) },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}; have {:?}", keys(resolver)))
 }
@@ -90,8 +96,14 @@ async fn malformed_values_are_skipped_and_logged() -> Result<()> {
         ("not-json", "not json".to_string()),
         ("array", "[1,2]".to_string()),
         ("no-addr", r#"{"Op":0,"Metadata":{"x":1}}"#.to_string()),
-        ("bad-addr", r#"{"Op":0,"Addr":"no-port","Metadata":null}"#.to_string()),
-        ("op-string", r#"{"Op":"add","Addr":"127.0.0.1:1"}"#.to_string()),
+        (
+            "bad-addr",
+            r#"{"Op":0,"Addr":"no-port","Metadata":null}"#.to_string(),
+        ),
+        (
+            "op-string",
+            r#"{"Op":"add","Addr":"127.0.0.1:1"}"#.to_string(),
+        ),
     ];
     for (name, v) in &bad {
         kv.put(k(name), v.as_str(), None).await?;
@@ -99,12 +111,23 @@ async fn malformed_values_are_skipped_and_logged() -> Result<()> {
     kv.put(k("good-a"), value("127.0.0.20:1000"), None).await?;
     kv.put(k("good-b"), value("127.0.0.21:1000"), None).await?;
     // A sibling target sharing the prefix without the slash is not ours.
-    kv.put(format!("{t}-canary/x"), value("127.0.0.22:1000"), None).await?;
+    kv.put(format!("{t}-canary/x"), value("127.0.0.22:1000"), None)
+        .await?;
 
     let resolver = Resolver::new(etcd.client().await?, &t).await?;
-    assert_eq!(keys(&resolver), [k("good-a"), k("good-b")].into_iter().collect());
+    assert_eq!(
+        keys(&resolver),
+        [k("good-a"), k("good-b")].into_iter().collect()
+    );
     let logged = logs();
-    for name in ["huge", "not-json", "array", "no-addr", "bad-addr", "op-string"] {
+    for name in [
+        "huge",
+        "not-json",
+        "array",
+        "no-addr",
+        "bad-addr",
+        "op-string",
+    ] {
         assert!(
             logged
                 .lines()
@@ -154,9 +177,11 @@ async fn calls_survive_an_etcd_outage_and_changes_made_meanwhile_apply() -> Resu
     let mut client = GreeterClient::new(balancer.clone());
 
     etcd.stop().await?;
-    poll("the resolver to notice", Duration::from_secs(20), || async {
-        (!balancer.resolver().is_connected()).then_some(())
-    })
+    poll(
+        "the resolver to notice",
+        Duration::from_secs(20),
+        || async { (!balancer.resolver().is_connected()).then_some(()) },
+    )
     .await?;
     let counts = spread(&mut client, 200).await?;
     assert_eq!(counts.get("a"), Some(&100), "{counts:?}");
@@ -247,8 +272,12 @@ async fn a_slow_consumer_never_blocks_the_watcher() -> Result<()> {
     let resolver = Resolver::new(etcd.client().await?, &t).await?;
     let mut stalled = resolver.subscribe(); // never read until the end
     for i in 0..200u16 {
-        kv.put(format!("{t}/{i}"), value(&format!("127.0.0.50:{}", 1000 + i)), None)
-            .await?;
+        kv.put(
+            format!("{t}/{i}"),
+            value(&format!("127.0.0.50:{}", 1000 + i)),
+            None,
+        )
+        .await?;
     }
     poll("200 endpoints", Duration::from_secs(20), || async {
         (resolver.snapshot().len() == 200).then_some(())

@@ -15,7 +15,10 @@ use serde_json::json;
 /// The key's (value, lease) if present.
 async fn read(kv: &mut Client, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
     let resp = kv.get(key, None).await?;
-    Ok(resp.kvs().first().map(|kv| (kv.value().to_vec(), kv.lease())))
+    Ok(resp
+        .kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.lease())))
 }
 
 fn fast() -> Backoff {
@@ -38,7 +41,10 @@ async fn registration_is_kept_alive_and_survives_lease_revocation() -> Result<()
     let (value, lease) = read(&mut kv, reg.key()).await?.context("key missing")?;
     let decoded = Endpoint::decode(&value)?;
     assert_eq!(decoded.addr, "127.0.0.70:5000");
-    assert_eq!(decoded.metadata.to_value()?, json!({"zone": "a", "weight": 3}));
+    assert_eq!(
+        decoded.metadata.to_value()?,
+        json!({"zone": "a", "weight": 3})
+    );
     assert_eq!(Some(lease), reg.lease().id());
 
     // Kept alive well past its TTL.
@@ -59,8 +65,11 @@ async fn registration_is_kept_alive_and_survives_lease_revocation() -> Result<()
     // Dropped: the key is deleted.
     drop(reg);
     poll("the key to be deleted", Duration::from_secs(10), || async {
-        matches!(read(&mut kv.clone(), &format!("{t}/127.0.0.70:5000")).await, Ok(None))
-            .then_some(())
+        matches!(
+            read(&mut kv.clone(), &format!("{t}/127.0.0.70:5000")).await,
+            Ok(None)
+        )
+        .then_some(())
     })
     .await?;
     Ok(())
@@ -85,7 +94,10 @@ async fn registrations_share_one_lease_and_deregister_individually() -> Result<(
         .await?;
     let other_target = format!("{t}-other");
     let three = lease
-        .register(&other_target, Endpoint::new("127.0.0.73:1", Metadata::null())?)
+        .register(
+            &other_target,
+            Endpoint::new("127.0.0.73:1", Metadata::null())?,
+        )
         .await?;
     let id = lease.id().context("no lease")?;
     for r in [&one, &two, &three] {
@@ -140,9 +152,11 @@ async fn registration_comes_back_after_etcd_loses_its_data() -> Result<()> {
     etcd.wipe().await?;
     let mut kv = etcd.client().await?;
     assert_eq!(read(&mut kv, &key).await?, None, "etcd was not wiped");
-    poll("re-registration on the fresh etcd", Duration::from_secs(20), || async {
-        matches!(read(&mut kv.clone(), &key).await, Ok(Some(_))).then_some(())
-    })
+    poll(
+        "re-registration on the fresh etcd",
+        Duration::from_secs(20),
+        || async { matches!(read(&mut kv.clone(), &key).await, Ok(Some(_))).then_some(()) },
+    )
     .await?;
     drop(reg);
     Ok(())
@@ -153,8 +167,16 @@ async fn invalid_registrations_are_refused() -> Result<()> {
     init_tracing();
     let etcd = Etcd::start().await?;
     let c = etcd.client().await?;
-    assert!(Registration::register(c.clone(), "t", "no-port").await.is_err());
-    assert!(Registration::register(c.clone(), "", "127.0.0.1:1").await.is_err());
+    assert!(
+        Registration::register(c.clone(), "t", "no-port")
+            .await
+            .is_err()
+    );
+    assert!(
+        Registration::register(c.clone(), "", "127.0.0.1:1")
+            .await
+            .is_err()
+    );
     assert!(
         Registration::builder(c.clone(), "t", "127.0.0.1:1")
             .ttl(Duration::from_millis(1500))

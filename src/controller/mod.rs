@@ -32,8 +32,8 @@ use crate::status::{self, Publishing};
 pub struct Engine {
     /// Kubernetes client.
     pub client: kube::Client,
-    /// etcd client (used only while leader).
-    pub etcd: etcd_client::Client,
+    /// The etcd connection as it comes up (see [`EtcdConnection`]); used only while leader.
+    pub etcd: watch::Receiver<EtcdConnection>,
     /// etcd writer settings (prefix, cluster id, lease TTL, coalescing).
     pub writer: WriterConfig,
     /// Metrics registry.
@@ -42,6 +42,15 @@ pub struct Engine {
     pub identity: String,
     /// Debounce window for watcher events.
     pub coalesce: Duration,
+}
+
+/// The state of the connection to etcd, published by whoever dials it (with retries).
+#[derive(Clone)]
+pub enum EtcdConnection {
+    /// Not connected yet; the text says why (shown in status conditions).
+    Connecting(String),
+    /// Connected.
+    Connected(etcd_client::Client),
 }
 
 struct Term {
@@ -65,7 +74,7 @@ struct State {
     /// New endpoints waiting for their commit, for the propagation-latency metric.
     propagating: Vec<(u64, Vec<Time>)>,
     writer_cfg: WriterConfig,
-    etcd: etcd_client::Client,
+    etcd: EtcdConnection,
 }
 
 impl Engine {
@@ -103,8 +112,10 @@ impl Engine {
             releasing: BTreeMap::new(),
             propagating: Vec::new(),
             writer_cfg: self.writer.clone(),
-            etcd: self.etcd.clone(),
+            etcd: self.etcd.borrow().clone(),
         };
+        let mut etcd_conn = self.etcd.clone();
+        let mut etcd_settled = false;
         let mut flush_at: Option<tokio::time::Instant> = None;
         let mut writer_state = watch::channel(WriterState::Starting).1;
         let mut applied = watch::channel(0u64).1;
@@ -145,6 +156,14 @@ impl Engine {
                     let now_leader = *leader.borrow_and_update();
                     st.set_leader(now_leader, &mut writer_state, &mut applied);
                 }
+                res = etcd_conn.changed(), if !etcd_settled => {
+                    // The connector ends once connected (or on shutdown): its last value stays.
+                    if res.is_err() { etcd_settled = true; }
+                    st.etcd = etcd_conn.borrow_and_update().clone();
+                    let leading = st.leader;
+                    st.leader = false;
+                    st.set_leader(leading, &mut writer_state, &mut applied);
+                }
                 res = writer_state.changed(), if st.term.is_some() => {
                     if res.is_ok() {
                         let state = writer_state.borrow_and_update().clone();
@@ -184,19 +203,27 @@ impl State {
         writer_state: &mut watch::Receiver<WriterState>,
         applied: &mut watch::Receiver<u64>,
     ) {
-        if leader == self.leader && (leader == self.term.is_some()) {
+        if leader == self.leader {
             return;
         }
         self.leader = leader;
         self.metrics.set_leader(leader);
         if leader {
-            tracing::info!("leading: starting the etcd writer");
-            let (stop, stop_rx) = watch::channel(false);
-            let handle = spawn_writer(self.etcd.clone(), self.writer_cfg.clone(), self.desired_tx.subscribe(), stop_rx);
-            *writer_state = handle.state.clone();
-            *applied = handle.applied.clone();
-            self.term = Some(Term { handle, stop });
-            self.publishing = Publishing::Pending;
+            match &self.etcd {
+                EtcdConnection::Connected(client) if self.term.is_none() => {
+                    tracing::info!("leading: starting the etcd writer");
+                    let (stop, stop_rx) = watch::channel(false);
+                    let handle = spawn_writer(client.clone(), self.writer_cfg.clone(), self.desired_tx.subscribe(), stop_rx);
+                    *writer_state = handle.state.clone();
+                    *applied = handle.applied.clone();
+                    self.term = Some(Term { handle, stop });
+                    self.publishing = Publishing::Pending;
+                }
+                EtcdConnection::Connected(_) => {}
+                EtcdConnection::Connecting(why) => {
+                    self.publishing = Publishing::EtcdUnavailable(why.clone());
+                }
+            }
             self.sent.clear();
             let regs: Vec<Arc<ServiceRegistration>> = self.index.registrations().map(|(_, r)| r.clone()).collect();
             for reg in regs {

@@ -45,7 +45,10 @@ impl Greeter for NamedGreeter {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
         let who = request.into_inner().name;
-        if let Some(ms) = who.strip_prefix("sleep:").and_then(|ms| ms.parse::<u64>().ok()) {
+        if let Some(ms) = who
+            .strip_prefix("sleep:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
         }
         self.served.fetch_add(1, Ordering::Relaxed);

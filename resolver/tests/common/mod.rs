@@ -39,14 +39,22 @@ pub fn target(name: &str) -> String {
 }
 
 /// Puts `<target>/<addr>` with no lease.
-pub async fn put_endpoint(etcd: &mut etcd_client::Client, target: &str, addr: SocketAddr) -> Result<()> {
+pub async fn put_endpoint(
+    etcd: &mut etcd_client::Client,
+    target: &str,
+    addr: SocketAddr,
+) -> Result<()> {
     let value = Endpoint::new(addr.to_string(), Metadata::null())?.encode();
     etcd.put(format!("{target}/{addr}"), value, None).await?;
     Ok(())
 }
 
 /// Deletes `<target>/<addr>`.
-pub async fn delete_endpoint(etcd: &mut etcd_client::Client, target: &str, addr: SocketAddr) -> Result<()> {
+pub async fn delete_endpoint(
+    etcd: &mut etcd_client::Client,
+    target: &str,
+    addr: SocketAddr,
+) -> Result<()> {
     etcd.delete(format!("{target}/{addr}"), None).await?;
     Ok(())
 }
@@ -62,7 +70,10 @@ pub async fn hello(client: &mut GreeterClient<Balancer>) -> Result<String, tonic
 }
 
 /// `n` sequential calls; answers per backend, failing on the first error.
-pub async fn spread(client: &mut GreeterClient<Balancer>, n: usize) -> Result<BTreeMap<String, usize>> {
+pub async fn spread(
+    client: &mut GreeterClient<Balancer>,
+    n: usize,
+) -> Result<BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
     for i in 0..n {
         let backend = hello(client)
@@ -75,9 +86,11 @@ pub async fn spread(client: &mut GreeterClient<Balancer>, n: usize) -> Result<BT
 
 /// Waits until the balancer has exactly `n` READY backends.
 pub async fn wait_ready(balancer: &Balancer, n: usize) -> Result<()> {
-    registrar_testenv::poll(&format!("{n} READY backends"), Duration::from_secs(20), || async {
-        (balancer.ready_count() == n).then_some(())
-    })
+    registrar_testenv::poll(
+        &format!("{n} READY backends"),
+        Duration::from_secs(20),
+        || async { (balancer.ready_count() == n).then_some(()) },
+    )
     .await
     .with_context(|| format!("backends: {:?}", balancer.backends()))
 }
@@ -107,7 +120,8 @@ impl Proxy {
                     }
                     conns.lock().await.spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                 }

@@ -1,0 +1,381 @@
+//! Interoperability with etcd's Go implementation of gRPC naming, both directions:
+//!
+//! - a grpc-go client with `naming/resolver` and `round_robin` calls Rust tonic servers that
+//!   registered themselves with [`Registration`];
+//! - Go servers registered with `naming/endpoints.Manager` are discovered and balanced by the
+//!   Rust [`Balancer`];
+//! - the JSON values each side writes decode on the other side, for a table of metadata values.
+//!
+//! The Go side is the module in `tests/interop`, built with the machine's Go (`GOTOOLCHAIN=local`,
+//! `$GO` or `go` on `PATH`) into cargo's target dir, rebuilt only when its sources change.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use common::*;
+use registrar_resolver::{Balancer, Endpoint, Metadata, Resolver, SharedLease};
+use registrar_testenv::greeter::{self, GreeterClient};
+use registrar_testenv::{Etcd, Process, poll};
+use serde_json::{Value, json};
+
+fn interop_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// FNV-1a over the module's sources: the cache key of the built binary.
+fn source_hash(dir: &Path) -> Result<u64> {
+    let mut hash = 0xcbf29ce484222325u64;
+    for name in ["go.mod", "go.sum", "main.go"] {
+        let bytes = std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))?;
+        for b in name.bytes().chain(bytes) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    Ok(hash)
+}
+
+/// Builds (once per source version) and returns the Go interop binary.
+fn interop_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BIN.get_or_init(|| {
+        let src = interop_source();
+        let hash = source_hash(&src).map_err(|e| format!("{e:#}"))?;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("go-interop-{hash:016x}"));
+        let bin = dir.join("interop");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let tmp = dir.join(format!("interop.{}", std::process::id()));
+        let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
+        let out = Command::new(&go)
+            .args(["build", "-o"])
+            .arg(&tmp)
+            .arg(".")
+            .current_dir(&src)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=readonly")
+            .output()
+            .map_err(|e| format!("running {go} (set $GO to the Go binary): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "go build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::fs::rename(&tmp, &bin).map_err(|e| format!("installing {}: {e}", bin.display()))?;
+        Ok(bin)
+    });
+    built.clone().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the interop binary to completion; its stdout.
+async fn run_go(args: &[&str]) -> Result<String> {
+    let bin = interop_binary()?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&bin)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("interop timed out")??;
+    if !out.status.success() {
+        bail!(
+            "interop {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A Go Greeter server registered by `endpoints.Manager`; killed on drop.
+struct GoServer {
+    process: Process,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn go_server(etcd: &Etcd, target: &str, ip: u8, name: &str) -> Result<GoServer> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("serve.log");
+    let mut cmd = Command::new(interop_binary()?);
+    cmd.args(["serve", "-etcd", &etcd.endpoint(), "-target", target])
+        .args(["-addr", &format!("127.0.0.{ip}:0"), "-name", name]);
+    let process = Process::spawn(&format!("go-{name}"), cmd, &log)?;
+    let addr = poll(
+        &format!("Go server {name}"),
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("READY ").map(str::to_owned))
+        },
+    )
+    .await
+    .with_context(|| registrar_testenv::log_tail(&log, 20))?;
+    Ok(GoServer {
+        process,
+        addr,
+        _dir: dir,
+    })
+}
+
+fn ratio(counts: &BTreeMap<String, u64>) -> f64 {
+    let max = counts.values().max().copied().unwrap_or(0) as f64;
+    let min = counts.values().min().copied().unwrap_or(0) as f64;
+    max / min
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_client_balances_over_rust_registered_servers() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let t = target("go-client");
+    let lease = SharedLease::grant(etcd.client().await?, Duration::from_secs(10)).await?;
+    let mut servers = Vec::new();
+    let mut registrations = Vec::new();
+    for (i, n) in [80u8, 81, 82].into_iter().enumerate() {
+        let s = greeter::serve(loopback(n), format!("rust{i}")).await;
+        let endpoint = Endpoint::new(s.addr().to_string(), json!({"lang": "rust"}).into())?;
+        registrations.push(lease.register(&t, endpoint).await?);
+        servers.push(s);
+    }
+    // grpc-go sends the target path as :authority unless told otherwise; tonic (h2) rejects it.
+    let err = run_go(&[
+        "client",
+        "-etcd",
+        &etcd.endpoint(),
+        "-target",
+        &t,
+        "-n",
+        "1",
+    ])
+    .await
+    .expect_err("h2 accepted an :authority with slashes; update the docs");
+    assert!(err.to_string().contains("PROTOCOL_ERROR"), "{err:#}");
+
+    let out = run_go(&[
+        "client",
+        "-etcd",
+        &etcd.endpoint(),
+        "-target",
+        &t,
+        "-authority",
+        "greeter",
+        "-n",
+        "300",
+        "-expect",
+        "3",
+    ])
+    .await?;
+    let counts: BTreeMap<String, u64> = serde_json::from_str(out.trim())?;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(ratio(&counts) <= 1.05, "grpc-go spread {counts:?}");
+    for s in &servers {
+        assert!(s.served() >= counts[s.name()], "{}", s.name());
+    }
+
+    // A deregistered server is dropped by the Go resolver too.
+    let gone = registrations.remove(1);
+    gone.deregister().await?;
+    let out = run_go(&[
+        "client",
+        "-etcd",
+        &etcd.endpoint(),
+        "-target",
+        &t,
+        "-authority",
+        "greeter",
+        "-n",
+        "100",
+        "-expect",
+        "2",
+    ])
+    .await?;
+    let counts: BTreeMap<String, u64> = serde_json::from_str(out.trim())?;
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        ["rust0", "rust2"],
+        "{counts:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_balancer_over_go_registered_servers() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let t = target("go-servers");
+    let mut go = Vec::new();
+    for (i, n) in [83u8, 84, 85].into_iter().enumerate() {
+        go.push(go_server(&etcd, &t, n, &format!("go{i}")).await?);
+    }
+    let balancer = Balancer::builder(etcd.client().await?, &t).build().await?;
+    wait_ready(&balancer, 3).await?;
+    // Go's metadata arrives intact.
+    let snapshot = balancer.resolver().snapshot();
+    let e = snapshot
+        .endpoints()
+        .get(&format!("{t}/{}", go[0].addr))
+        .context("go0 not discovered")?;
+    assert_eq!(e.metadata.to_value()?, json!({"lang": "go", "name": "go0"}));
+
+    let mut client = GreeterClient::new(balancer.clone());
+    let counts = spread(&mut client, 300).await?;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|c| *c == 100), "{counts:?}");
+
+    // Graceful stop: Go deletes its endpoint, the Rust balancer drops it.
+    let stopped = go.remove(1);
+    let stopped_addr = stopped.addr.clone();
+    let mut process = stopped.process;
+    tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(5))).await?;
+    poll(
+        "the stopped Go server to leave",
+        Duration::from_secs(10),
+        || async {
+            balancer
+                .backends()
+                .iter()
+                .all(|b| b.addr != stopped_addr)
+                .then_some(())
+        },
+    )
+    .await?;
+    let counts = spread(&mut client, 200).await?;
+    assert_eq!(
+        counts,
+        BTreeMap::from([("go0".to_string(), 100), ("go2".to_string(), 100)])
+    );
+    Ok(())
+}
+
+/// Metadata values exchanged in both directions, as JSON text (numbers beyond 64 bits must
+/// survive as written).
+const METADATA: &[&str] = &[
+    "null",
+    r#""tags <b>&amp; \"quotes\" \\ / \u0000""#,
+    r#""日本語 ✓ é \u2028\u2029 🦀""#,
+    r#"{"nested":{"list":[1,"x",true,null,{"deep":[]}],"empty":{}},"<key>":"&"}"#,
+    "18446744073709551615",
+    "-9223372036854775808",
+    "123456789012345678901234567890",
+    "1.5e+300",
+    "0.1",
+    r#""""#,
+    "[]",
+    "true",
+    r#"{"pod":"greeter-7d4b9c-x2x","node":"node-1","zone":"a"}"#,
+];
+
+/// Equal as JSON, with numbers compared as the f64 a Go reader holds (`any` decodes numbers to
+/// float64).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_decode_on_the_other_side() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let table: Vec<Value> = METADATA
+        .iter()
+        .map(|raw| serde_json::from_str(raw))
+        .collect::<Result<_, _>>()?;
+
+    // Rust writes (Registration), Go reads (endpoints.Manager.List).
+    let rust_target = target("rust-writes");
+    let lease = SharedLease::grant(etcd.client().await?, Duration::from_secs(10)).await?;
+    let mut regs = Vec::new();
+    for (i, raw) in METADATA.iter().enumerate() {
+        let addr = format!("127.0.0.90:{}", 1000 + i);
+        let endpoint = Endpoint::new(addr, Metadata::from_json(raw)?)?;
+        regs.push(lease.register(&rust_target, endpoint).await?);
+    }
+    let out = run_go(&["list", "-etcd", &etcd.endpoint(), "-target", &rust_target]).await?;
+    let listed: BTreeMap<String, Value> = serde_json::from_str(out.trim())?;
+    assert_eq!(listed.len(), table.len(), "{listed:?}");
+    for (i, md) in table.iter().enumerate() {
+        let addr = format!("127.0.0.90:{}", 1000 + i);
+        let got = &listed[&format!("{rust_target}/{addr}")];
+        assert_eq!(got["Addr"], json!(addr));
+        assert!(
+            same_json(&got["Metadata"], md),
+            "Go read {:?} for {md:?}",
+            got["Metadata"]
+        );
+    }
+
+    // Go writes (endpoints.Manager.AddEndpoint), Rust reads (Resolver).
+    let go_target = target("go-writes");
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.jsonl");
+    let mut lines = String::new();
+    for (i, raw) in METADATA.iter().enumerate() {
+        let addr = format!("127.0.0.91:{}", 1000 + i);
+        let key = json!(format!("{go_target}/{addr}"));
+        lines.push_str(&format!(
+            r#"{{"key":{key},"addr":"{addr}","metadata":{raw}}}"#
+        ));
+        lines.push('\n');
+    }
+    std::fs::write(&input, lines)?;
+    let input = input.to_string_lossy().into_owned();
+    run_go(&[
+        "write",
+        "-etcd",
+        &etcd.endpoint(),
+        "-target",
+        &go_target,
+        "-in",
+        &input,
+    ])
+    .await?;
+    let resolver = Resolver::new(etcd.client().await?, &go_target).await?;
+    let snapshot = resolver.snapshot();
+    assert_eq!(snapshot.len(), table.len());
+    let mut kv = etcd.client().await?;
+    for (i, md) in table.iter().enumerate() {
+        let addr = format!("127.0.0.91:{}", 1000 + i);
+        let key = format!("{go_target}/{addr}");
+        let endpoint = &snapshot.endpoints()[&key];
+        assert_eq!(endpoint.addr, addr);
+        let got: Value = serde_json::from_str(endpoint.metadata.as_json())?;
+        assert_eq!(&got, md, "for {key}");
+        // Numbers stay exact, even beyond 64 bits: the metadata is kept as written.
+        if md.is_number() {
+            assert_eq!(endpoint.metadata.as_json(), METADATA[i], "for {key}");
+        }
+        assert_eq!(endpoint.metadata.is_null(), md.is_null());
+        // Go's writer escapes <, > and & as \u003c…; decoded they are the same text.
+        let stored = kv.get(key.as_str(), None).await?;
+        let stored = String::from_utf8_lossy(stored.kvs()[0].value()).into_owned();
+        if md.to_string().contains('<') {
+            assert!(stored.contains("\\u003c"), "{stored}");
+        }
+        assert!(stored.starts_with(r#"{"Op":0,"Addr":"#), "{stored}");
+    }
+    drop(regs);
+    Ok(())
+}

@@ -1,0 +1,314 @@
+// Command interop is the Go side of the resolver's interoperability tests: it speaks etcd's
+// gRPC naming through the official Go packages (go.etcd.io/etcd/client/v3/naming/resolver and
+// naming/endpoints) and grpc-go, against the Rust implementation.
+//
+//	interop client -etcd URL -target T -n N -expect K [-authority A]
+//	                                                    grpc-go round_robin client; prints {"backend": calls}
+//	interop serve  -etcd URL -target T -addr A -name N   Greeter server registered with endpoints.Manager
+//	interop list   -etcd URL -target T                   endpoints.Manager.List as JSON {key: {Addr, Metadata}}
+//	interop write  -etcd URL -target T -in FILE          AddEndpoint for each JSON line {key, addr, metadata}
+//
+// The Greeter messages are encoded by hand (protowire) so no generated code is needed.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/naming/endpoints"
+	"go.etcd.io/etcd/client/v3/naming/resolver"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+const sayHello = "/greeter.v1.Greeter/SayHello"
+
+type helloRequest struct{ Name string }
+
+type helloReply struct{ Message, Backend string }
+
+// codec encodes the two Greeter messages in protobuf wire format.
+type codec struct{}
+
+func (codec) Name() string { return "proto" }
+
+func (codec) Marshal(v any) ([]byte, error) {
+	var b []byte
+	str := func(num protowire.Number, s string) {
+		if s != "" {
+			b = protowire.AppendTag(b, num, protowire.BytesType)
+			b = protowire.AppendString(b, s)
+		}
+	}
+	switch m := v.(type) {
+	case *helloRequest:
+		str(1, m.Name)
+	case *helloReply:
+		str(1, m.Message)
+		str(2, m.Backend)
+	default:
+		return nil, fmt.Errorf("cannot marshal %T", v)
+	}
+	return b, nil
+}
+
+func (codec) Unmarshal(data []byte, v any) error {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		if typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, data)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			data = data[n:]
+			continue
+		}
+		s, n := protowire.ConsumeString(data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		switch m := v.(type) {
+		case *helloRequest:
+			if num == 1 {
+				m.Name = s
+			}
+		case *helloReply:
+			switch num {
+			case 1:
+				m.Message = s
+			case 2:
+				m.Backend = s
+			}
+		default:
+			return fmt.Errorf("cannot unmarshal into %T", v)
+		}
+	}
+	return nil
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail(errors.New("usage: interop client|serve|list|write [flags]"))
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	etcd := fs.String("etcd", "http://127.0.0.1:2379", "etcd endpoint")
+	target := fs.String("target", "", "naming target")
+	n := fs.Int("n", 300, "calls to count (client)")
+	expect := fs.Int("expect", 1, "distinct backends to see before counting (client)")
+	addr := fs.String("addr", "127.0.0.1:0", "listen address (serve)")
+	name := fs.String("name", "go", "backend name (serve)")
+	in := fs.String("in", "", "JSON lines to write (write)")
+	authority := fs.String("authority", "", "override :authority (client)")
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		fail(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{*etcd},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		fail(err)
+	}
+	defer cli.Close()
+	switch os.Args[1] {
+	case "client":
+		err = client(cli, *target, *authority, *n, *expect)
+	case "serve":
+		err = serve(cli, *target, *addr, *name)
+	case "list":
+		err = list(cli, *target)
+	case "write":
+		err = write(cli, *target, *in)
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "interop:", err)
+	os.Exit(1)
+}
+
+// client calls the target through grpc-go with etcd's resolver and round_robin. By default
+// grpc-go sends the target path ("registrar/shop/greeter") as :authority, which is not a valid
+// authority; HTTP/2 servers that check it (hyper/h2, hence tonic) reset such streams, so clients
+// of tonic servers set one with -authority (grpc.WithAuthority).
+func client(cli *clientv3.Client, target, authority string, n, expect int) error {
+	builder, err := resolver.NewBuilder(cli)
+	if err != nil {
+		return err
+	}
+	opts := []grpc.DialOption{
+		grpc.WithResolvers(builder),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{})),
+	}
+	if authority != "" {
+		opts = append(opts, grpc.WithAuthority(authority))
+	}
+	conn, err := grpc.NewClient("etcd:///"+target, opts...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	call := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var reply helloReply
+		err := conn.Invoke(ctx, sayHello, &helloRequest{Name: "go"}, &reply, grpc.WaitForReady(true))
+		return reply.Backend, err
+	}
+	// round_robin only picks READY subchannels: wait until every backend answered once.
+	seen := map[string]bool{}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(seen) < expect {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("saw only %d of %d backends: %v", len(seen), expect, seen)
+		}
+		b, err := call()
+		if err != nil {
+			return err
+		}
+		seen[b] = true
+	}
+	counts := map[string]int{}
+	for i := 0; i < n; i++ {
+		b, err := call()
+		if err != nil {
+			return fmt.Errorf("call %d: %w", i, err)
+		}
+		counts[b]++
+	}
+	return json.NewEncoder(os.Stdout).Encode(counts)
+}
+
+// serve runs a Greeter named name on addr, registered under target with a kept-alive lease,
+// until SIGTERM/SIGINT (then deregistered).
+func serve(cli *clientv3.Client, target, addr, name string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s := grpc.NewServer(grpc.ForceServerCodec(codec{}))
+	s.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "greeter.v1.Greeter",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "SayHello",
+			Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var req helloRequest
+				if err := dec(&req); err != nil {
+					return nil, err
+				}
+				return &helloReply{Message: "Hello " + req.Name, Backend: name}, nil
+			},
+		}},
+	}, struct{}{})
+	go func() { _ = s.Serve(lis) }()
+
+	ctx := context.Background()
+	em, err := endpoints.NewManager(cli, target)
+	if err != nil {
+		return err
+	}
+	lease, err := cli.Grant(ctx, 10)
+	if err != nil {
+		return err
+	}
+	real := lis.Addr().String()
+	key := target + "/" + real
+	md := map[string]any{"lang": "go", "name": name}
+	if err := em.AddEndpoint(ctx, key, endpoints.Endpoint{Addr: real, Metadata: md}, clientv3.WithLease(lease.ID)); err != nil {
+		return err
+	}
+	ka, err := cli.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for range ka {
+		}
+	}()
+	fmt.Println("READY", real)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	if err := em.DeleteEndpoint(ctx, key); err != nil {
+		return err
+	}
+	s.Stop()
+	return nil
+}
+
+// list prints what Go's reader makes of the target's values.
+func list(cli *clientv3.Client, target string) error {
+	em, err := endpoints.NewManager(cli, target)
+	if err != nil {
+		return err
+	}
+	eps, err := em.List(context.Background())
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(eps)
+}
+
+// write registers each {key, addr, metadata} line with endpoints.Manager. Metadata numbers are
+// kept exact (json.Number), as a Go program holding the exact value would write them.
+func write(cli *clientv3.Client, target, in string) error {
+	em, err := endpoints.NewManager(cli, target)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var line struct {
+			Key      string
+			Addr     string
+			Metadata json.RawMessage
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return err
+		}
+		var md any
+		dec := json.NewDecoder(bytes.NewReader(line.Metadata))
+		dec.UseNumber()
+		if err := dec.Decode(&md); err != nil {
+			return err
+		}
+		if err := em.AddEndpoint(context.Background(), line.Key, endpoints.Endpoint{Addr: line.Addr, Metadata: md}); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
