@@ -88,7 +88,9 @@ impl Engine {
     ) -> anyhow::Result<()> {
         let regs: Api<ServiceRegistration> = Api::all(self.client.clone());
         let pods: Api<Pod> = Api::all(self.client.clone());
-        let mut reg_events = watcher(regs, watcher::Config::default()).default_backoff().boxed();
+        let mut reg_events = watcher(regs, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         let mut pod_events = watcher(pods, watcher::Config::default())
             .default_backoff()
             .map_ok(|ev| ev.modify(trim_pod))
@@ -106,7 +108,12 @@ impl Engine {
             term: None,
             publishing: Publishing::Pending,
             leader: false,
-            kube: KubeWriter::new(self.client.clone(), self.identity.clone(), self.metrics.clone(), 16),
+            kube: KubeWriter::new(
+                self.client.clone(),
+                self.identity.clone(),
+                self.metrics.clone(),
+                16,
+            ),
             metrics: self.metrics.clone(),
             sent: HashMap::new(),
             releasing: BTreeMap::new(),
@@ -184,6 +191,7 @@ impl Engine {
                 tracing::info!(pods = st.index.pod_count(), "initial sync complete");
                 let _ = ready.send(true);
                 st.flush();
+                st.update_statuses(None);
             }
         }
         // Graceful shutdown: stop writing, but never revoke the lease (keys live on until a new
@@ -213,7 +221,12 @@ impl State {
                 EtcdConnection::Connected(client) if self.term.is_none() => {
                     tracing::info!("leading: starting the etcd writer");
                     let (stop, stop_rx) = watch::channel(false);
-                    let handle = spawn_writer(client.clone(), self.writer_cfg.clone(), self.desired_tx.subscribe(), stop_rx);
+                    let handle = spawn_writer(
+                        client.clone(),
+                        self.writer_cfg.clone(),
+                        self.desired_tx.subscribe(),
+                        stop_rx,
+                    );
                     *writer_state = handle.state.clone();
                     *applied = handle.applied.clone();
                     self.term = Some(Term { handle, stop });
@@ -225,7 +238,8 @@ impl State {
                 }
             }
             self.sent.clear();
-            let regs: Vec<Arc<ServiceRegistration>> = self.index.registrations().map(|(_, r)| r.clone()).collect();
+            let regs: Vec<Arc<ServiceRegistration>> =
+                self.index.registrations().map(|(_, r)| r.clone()).collect();
             for reg in regs {
                 if reg.metadata.deletion_timestamp.is_none() && !has_finalizer(&reg) {
                     self.kube.add_finalizer(&reg);
@@ -273,7 +287,8 @@ impl State {
                 complete,
             });
         }
-        self.metrics.set_registrations(self.index.registrations().count());
+        self.metrics
+            .set_registrations(self.index.registrations().count());
         // Deleted registrations: their keys leave etcd with this seq (once complete).
         if complete {
             for key in &touched {
@@ -286,7 +301,11 @@ impl State {
             }
         }
         self.update_statuses(Some(&touched));
-        let applied = self.term.as_ref().map(|t| *t.handle.applied.borrow()).unwrap_or(0);
+        let applied = self
+            .term
+            .as_ref()
+            .map(|t| *t.handle.applied.borrow())
+            .unwrap_or(0);
         self.on_applied(applied);
     }
 
@@ -331,7 +350,12 @@ impl State {
         if !matches!(self.publishing, Publishing::Ok) {
             return;
         }
-        let done: Vec<RegKey> = self.releasing.iter().filter(|(_, s)| **s <= seq).map(|(k, _)| k.clone()).collect();
+        let done: Vec<RegKey> = self
+            .releasing
+            .iter()
+            .filter(|(_, s)| **s <= seq)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in done {
             self.releasing.remove(&key);
             if let Some(reg) = self.index.registration(&key) {
@@ -342,8 +366,11 @@ impl State {
     }
 
     /// Writes the status of `only` (or every registration) where it changed. Leader only.
+    ///
+    /// Nothing is written before both caches are synced: a status computed from a partial pod
+    /// list (e.g. `NoReadyPods` during a restart) would be a lie, and an Event about it noise.
     fn update_statuses(&mut self, only: Option<&[RegKey]>) {
-        if !self.leader {
+        if !self.leader || !self.index.synced() {
             return;
         }
         let keys: Vec<RegKey> = match only {
@@ -352,7 +379,9 @@ impl State {
         };
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         for key in keys {
-            let (Some(reg), Some(outcome)) = (self.index.registration(&key), self.index.outcome(&key)) else {
+            let (Some(reg), Some(outcome)) =
+                (self.index.registration(&key), self.index.outcome(&key))
+            else {
                 self.sent.remove(&key);
                 continue;
             };
@@ -373,15 +402,20 @@ impl State {
             {
                 let warning = cond.status != "True" && cond.reason != status::reason::PENDING;
                 if cond.reason != status::reason::PENDING {
-                    self.kube.event(reg, warning, &cond.reason, cond.message.clone());
+                    self.kube
+                        .event(reg, warning, &cond.reason, cond.message.clone());
                 }
             }
-            self.kube.patch_status(&key.0, &key.1, update.status.clone());
+            self.kube
+                .patch_status(&key.0, &key.1, update.status.clone());
             self.sent.insert(key, update.status);
         }
     }
 }
 
 fn has_finalizer(reg: &ServiceRegistration) -> bool {
-    reg.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    reg.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
 }
