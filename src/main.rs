@@ -46,7 +46,9 @@ async fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -62,7 +64,9 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
                 .await
                 .context("--kubeconfig")?
         }
-        None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
@@ -70,7 +74,10 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
 /// Dials etcd in the background, retrying with backoff until it answers (or shutdown), and
 /// publishes the connection state: until connected, registrations show `EtcdUnavailable` with
 /// the reason (e.g. wrong credentials) instead of the process crash-looping.
-fn connect_etcd(args: &RunArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
+fn connect_etcd(
+    args: &RunArgs,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
     let options = args.etcd_connect_options()?;
     let endpoints = args.etcd_endpoints.clone();
     let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
@@ -85,14 +92,16 @@ fn connect_etcd(args: &RunArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::
             let error = match attempt {
                 Ok(Ok(client)) => {
                     tracing::info!(endpoints = ?endpoints, "connected to etcd");
-                    let _ = tx.send(EtcdConnection::Connected(client));
+                    let _ = tx.send(EtcdConnection::Connected(Box::new(client)));
                     return;
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out connecting to etcd".to_string(),
             };
             tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
-            let _ = tx.send(EtcdConnection::Connecting(format!("cannot connect to etcd: {error}")));
+            let _ = tx.send(EtcdConnection::Connecting(format!(
+                "cannot connect to etcd: {error}"
+            )));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -162,7 +171,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -50,7 +50,7 @@ pub enum EtcdConnection {
     /// Not connected yet; the text says why (shown in status conditions).
     Connecting(String),
     /// Connected.
-    Connected(etcd_client::Client),
+    Connected(Box<etcd_client::Client>),
 }
 
 struct Term {
@@ -222,7 +222,7 @@ impl State {
                     tracing::info!("leading: starting the etcd writer");
                     let (stop, stop_rx) = watch::channel(false);
                     let handle = spawn_writer(
-                        client.clone(),
+                        (**client).clone(),
                         self.writer_cfg.clone(),
                         self.desired_tx.subscribe(),
                         stop_rx,
