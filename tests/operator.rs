@@ -23,42 +23,81 @@ async fn pod_readiness_drives_the_key_with_the_exact_value() {
     let mut s = spec("greeter");
     s["metadata"] = json!({"tier": "gold"});
     create_reg(&g.client, &g.ns, "greeter", s).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "greeter"}), "127.0.0.11").await.unwrap();
+    ready_pod(
+        &g.client,
+        &g.ns,
+        "p1",
+        json!({"app": "greeter"}),
+        "127.0.0.11",
+    )
+    .await
+    .unwrap();
 
     let key = g.key("greeter", "127.0.0.11:50051");
     let keys = wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
     let raw = &keys[&key];
-    assert!(raw.starts_with(r#"{"Op":0,"Addr":"127.0.0.11:50051","Metadata":{"#), "{raw}");
+    assert!(
+        raw.starts_with(r#"{"Op":0,"Addr":"127.0.0.11:50051","Metadata":{"#),
+        "{raw}"
+    );
     let value: Value = serde_json::from_str(raw).unwrap();
     assert_eq!(
         value,
         json!({"Op": 0, "Addr": "127.0.0.11:50051", "Metadata": {"tier": "gold", "pod": "p1", "node": "node-1"}})
     );
-    let reg = wait_reason(&g.client, &g.ns, "greeter", "Published").await.unwrap();
+    let reg = wait_reason(&g.client, &g.ns, "greeter", "Published")
+        .await
+        .unwrap();
     let st = reg.status.unwrap();
     assert_eq!(st.ready_endpoints, 1);
     assert_eq!(st.target, Some(format!("registrar/{}/greeter", g.ns)));
     assert_eq!(st.endpoints, vec!["127.0.0.11:50051".to_string()]);
-    assert!(reg.metadata.finalizers.unwrap().contains(&"registrar.dev/cleanup".to_string()));
+    assert!(
+        reg.metadata
+            .finalizers
+            .unwrap()
+            .contains(&"registrar.dev/cleanup".to_string())
+    );
 
     // Not Ready: removed.
-    set_ready(&g.client, &g.ns, "p1", "127.0.0.11", false).await.unwrap();
+    set_ready(&g.client, &g.ns, "p1", "127.0.0.11", false)
+        .await
+        .unwrap();
     wait_keys(&g.kv, &g.prefix, &[]).await.unwrap();
-    wait_reason(&g.client, &g.ns, "greeter", "NoReadyPods").await.unwrap();
+    wait_reason(&g.client, &g.ns, "greeter", "NoReadyPods")
+        .await
+        .unwrap();
 
     // Ready again, then terminating (a pod bound to a node waits for its kubelet): removed.
-    set_ready(&g.client, &g.ns, "p1", "127.0.0.11", true).await.unwrap();
+    set_ready(&g.client, &g.ns, "p1", "127.0.0.11", true)
+        .await
+        .unwrap();
     wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(g.client.clone(), &g.ns);
     pods.delete("p1", &DeleteParams::default()).await.unwrap();
     let p = pods.get("p1").await.unwrap();
-    assert!(p.metadata.deletion_timestamp.is_some(), "pod should be terminating");
+    assert!(
+        p.metadata.deletion_timestamp.is_some(),
+        "pod should be terminating"
+    );
     wait_keys(&g.kv, &g.prefix, &[]).await.unwrap();
 
     // A second pod, then deleted outright: removed.
-    ready_pod(&g.client, &g.ns, "p2", json!({"app": "greeter"}), "127.0.0.12").await.unwrap();
-    wait_keys(&g.kv, &g.prefix, &[&g.key("greeter", "127.0.0.12:50051")]).await.unwrap();
-    pods.delete("p2", &DeleteParams::default().grace_period(0)).await.unwrap();
+    ready_pod(
+        &g.client,
+        &g.ns,
+        "p2",
+        json!({"app": "greeter"}),
+        "127.0.0.12",
+    )
+    .await
+    .unwrap();
+    wait_keys(&g.kv, &g.prefix, &[&g.key("greeter", "127.0.0.12:50051")])
+        .await
+        .unwrap();
+    pods.delete("p2", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
     wait_keys(&g.kv, &g.prefix, &[]).await.unwrap();
 }
 
@@ -66,19 +105,48 @@ async fn pod_readiness_drives_the_key_with_the_exact_value() {
 async fn spec_changes_replace_old_keys() {
     let g = Ground::new().await.unwrap();
     let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "svc", json!({"selector": {"matchLabels": {"app": "a"}}, "port": 8080}))
+    create_reg(
+        &g.client,
+        &g.ns,
+        "svc",
+        json!({"selector": {"matchLabels": {"app": "a"}}, "port": 8080}),
+    )
+    .await
+    .unwrap();
+    ready_pod(
+        &g.client,
+        &g.ns,
+        "p1",
+        json!({"app": "a", "tier": "x"}),
+        "127.0.0.21",
+    )
+    .await
+    .unwrap();
+    ready_pod(
+        &g.client,
+        &g.ns,
+        "p2",
+        json!({"app": "b", "tier": "x"}),
+        "127.0.0.22",
+    )
+    .await
+    .unwrap();
+    wait_keys(&g.kv, &g.prefix, &[&g.key("svc", "127.0.0.21:8080")])
         .await
         .unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "a", "tier": "x"}), "127.0.0.21").await.unwrap();
-    ready_pod(&g.client, &g.ns, "p2", json!({"app": "b", "tier": "x"}), "127.0.0.22").await.unwrap();
-    wait_keys(&g.kv, &g.prefix, &[&g.key("svc", "127.0.0.21:8080")]).await.unwrap();
 
     // Number -> named port (resolved per pod: grpc = 50051).
-    patch_reg(&g.client, &g.ns, "svc", json!({"port": "grpc"})).await.unwrap();
-    wait_keys(&g.kv, &g.prefix, &[&g.key("svc", "127.0.0.21:50051")]).await.unwrap();
+    patch_reg(&g.client, &g.ns, "svc", json!({"port": "grpc"}))
+        .await
+        .unwrap();
+    wait_keys(&g.kv, &g.prefix, &[&g.key("svc", "127.0.0.21:50051")])
+        .await
+        .unwrap();
 
     // Metadata change rewrites the value.
-    patch_reg(&g.client, &g.ns, "svc", json!({"metadata": {"zone": "z1"}})).await.unwrap();
+    patch_reg(&g.client, &g.ns, "svc", json!({"metadata": {"zone": "z1"}}))
+        .await
+        .unwrap();
     let key = g.key("svc", "127.0.0.21:50051");
     let kv = g.kv.clone();
     poll("metadata in value", DEADLINE, || {
@@ -102,21 +170,38 @@ async fn spec_changes_replace_old_keys() {
     )
     .await
     .unwrap();
-    wait_keys(&g.kv, &g.prefix, &[&g.key("svc", "127.0.0.21:50051"), &g.key("svc", "127.0.0.22:50051")])
-        .await
-        .unwrap();
-
-    // Service rename: the old target disappears, the new one appears.
-    patch_reg(&g.client, &g.ns, "svc", json!({"service": "renamed"})).await.unwrap();
     wait_keys(
         &g.kv,
         &g.prefix,
-        &[&g.key("renamed", "127.0.0.21:50051"), &g.key("renamed", "127.0.0.22:50051")],
+        &[
+            &g.key("svc", "127.0.0.21:50051"),
+            &g.key("svc", "127.0.0.22:50051"),
+        ],
     )
     .await
     .unwrap();
-    let reg = wait_reason(&g.client, &g.ns, "svc", "Published").await.unwrap();
-    assert_eq!(reg.status.unwrap().target, Some(format!("registrar/{}/renamed", g.ns)));
+
+    // Service rename: the old target disappears, the new one appears.
+    patch_reg(&g.client, &g.ns, "svc", json!({"service": "renamed"}))
+        .await
+        .unwrap();
+    wait_keys(
+        &g.kv,
+        &g.prefix,
+        &[
+            &g.key("renamed", "127.0.0.21:50051"),
+            &g.key("renamed", "127.0.0.22:50051"),
+        ],
+    )
+    .await
+    .unwrap();
+    let reg = wait_reason(&g.client, &g.ns, "svc", "Published")
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.status.unwrap().target,
+        Some(format!("registrar/{}/renamed", g.ns))
+    );
 }
 
 #[tokio::test]
@@ -128,8 +213,12 @@ async fn registrations_sharing_a_target_are_unioned_and_deleted_separately() {
         s["service"] = json!("shared");
         create_reg(&g.client, &g.ns, name, s).await.unwrap();
     }
-    ready_pod(&g.client, &g.ns, "pa", json!({"app": "a"}), "127.0.0.31").await.unwrap();
-    ready_pod(&g.client, &g.ns, "pb", json!({"app": "b"}), "127.0.0.32").await.unwrap();
+    ready_pod(&g.client, &g.ns, "pa", json!({"app": "a"}), "127.0.0.31")
+        .await
+        .unwrap();
+    ready_pod(&g.client, &g.ns, "pb", json!({"app": "b"}), "127.0.0.32")
+        .await
+        .unwrap();
     let ka = g.key("shared", "127.0.0.31:50051");
     let kb = g.key("shared", "127.0.0.32:50051");
     wait_keys(&g.kv, &g.prefix, &[&ka, &kb]).await.unwrap();
@@ -153,10 +242,18 @@ async fn same_service_in_two_namespaces_are_two_targets() {
     let _op = g.operator().await.unwrap();
     let other = registrar_testenv::unique_name("other");
     namespace(&g.client, &other).await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    create_reg(&g.client, &other, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.41").await.unwrap();
-    ready_pod(&g.client, &other, "p1", json!({"app": "g"}), "127.0.0.42").await.unwrap();
+    create_reg(&g.client, &g.ns, "greeter", spec("g"))
+        .await
+        .unwrap();
+    create_reg(&g.client, &other, "greeter", spec("g"))
+        .await
+        .unwrap();
+    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.41")
+        .await
+        .unwrap();
+    ready_pod(&g.client, &other, "p1", json!({"app": "g"}), "127.0.0.42")
+        .await
+        .unwrap();
     let mine = g.key("greeter", "127.0.0.41:50051");
     let theirs = format!("registrar/{other}/greeter/127.0.0.42:50051");
     let mut want = [mine.as_str(), theirs.as_str()];
@@ -172,17 +269,21 @@ async fn same_service_in_two_namespaces_are_two_targets() {
 #[tokio::test]
 async fn keys_deleted_or_altered_by_hand_come_back() {
     let g = Ground::new().await.unwrap();
-    let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.51").await.unwrap();
-    let key = g.key("greeter", "127.0.0.51:50051");
+    let (_op, keys) = g.greeter_with(&[("p1", "127.0.0.51")]).await.unwrap();
+    let key = keys[0].clone();
     let original = wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap()[&key].clone();
 
     let mut kv = g.kv.clone();
     kv.delete(key.as_str(), None).await.unwrap();
     wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
 
-    kv.put(key.as_str(), r#"{"Op":0,"Addr":"127.0.0.99:1","Metadata":null}"#, None).await.unwrap();
+    kv.put(
+        key.as_str(),
+        r#"{"Op":0,"Addr":"127.0.0.99:1","Metadata":null}"#,
+        None,
+    )
+    .await
+    .unwrap();
     let restored = poll("value restored", DEADLINE, || {
         let mut kv = kv.clone();
         let key = key.clone();
@@ -198,7 +299,13 @@ async fn keys_deleted_or_altered_by_hand_come_back() {
     assert_eq!(restored, original);
     // A stray key under a target is removed too.
     let stray = g.key("greeter", "127.0.0.98:1");
-    kv.put(stray.as_str(), r#"{"Op":0,"Addr":"127.0.0.98:1","Metadata":null}"#, None).await.unwrap();
+    kv.put(
+        stray.as_str(),
+        r#"{"Op":0,"Addr":"127.0.0.98:1","Metadata":null}"#,
+        None,
+    )
+    .await
+    .unwrap();
     wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
 }
 
@@ -206,7 +313,10 @@ async fn keys_deleted_or_altered_by_hand_come_back() {
 async fn all_on_a_live_lease(kv: &etcd_client::Client, prefix: &str) -> Option<i64> {
     let mut kv = kv.clone();
     let resp = kv
-        .get(format!("{prefix}/"), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{prefix}/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .ok()?;
     let mut leases: Vec<i64> = resp
@@ -224,44 +334,59 @@ async fn all_on_a_live_lease(kv: &etcd_client::Client, prefix: &str) -> Option<i
 #[tokio::test]
 async fn etcd_outage_longer_than_the_lease_ttl_then_changes_made_meanwhile_are_published() {
     let mut g = Ground::new().await.unwrap();
-    let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.61").await.unwrap();
-    let k1 = g.key("greeter", "127.0.0.61:50051");
-    wait_keys(&g.kv, &g.prefix, &[&k1]).await.unwrap();
+    let (_op, keys) = g.greeter_with(&[("p1", "127.0.0.61")]).await.unwrap();
+    let k1 = keys[0].clone();
 
     g.etcd.stop().await.unwrap();
-    wait_reason(&g.client, &g.ns, "greeter", "EtcdUnavailable").await.unwrap();
-    ready_pod(&g.client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.62").await.unwrap();
+    wait_reason(&g.client, &g.ns, "greeter", "EtcdUnavailable")
+        .await
+        .unwrap();
+    ready_pod(&g.client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.62")
+        .await
+        .unwrap();
     // The outage itself lasts longer than the 3 s TTL (this sleep is the scenario, not a wait).
     tokio::time::sleep(Duration::from_secs(5)).await;
     g.etcd.restart().await.unwrap();
     let kv = g.etcd.client().await.unwrap();
-    wait_keys(&kv, &g.prefix, &[&k1, &g.key("greeter", "127.0.0.62:50051")]).await.unwrap();
-    poll("every key on one live lease", DEADLINE, || all_on_a_live_lease(&kv, &g.prefix))
+    wait_keys(
+        &kv,
+        &g.prefix,
+        &[&k1, &g.key("greeter", "127.0.0.62:50051")],
+    )
+    .await
+    .unwrap();
+    poll("every key on one live lease", DEADLINE, || {
+        all_on_a_live_lease(&kv, &g.prefix)
+    })
+    .await
+    .unwrap();
+    wait_reason(&g.client, &g.ns, "greeter", "Published")
         .await
         .unwrap();
-    wait_reason(&g.client, &g.ns, "greeter", "Published").await.unwrap();
 }
 
 #[tokio::test]
 async fn a_lost_lease_is_replaced_and_every_key_put_again() {
     let g = Ground::new().await.unwrap();
-    let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.63").await.unwrap();
-    ready_pod(&g.client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.64").await.unwrap();
-    let want = [g.key("greeter", "127.0.0.63:50051"), g.key("greeter", "127.0.0.64:50051")];
-    let want: Vec<&str> = want.iter().map(String::as_str).collect();
-    wait_keys(&g.kv, &g.prefix, &want).await.unwrap();
-    let old = poll("one live lease", DEADLINE, || all_on_a_live_lease(&g.kv, &g.prefix)).await.unwrap();
+    let (_op, keys) = g
+        .greeter_with(&[("p1", "127.0.0.63"), ("p2", "127.0.0.64")])
+        .await
+        .unwrap();
+    let want: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let old = poll("one live lease", DEADLINE, || {
+        all_on_a_live_lease(&g.kv, &g.prefix)
+    })
+    .await
+    .unwrap();
 
     // The lease expires (revoked here, as an expiry during a partition would): keys vanish.
     let mut kv = g.kv.clone();
     kv.lease_revoke(old).await.unwrap();
     wait_keys(&g.kv, &g.prefix, &want).await.unwrap();
     let new = poll("a new live lease", DEADLINE, || async {
-        all_on_a_live_lease(&g.kv, &g.prefix).await.filter(|l| *l != old)
+        all_on_a_live_lease(&g.kv, &g.prefix)
+            .await
+            .filter(|l| *l != old)
     })
     .await
     .unwrap();
@@ -271,13 +396,11 @@ async fn a_lost_lease_is_replaced_and_every_key_put_again() {
 #[tokio::test]
 async fn etcd_wiped_gets_every_key_back() {
     let mut g = Ground::new().await.unwrap();
-    let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.71").await.unwrap();
-    ready_pod(&g.client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.72").await.unwrap();
-    let want = [g.key("greeter", "127.0.0.71:50051"), g.key("greeter", "127.0.0.72:50051")];
-    let want: Vec<&str> = want.iter().map(String::as_str).collect();
-    wait_keys(&g.kv, &g.prefix, &want).await.unwrap();
+    let (_op, keys) = g
+        .greeter_with(&[("p1", "127.0.0.71"), ("p2", "127.0.0.72")])
+        .await
+        .unwrap();
+    let want: Vec<&str> = keys.iter().map(String::as_str).collect();
     g.etcd.wipe().await.unwrap();
     let kv = g.etcd.client().await.unwrap();
     wait_keys(&kv, &g.prefix, &want).await.unwrap();
@@ -288,11 +411,17 @@ async fn etcd_wiped_gets_every_key_back() {
 }
 
 /// Collects every DELETE event under `prefix/` from a watch started now.
-async fn watch_deletes(etcd: &etcd_client::Client, prefix: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+async fn watch_deletes(
+    etcd: &etcd_client::Client,
+    prefix: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut etcd = etcd.clone();
     let mut stream = etcd
-        .watch(format!("{prefix}/"), Some(etcd_client::WatchOptions::new().with_prefix()))
+        .watch(
+            format!("{prefix}/"),
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     tokio::spawn(async move {
@@ -312,13 +441,11 @@ async fn watch_deletes(etcd: &etcd_client::Client, prefix: &str) -> tokio::sync:
 #[tokio::test]
 async fn operator_restart_never_drops_a_ready_key_and_reaps_vanished_pods() {
     let g = Ground::new().await.unwrap();
-    let mut op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "stays", json!({"app": "g"}), "127.0.0.81").await.unwrap();
-    ready_pod(&g.client, &g.ns, "goes", json!({"app": "g"}), "127.0.0.82").await.unwrap();
-    let stays = g.key("greeter", "127.0.0.81:50051");
-    let goes = g.key("greeter", "127.0.0.82:50051");
-    wait_keys(&g.kv, &g.prefix, &[&stays, &goes]).await.unwrap();
+    let (mut op, keys) = g
+        .greeter_with(&[("stays", "127.0.0.81"), ("goes", "127.0.0.82")])
+        .await
+        .unwrap();
+    let (stays, goes) = (keys[0].clone(), keys[1].clone());
     let mut deletes = watch_deletes(&g.kv, &g.prefix).await;
 
     // Graceful stop: the lease is not revoked, keys stay.
@@ -329,7 +456,11 @@ async fn operator_restart_never_drops_a_ready_key_and_reaps_vanished_pods() {
         .await
         .unwrap();
     let mut kv = g.kv.clone();
-    assert_eq!(etcd_keys(&mut kv, &g.prefix).await.unwrap().len(), 2, "keys must survive a graceful stop");
+    assert_eq!(
+        etcd_keys(&mut kv, &g.prefix).await.unwrap().len(),
+        2,
+        "keys must survive a graceful stop"
+    );
 
     let _op2 = g.operator().await.unwrap();
     wait_keys(&g.kv, &g.prefix, &[&stays]).await.unwrap();
@@ -337,24 +468,33 @@ async fn operator_restart_never_drops_a_ready_key_and_reaps_vanished_pods() {
     while let Ok(k) = deletes.try_recv() {
         deleted.push(k);
     }
-    assert_eq!(deleted, vec![goes], "only the vanished pod's key may be deleted");
+    assert_eq!(
+        deleted,
+        vec![goes],
+        "only the vanished pod's key may be deleted"
+    );
 }
 
 #[tokio::test]
 async fn apiserver_restart_causes_no_deletes() {
     let mut g = Ground::new().await.unwrap();
-    let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.91").await.unwrap();
-    let k1 = g.key("greeter", "127.0.0.91:50051");
-    wait_keys(&g.kv, &g.prefix, &[&k1]).await.unwrap();
+    let (_op, keys) = g.greeter_with(&[("p1", "127.0.0.91")]).await.unwrap();
+    let k1 = keys[0].clone();
     let mut deletes = watch_deletes(&g.kv, &g.prefix).await;
 
     g.cp.restart_apiserver().await.unwrap();
     let client = g.cp.client().await.unwrap();
     // A change made after the restart is published: the operator's watches are back.
-    ready_pod(&client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.92").await.unwrap();
-    wait_keys(&g.kv, &g.prefix, &[&k1, &g.key("greeter", "127.0.0.92:50051")]).await.unwrap();
+    ready_pod(&client, &g.ns, "p2", json!({"app": "g"}), "127.0.0.92")
+        .await
+        .unwrap();
+    wait_keys(
+        &g.kv,
+        &g.prefix,
+        &[&k1, &g.key("greeter", "127.0.0.92:50051")],
+    )
+    .await
+    .unwrap();
     assert!(deletes.try_recv().is_err(), "the relist deleted keys");
 }
 
@@ -364,10 +504,16 @@ async fn a_prefix_owned_by_another_cluster_is_left_alone() {
     let mut kv = g.kv.clone();
     kv.put("registrar/.owner", "cluster-b", None).await.unwrap();
     let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", spec("g")).await.unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.101").await.unwrap();
-    let reg = wait_reason(&g.client, &g.ns, "greeter", "PrefixOwnedElsewhere").await.unwrap();
-    let cond = reg.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    create_reg(&g.client, &g.ns, "greeter", spec("g"))
+        .await
+        .unwrap();
+    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.101")
+        .await
+        .unwrap();
+    let reg = wait_reason(&g.client, &g.ns, "greeter", "PrefixOwnedElsewhere")
+        .await
+        .unwrap();
+    let cond = ready_condition(&reg);
     assert!(cond.message.contains("cluster-b"), "{}", cond.message);
     assert!(etcd_keys(&mut kv, &g.prefix).await.unwrap().is_empty());
     let owner = kv.get("registrar/.owner", None).await.unwrap();
@@ -378,12 +524,21 @@ async fn a_prefix_owned_by_another_cluster_is_left_alone() {
 async fn a_missing_named_port_is_a_condition_and_an_event() {
     let g = Ground::new().await.unwrap();
     let _op = g.operator().await.unwrap();
-    create_reg(&g.client, &g.ns, "greeter", json!({"selector": {"matchLabels": {"app": "g"}}, "port": "http"}))
+    create_reg(
+        &g.client,
+        &g.ns,
+        "greeter",
+        json!({"selector": {"matchLabels": {"app": "g"}}, "port": "http"}),
+    )
+    .await
+    .unwrap();
+    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.111")
         .await
         .unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.111").await.unwrap();
-    let reg = wait_reason(&g.client, &g.ns, "greeter", "PortNotFound").await.unwrap();
-    let cond = reg.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    let reg = wait_reason(&g.client, &g.ns, "greeter", "PortNotFound")
+        .await
+        .unwrap();
+    let cond = ready_condition(&reg);
     assert!(cond.message.contains("p1"), "{}", cond.message);
     let events: Api<CoreEvent> = Api::namespaced(g.client.clone(), &g.ns);
     poll("PortNotFound event", DEADLINE, || {
@@ -392,7 +547,10 @@ async fn a_missing_named_port_is_a_condition_and_an_event() {
             let list = events.list(&ListParams::default()).await.ok()?;
             list.items
                 .iter()
-                .any(|e| e.reason.as_deref() == Some("PortNotFound") && e.involved_object.name.as_deref() == Some("greeter"))
+                .any(|e| {
+                    e.reason.as_deref() == Some("PortNotFound")
+                        && e.involved_object.name.as_deref() == Some("greeter")
+                })
                 .then_some(())
         }
     })

@@ -98,7 +98,10 @@ impl Operator {
         .await;
         if res.is_err() {
             self.process.check_alive()?;
-            anyhow::bail!("operator not ready; log tail:\n{}", self.process.log_tail(40));
+            anyhow::bail!(
+                "operator not ready; log tail:\n{}",
+                self.process.log_tail(40)
+            );
         }
         Ok(())
     }
@@ -117,7 +120,11 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- registrar log tail ({}) ---\n{}", self.admin, self.process.log_tail(60));
+            eprintln!(
+                "--- registrar log tail ({}) ---\n{}",
+                self.admin,
+                self.process.log_tail(60)
+            );
         }
     }
 }
@@ -125,25 +132,41 @@ impl Drop for Operator {
 /// A minimal HTTP/1.0 GET on loopback: (status, body).
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
 /// Creates namespace `name`.
 pub async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     Ok(())
 }
 
 /// Creates a ServiceRegistration from a spec.
-pub async fn create_reg(client: &kube::Client, ns: &str, name: &str, spec: Value) -> Result<ServiceRegistration> {
+pub async fn create_reg(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> Result<ServiceRegistration> {
     let reg: ServiceRegistration = serde_json::from_value(json!({
         "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
         "metadata": {"name": name, "namespace": ns},
@@ -157,24 +180,42 @@ pub async fn create_reg(client: &kube::Client, ns: &str, name: &str, spec: Value
 /// Merge-patches a registration's spec.
 pub async fn patch_reg(client: &kube::Client, ns: &str, name: &str, spec: Value) -> Result<()> {
     Api::<ServiceRegistration>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
         .await?;
     Ok(())
 }
 
 /// Creates a pod with `labels` and a container port `grpc`=`port`, on node `node-1`.
-pub async fn create_pod(client: &kube::Client, ns: &str, name: &str, labels: Value, port: i32) -> Result<()> {
+pub async fn create_pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    port: i32,
+) -> Result<()> {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
         "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "example.invalid/app",
                  "ports": [{"name": "grpc", "containerPort": port}]}]}
     }))?;
-    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await?;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await?;
     Ok(())
 }
 
 /// Sets a pod's IP and Ready condition (as a kubelet would).
-pub async fn set_ready(client: &kube::Client, ns: &str, name: &str, ip: &str, ready: bool) -> Result<()> {
+pub async fn set_ready(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    ip: &str,
+    ready: bool,
+) -> Result<()> {
     let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
         "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
                         "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}]}});
@@ -185,26 +226,47 @@ pub async fn set_ready(client: &kube::Client, ns: &str, name: &str, ip: &str, re
 }
 
 /// Creates a pod and makes it Ready with `ip`.
-pub async fn ready_pod(client: &kube::Client, ns: &str, name: &str, labels: Value, ip: &str) -> Result<()> {
+pub async fn ready_pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    ip: &str,
+) -> Result<()> {
     create_pod(client, ns, name, labels, 50051).await?;
     set_ready(client, ns, name, ip, true).await
 }
 
 /// Every key under `prefix/` (excluding the owner claim) with its value.
-pub async fn etcd_keys(etcd: &mut etcd_client::Client, prefix: &str) -> Result<BTreeMap<String, String>> {
+pub async fn etcd_keys(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+) -> Result<BTreeMap<String, String>> {
     let resp = etcd
-        .get(format!("{prefix}/"), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{prefix}/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await?;
     Ok(resp
         .kvs()
         .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value_str().ok()?.to_string())))
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.value_str().ok()?.to_string(),
+            ))
+        })
         .filter(|(k, _)| !k.ends_with("/.owner"))
         .collect())
 }
 
 /// Waits until the keys under `prefix/` are exactly `want` (key names only).
-pub async fn wait_keys(etcd: &etcd_client::Client, prefix: &str, want: &[&str]) -> Result<BTreeMap<String, String>> {
+pub async fn wait_keys(
+    etcd: &etcd_client::Client,
+    prefix: &str,
+    want: &[&str],
+) -> Result<BTreeMap<String, String>> {
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     let res = poll(&format!("etcd keys {want:?}"), DEADLINE, || {
@@ -228,21 +290,30 @@ pub async fn wait_keys(etcd: &etcd_client::Client, prefix: &str, want: &[&str]) 
 }
 
 /// Waits until the registration's Ready condition has `reason`; returns the registration.
-pub async fn wait_reason(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Result<ServiceRegistration> {
+pub async fn wait_reason(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Result<ServiceRegistration> {
     let api: Api<ServiceRegistration> = Api::namespaced(client.clone(), ns);
-    let res = poll(&format!("{ns}/{name} Ready reason {reason}"), DEADLINE, || {
-        let api = api.clone();
-        async move {
-            let reg = api.get(name).await.ok()?;
-            let ok = reg
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.reason == reason);
-            ok.then_some(reg)
-        }
-    })
+    let res = poll(
+        &format!("{ns}/{name} Ready reason {reason}"),
+        DEADLINE,
+        || {
+            let api = api.clone();
+            async move {
+                let reg = api.get(name).await.ok()?;
+                let ok = reg
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == reason);
+                ok.then_some(reg)
+            }
+        },
+    )
     .await;
     match res {
         Ok(r) => Ok(r),
@@ -282,7 +353,14 @@ impl Ground {
         let ns = registrar_testenv::unique_name("ns");
         namespace(&client, &ns).await?;
         let prefix = "registrar".to_string();
-        Ok(Ground { cp, etcd, client, kv, ns, prefix })
+        Ok(Ground {
+            cp,
+            etcd,
+            client,
+            kv,
+            ns,
+            prefix,
+        })
     }
 
     pub fn options(&self) -> OperatorOptions {
@@ -297,4 +375,37 @@ impl Ground {
     pub fn key(&self, service: &str, addr: &str) -> String {
         format!("{}/{}/{service}/{addr}", self.prefix, self.ns)
     }
+}
+
+impl Ground {
+    /// Starts the operator, registers `greeter` (pods labelled `app: g`, port 50051), makes
+    /// `pods` (name, IP) Ready and waits until exactly their keys are in etcd. Returns the
+    /// operator and the keys, in the order of `pods`.
+    pub async fn greeter_with(&self, pods: &[(&str, &str)]) -> Result<(Operator, Vec<String>)> {
+        let op = self.operator().await?;
+        create_reg(
+            &self.client,
+            &self.ns,
+            "greeter",
+            json!({"selector": {"matchLabels": {"app": "g"}}, "port": 50051}),
+        )
+        .await?;
+        let mut keys = Vec::new();
+        for (name, ip) in pods {
+            ready_pod(&self.client, &self.ns, name, json!({"app": "g"}), ip).await?;
+            keys.push(self.key("greeter", &format!("{ip}:50051")));
+        }
+        let want: Vec<&str> = keys.iter().map(String::as_str).collect();
+        wait_keys(&self.kv, &self.prefix, &want).await?;
+        Ok((op, keys))
+    }
+}
+
+/// The Ready condition of a registration's status (panics in tests when there is none).
+pub fn ready_condition(reg: &ServiceRegistration) -> registrar::crd::Condition {
+    reg.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .cloned()
+        .expect("the registration has a Ready condition")
 }
