@@ -32,9 +32,16 @@ async fn main() -> Result<()> {
         .init();
     let etcd = std::env::var("ETCD").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
     let target = std::env::var("TARGET").unwrap_or_else(|_| "registrar/demo/greeter".into());
-    let etcd = EtcdConnect::new(etcd.split(',').map(str::trim)).connect().await?;
+    let etcd = EtcdConnect::new(etcd.split(',').map(str::trim))
+        .connect()
+        .await?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", addr, name] => serve(etcd, &target, addr.parse()?, name).await,
         ["call", n] => call(etcd, &target, n.parse()?).await,
         _ => Err("usage: greeter serve <ip:port> <name> | greeter call <n>".into()),
@@ -42,14 +49,23 @@ async fn main() -> Result<()> {
 }
 
 /// Serves until Ctrl-C, registered under `target`; deregisters on the way out.
-async fn serve(etcd: etcd_client::Client, target: &str, addr: SocketAddr, name: &str) -> Result<()> {
+async fn serve(
+    etcd: etcd_client::Client,
+    target: &str,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<()> {
     let server = registrar_testenv::greeter::try_serve(addr, name.to_owned()).await?;
     let registration = Registration::builder(etcd, target, server.addr().to_string())
         .metadata(json!({"name": name}))
         .ttl(Duration::from_secs(10))
         .register()
         .await?;
-    println!("serving {name} on {}, registered as {}", server.addr(), registration.key());
+    println!(
+        "serving {name} on {}, registered as {}",
+        server.addr(),
+        registration.key()
+    );
     tokio::signal::ctrl_c().await?;
     registration.deregister().await?;
     println!("deregistered; served {} calls", server.served());

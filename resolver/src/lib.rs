@@ -62,6 +62,12 @@
 //!   relist would not find it either), where Go's resolver would keep the stale address.
 //! - Unlike Go's resolver, which stops for good when its watch fails, this one resumes, relists
 //!   after compaction, and lets calls wait (bounded) instead of blocking forever on an empty set.
+//! - grpc-go clients dialing `etcd:///registrar/shop/greeter` send the target path as
+//!   `:authority`, which is not a valid authority; hyper (hence tonic servers) resets such
+//!   streams with `PROTOCOL_ERROR`. Go clients of tonic servers need `grpc.WithAuthority(..)`.
+//! - A backend that shuts down gracefully (HTTP/2 GOAWAY) stops getting new calls at once on
+//!   plaintext connections (the balancer reads frame headers as they pass); under TLS it is
+//!   noticed when tonic finds the connection unusable, which can cost that one call.
 
 #![deny(missing_docs)]
 

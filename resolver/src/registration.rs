@@ -9,6 +9,9 @@
 //! registrations are dropped, the lease is revoked. For a clean shutdown await
 //! [`Registration::deregister`] or [`SharedLease::shutdown`]: background work cannot run once
 //! the runtime is gone (the keys then vanish when the TTL ends).
+//!
+//! Not covered: a key deleted or overwritten by someone else while the lease stays alive is not
+//! restored (it is on the next lease loss).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

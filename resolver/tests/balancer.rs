@@ -311,3 +311,57 @@ async fn unreachable_backend_backs_off_and_is_not_picked() -> Result<()> {
     assert_eq!(counts.get("alive"), Some(&100), "{counts:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_backend_finishes_in_flight_calls_and_new_calls_go_elsewhere() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let target = target("drain");
+    let mut a = greeter::serve(loopback(15), "a".into()).await;
+    let b = greeter::serve(loopback(16), "b".into()).await;
+    put_endpoint(&mut kv, &target, a.addr()).await?;
+    put_endpoint(&mut kv, &target, b.addr()).await?;
+    let balancer = Balancer::builder(etcd.client().await?, &target)
+        .connection_backoff(test_backoff())
+        .build()
+        .await?;
+    wait_ready(&balancer, 2).await?;
+    // Slow calls in flight on both backends.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut client = GreeterClient::new(balancer.clone());
+        slow.push(tokio::spawn(async move {
+            client
+                .say_hello(HelloRequest {
+                    name: "sleep:1500".into(),
+                })
+                .await
+                .map(|r| r.into_inner().backend)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.drain(); // GOAWAY; the slow calls on `a` keep running
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = GreeterClient::new(balancer.clone());
+    let mut failed = 0;
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        match hello(&mut client).await {
+            Ok(backend) => *counts.entry(backend).or_insert(0) += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "calls failed while a backend drained: {counts:?}"
+    );
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+    let mut finished = std::collections::BTreeMap::new();
+    for call in slow {
+        *finished.entry(call.await??).or_insert(0) += 1;
+    }
+    assert_eq!(finished.get("a"), Some(&2), "{finished:?}");
+    assert_eq!(finished.get("b"), Some(&2), "{finished:?}");
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! keep a call in flight. A [`TestServer`] counts the RPCs it served and is killed abruptly when stopped or
 //! dropped: it runs on its own Tokio runtime, and shutting that runtime down closes the listener
 //! and every open connection at once, like a crashed process (no GOAWAY, no draining).
+//! [`TestServer::drain`] instead shuts down gracefully (GOAWAY, in-flight calls finish).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub struct TestServer {
     name: String,
     served: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
+    drain: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestServer {
@@ -81,6 +83,14 @@ impl TestServer {
     /// How many RPCs it has served.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Starts a graceful shutdown: stops accepting, sends HTTP/2 GOAWAY on every connection and
+    /// lets in-flight calls finish; [`stop`](Self::stop) or drop then kills what is left.
+    pub fn drain(&mut self) {
+        if let Some(tx) = self.drain.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Kills the server: closes the listener and every connection without draining.
@@ -150,10 +160,13 @@ pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
     let greeter = NamedGreeter::new(name.clone(), served.clone());
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task_name = name.clone();
+    let (drain, drained) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(GreeterServer::new(greeter))
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = drained.await;
+            })
             .await;
         if let Err(e) = result {
             tracing::warn!(server = %task_name, "test Greeter server failed: {e}");
@@ -176,5 +189,6 @@ pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
         name,
         served,
         runtime: Some(runtime),
+        drain: Some(drain),
     })
 }

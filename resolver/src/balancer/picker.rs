@@ -6,15 +6,17 @@
 //! pick never lands on a dead connection in the short window before the picker is rebuilt.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
+
+use super::connector::Liveness;
 
 /// One pickable backend.
 #[derive(Clone, Debug)]
 pub(crate) struct PickEntry<T> {
     pub(crate) value: T,
-    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) alive: Arc<Liveness>,
 }
 
 /// Round-robin over a fixed list.
@@ -52,7 +54,7 @@ impl<T> Picker<T> {
         for _ in 0..n {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
             let entry = &self.entries[i];
-            if entry.alive.load(Ordering::Acquire) {
+            if entry.alive.is_alive() {
                 return Some(&entry.value);
             }
         }
@@ -73,7 +75,7 @@ mod tests {
     fn entry(v: &'static str) -> PickEntry<&'static str> {
         PickEntry {
             value: v,
-            alive: Arc::new(AtomicBool::new(true)),
+            alive: Arc::new(Liveness::new()),
         }
     }
 
@@ -113,13 +115,13 @@ mod tests {
     fn skips_dead_entries() {
         let b = entry("b");
         let p = Picker::new(vec![entry("a"), b.clone(), entry("c")]);
-        b.alive.store(false, Ordering::Release);
+        b.alive.kill("test");
         for _ in 0..30 {
             assert_ne!(*p.pick().unwrap(), "b");
         }
         let only = entry("x");
         let p = Picker::new(vec![only.clone()]);
-        only.alive.store(false, Ordering::Release);
+        only.alive.kill("test");
         assert!(p.pick().is_none());
         assert_eq!(p.len(), 1);
     }

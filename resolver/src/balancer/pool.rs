@@ -2,13 +2,13 @@
 //! snapshot, their connectivity states, and the picker rebuilt whenever the READY set changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
+use super::connector::Liveness;
 use super::picker::{PickEntry, Picker};
 use super::subchannel::{self, ConnectPolicy};
 use super::{BackendStatus, ConnectivityState};
@@ -101,7 +101,7 @@ impl Pool {
         addr: &str,
         generation: u64,
         channel: Channel,
-        alive: Arc<AtomicBool>,
+        alive: Arc<Liveness>,
     ) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {

@@ -33,6 +33,8 @@ pub(crate) async fn run(
     pool: Arc<Pool>,
 ) {
     let tcp = TcpSettings::from_endpoint(&endpoint);
+    // Under TLS the HTTP/2 frames cannot be read off the socket.
+    let plaintext = endpoint.uri().scheme_str() != Some("https");
     let mut backoff = BackoffState::new(policy.backoff);
     let mut window_end = Instant::now() + backoff.current();
     loop {
@@ -40,16 +42,16 @@ pub(crate) async fn run(
         let timeout = window_end
             .saturating_duration_since(Instant::now())
             .max(policy.min_connect_timeout);
-        let (connector, watch) = OneShotConnector::new(tcp);
+        let (connector, live) = OneShotConnector::new(tcp, plaintext);
         let error =
             match tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await {
                 Ok(Ok(channel)) => {
                     let ready_at = Instant::now();
                     backoff.reset();
                     tracing::debug!(%addr, "backend connected");
-                    pool.set_ready(&addr, generation, channel, watch.alive());
-                    watch.closed().await;
-                    tracing::info!(%addr, "backend connection lost; reconnecting");
+                    pool.set_ready(&addr, generation, channel, live.clone());
+                    live.gone().await;
+                    tracing::info!(%addr, "backend connection lost or draining; reconnecting");
                     pool.set_state(&addr, generation, ConnectivityState::Idle, None);
                     // A connection that dies right after connecting must not make us redial in a
                     // tight loop: space attempts by at least the initial backoff.
