@@ -69,7 +69,12 @@ pub struct RunArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// etcd client URLs, comma separated (https:// when TLS is configured).
-    #[arg(long, env = "REGISTRAR_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "REGISTRAR_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
 
     /// CA certificate (PEM) that signed etcd's serving certificate.
@@ -93,7 +98,11 @@ pub struct RunArgs {
     pub etcd_username: Option<String>,
 
     /// File holding the etcd password (trailing newline ignored).
-    #[arg(long, env = "REGISTRAR_ETCD_PASSWORD_FILE", conflicts_with = "etcd_password")]
+    #[arg(
+        long,
+        env = "REGISTRAR_ETCD_PASSWORD_FILE",
+        conflicts_with = "etcd_password"
+    )]
     pub etcd_password_file: Option<PathBuf>,
 
     /// etcd password (prefer --etcd-password-file; never logged).
@@ -126,7 +135,11 @@ pub struct RunArgs {
     pub leader_election_namespace: Option<String>,
 
     /// Name of the leader-election Lease.
-    #[arg(long, env = "REGISTRAR_LEADER_ELECTION_LEASE_NAME", default_value = "registrar")]
+    #[arg(
+        long,
+        env = "REGISTRAR_LEADER_ELECTION_LEASE_NAME",
+        default_value = "registrar"
+    )]
     pub leader_election_lease_name: String,
 
     /// Leader-election lease duration in seconds.
@@ -255,7 +268,11 @@ impl RunArgs {
         }
         let tls_wanted = self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some();
         if tls_wanted {
-            if let Some(e) = self.etcd_endpoints.iter().find(|e| e.starts_with("http://")) {
+            if let Some(e) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| e.starts_with("http://"))
+            {
                 return Err(ConfigError::Invalid {
                     flag: "--etcd-endpoints",
                     reason: format!("{e} is http:// but TLS is configured; use https://"),
@@ -328,10 +345,31 @@ mod tests {
     #[test]
     fn auth_and_tls_errors_name_the_flag() {
         let a = parse(&["--etcd-username", "u"]).unwrap();
-        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-username"));
-        let a = parse(&["--etcd-ca-file", "/nonexistent/ca.pem", "--etcd-endpoints", "https://127.0.0.1:2379"]).unwrap();
-        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-ca-file"));
+        assert!(
+            a.etcd_connect_options()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--etcd-username")
+        );
+        let a = parse(&[
+            "--etcd-ca-file",
+            "/nonexistent/ca.pem",
+            "--etcd-endpoints",
+            "https://127.0.0.1:2379",
+        ])
+        .unwrap();
+        assert!(
+            a.etcd_connect_options()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--etcd-ca-file")
+        );
         let a = parse(&["--etcd-ca-file", "/nonexistent/ca.pem"]).unwrap();
-        assert!(a.etcd_connect_options().unwrap_err().to_string().starts_with("--etcd-endpoints"));
+        assert!(
+            a.etcd_connect_options()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--etcd-endpoints")
+        );
     }
 }

@@ -132,12 +132,15 @@ impl Index {
                 let listed = self.pod_kind.init.take().unwrap_or_default();
                 let mut pods: HashMap<String, BTreeMap<String, Arc<Pod>>> = HashMap::new();
                 for pod in listed {
-                    if let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) {
+                    if let (Some(ns), Some(name)) =
+                        (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+                    {
                         pods.entry(ns).or_default().insert(name, Arc::new(pod));
                     }
                 }
                 // Which namespaces changed at all: only their registrations are recomputed.
-                let namespaces: BTreeSet<String> = pods.keys().chain(self.pods.keys()).cloned().collect();
+                let namespaces: BTreeSet<String> =
+                    pods.keys().chain(self.pods.keys()).cloned().collect();
                 for ns in namespaces {
                     if self.pods.get(&ns) != pods.get(&ns) {
                         self.mark_namespace(&ns);
@@ -148,7 +151,10 @@ impl Index {
             }
             Event::Apply(pod) => self.upsert_pod(pod),
             Event::Delete(pod) => {
-                let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
+                let (Some(ns), Some(name)) = (
+                    pod.metadata.namespace.as_deref(),
+                    pod.metadata.name.as_deref(),
+                ) else {
                     return;
                 };
                 let removed = self.pods.get_mut(ns).and_then(|m| m.remove(name));
@@ -160,7 +166,8 @@ impl Index {
     }
 
     fn upsert_pod(&mut self, pod: Pod) {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) else {
+        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+        else {
             return;
         };
         let pod = Arc::new(pod);
@@ -176,15 +183,17 @@ impl Index {
 
     /// Marks the registrations that select `pod` or published it.
     fn mark_for_pod(&mut self, pod: &Pod) {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
+        let (Some(ns), Some(name)) = (
+            pod.metadata.namespace.as_deref(),
+            pod.metadata.name.as_deref(),
+        ) else {
             return;
         };
         let start = (ns.to_string(), String::new());
         for (key, reg) in self.regs.range(start..).take_while(|(k, _)| k.0 == ns) {
-            let published = self
-                .outcomes
-                .get(key)
-                .is_some_and(|o| o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty());
+            let published = self.outcomes.get(key).is_some_and(|o| {
+                o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
+            });
             if published || selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref()) {
                 self.dirty.insert(key.clone());
             }
@@ -213,7 +222,11 @@ impl Index {
                 }
                 continue;
             };
-            let pods = self.pods.get(&key.0).into_iter().flat_map(|m| m.values().map(Arc::as_ref));
+            let pods = self
+                .pods
+                .get(&key.0)
+                .into_iter()
+                .flat_map(|m| m.values().map(Arc::as_ref));
             let outcome = desired::registration_outcome(&self.prefix, reg, pods);
             if self.outcomes.get(&key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
@@ -357,16 +370,25 @@ mod tests {
 
     #[test]
     fn ready_pod_is_published_and_unready_removed() {
-        let mut idx = synced_index(vec![reg("shop", "greeter", "g")], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        let mut idx = synced_index(
+            vec![reg("shop", "greeter", "g")],
+            vec![pod("shop", "p1", "g", "127.0.0.5", true)],
+        );
         assert_eq!(keys(&idx), vec!["registrar/shop/greeter/127.0.0.5:50051"]);
         idx.apply_pod(Event::Apply(pod("shop", "p1", "g", "127.0.0.5", false)));
-        assert_eq!(idx.flush(), vec![("shop".to_string(), "greeter".to_string())]);
+        assert_eq!(
+            idx.flush(),
+            vec![("shop".to_string(), "greeter".to_string())]
+        );
         assert!(keys(&idx).is_empty());
     }
 
     #[test]
     fn relist_is_swapped_in_whole_and_unchanged_relist_changes_nothing() {
-        let mut idx = synced_index(vec![reg("shop", "greeter", "g")], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        let mut idx = synced_index(
+            vec![reg("shop", "greeter", "g")],
+            vec![pod("shop", "p1", "g", "127.0.0.5", true)],
+        );
         // A relist starts: nothing disappears while it is buffered.
         idx.apply_pod(Event::Init);
         idx.apply_registration(Event::Init);
@@ -376,7 +398,10 @@ mod tests {
         idx.apply_registration(Event::InitApply(reg("shop", "greeter", "g")));
         idx.apply_registration(Event::InitDone);
         idx.apply_pod(Event::InitDone);
-        assert!(idx.flush().is_empty(), "an identical relist must change nothing");
+        assert!(
+            idx.flush().is_empty(),
+            "an identical relist must change nothing"
+        );
         assert_eq!(keys(&idx).len(), 1);
     }
 
@@ -384,7 +409,10 @@ mod tests {
     fn relist_drops_what_vanished_meanwhile() {
         let mut idx = synced_index(
             vec![reg("shop", "greeter", "g")],
-            vec![pod("shop", "p1", "g", "127.0.0.5", true), pod("shop", "p2", "g", "127.0.0.6", true)],
+            vec![
+                pod("shop", "p1", "g", "127.0.0.5", true),
+                pod("shop", "p2", "g", "127.0.0.6", true),
+            ],
         );
         assert_eq!(keys(&idx).len(), 2);
         idx.apply_pod(Event::Init);
@@ -397,11 +425,18 @@ mod tests {
     #[test]
     fn pod_event_marks_only_matching_registrations() {
         let mut idx = synced_index(
-            vec![reg("shop", "a", "a"), reg("shop", "b", "b"), reg("other", "a", "a")],
+            vec![
+                reg("shop", "a", "a"),
+                reg("shop", "b", "b"),
+                reg("other", "a", "a"),
+            ],
             vec![],
         );
         idx.apply_pod(Event::Apply(pod("shop", "p1", "a", "127.0.0.5", true)));
-        assert_eq!(idx.dirty.iter().cloned().collect::<Vec<_>>(), vec![("shop".to_string(), "a".to_string())]);
+        assert_eq!(
+            idx.dirty.iter().cloned().collect::<Vec<_>>(),
+            vec![("shop".to_string(), "a".to_string())]
+        );
         idx.flush();
         // Relabelled away: the registration that published it is marked.
         idx.apply_pod(Event::Apply(pod("shop", "p1", "zzz", "127.0.0.5", true)));
@@ -414,7 +449,10 @@ mod tests {
     fn deleting_a_registration_removes_only_its_endpoints() {
         let mut idx = synced_index(
             vec![reg("shop", "a", "a"), reg("shop", "b", "b")],
-            vec![pod("shop", "p1", "a", "127.0.0.5", true), pod("shop", "p2", "b", "127.0.0.6", true)],
+            vec![
+                pod("shop", "p1", "a", "127.0.0.5", true),
+                pod("shop", "p2", "b", "127.0.0.6", true),
+            ],
         );
         assert_eq!(keys(&idx).len(), 2);
         idx.apply_registration(Event::Delete(reg("shop", "a", "a")));
@@ -430,7 +468,10 @@ mod tests {
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert!(spec.service_account_name.is_none());
-        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 50051);
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            50051
+        );
         let status = p.status.as_ref().unwrap();
         let conds = status.conditions.as_ref().unwrap();
         assert_eq!(conds.len(), 1);

@@ -80,6 +80,7 @@ fn connect_etcd(
 ) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
     let options = args.etcd_connect_options()?;
     let endpoints = args.etcd_endpoints.clone();
+    let username = args.etcd_username.clone();
     let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
@@ -95,7 +96,7 @@ fn connect_etcd(
                     let _ = tx.send(EtcdConnection::Connected(Box::new(client)));
                     return;
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => explain_connect_error(&e, username.as_deref()),
                 Err(_) => "timed out connecting to etcd".to_string(),
             };
             tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
@@ -110,6 +111,19 @@ fn connect_etcd(
         }
     });
     Ok(rx)
+}
+
+/// The connect error, with a hint naming the flags when etcd refused the credentials (the
+/// password itself is never part of it).
+fn explain_connect_error(e: &etcd_client::Error, username: Option<&str>) -> String {
+    let text = e.to_string();
+    match username {
+        Some(user) if text.contains("authentication failed") => format!(
+            "{text} (etcd refused user {user:?}: check --etcd-username and the password in \
+             --etcd-password-file or REGISTRAR_ETCD_PASSWORD)"
+        ),
+        _ => text,
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -153,8 +167,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(prefix = %args.prefix, cluster_id = %cluster_id, lease_ttl = ?args.lease_ttl(), "starting");
 
+    if args.leader_elect {
+        warn_on_short_lease_ttl(&args);
+    }
     let etcd = connect_etcd(&args, shutdown.clone())?;
-    let leader = registrar::leader::elect(client.clone(), &args).await?;
+    let leadership = registrar::leader::elect(client.clone(), &args).await?;
     let mut writer = WriterConfig::new(args.prefix.clone(), cluster_id);
     writer.lease_ttl = args.lease_ttl();
     writer.coalesce = args.coalesce();
@@ -166,7 +183,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity: args.identity(),
         coalesce: args.coalesce(),
     };
-    engine.run(leader, ready_tx, shutdown).await
+    let result = engine.run(leadership.subscribe(), ready_tx, shutdown).await;
+    // The engine stopped writing: give the Lease up so that a standby takes over at once.
+    leadership.release().await;
+    result
+}
+
+/// A new leader re-puts every key under its own etcd lease before the old one can expire only
+/// if it takes over in time: the old lease may have as little as 2/3 of its TTL left when the
+/// leader dies (keepalives every TTL/3), and a standby takes over up to the leader-election
+/// lease duration plus about 2 s (release jitter, API calls, first write) later.
+fn warn_on_short_lease_ttl(args: &RunArgs) {
+    let ttl = args.lease_ttl;
+    let duration = args.leader_election_lease_duration;
+    if 2 * ttl < 3 * (duration + 2) {
+        tracing::warn!(
+            lease_ttl = ttl,
+            leader_election_lease_duration = duration,
+            "--lease-ttl is too short for --leader-election-lease-duration: after a leader dies, \
+             endpoints may disappear from etcd until the new leader puts them again; use \
+             --lease-ttl >= 1.5 x (lease duration + 2 s)"
+        );
+    }
 }
 
 async fn wait_for_signal() {

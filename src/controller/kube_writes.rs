@@ -83,7 +83,8 @@ impl KubeWriter {
 
     /// Adds the finalizer to `reg` (JSON patch guarded by the resourceVersion seen).
     pub fn add_finalizer(&self, reg: &ServiceRegistration) {
-        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone()) else {
+        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone())
+        else {
             return;
         };
         let api = self.api(&ns);
@@ -98,14 +99,19 @@ impl KubeWriter {
             ]),
         };
         self.spawn("adding the finalizer", format!("{ns}/{name}"), async move {
-            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-            ignore_conflict(api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await)
+            let patch: json_patch::Patch =
+                serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+            ignore_conflict(
+                api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await,
+            )
         });
     }
 
     /// Removes the finalizer from `reg` (after its keys were deleted from etcd).
     pub fn remove_finalizer(&self, reg: &ServiceRegistration) {
-        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone()) else {
+        let (Some(ns), Some(name)) = (reg.metadata.namespace.clone(), reg.metadata.name.clone())
+        else {
             return;
         };
         let current = reg.metadata.finalizers.clone().unwrap_or_default();
@@ -115,10 +121,18 @@ impl KubeWriter {
             { "op": "test", "path": "/metadata/finalizers", "value": current },
             { "op": "replace", "path": "/metadata/finalizers", "value": remaining }
         ]);
-        self.spawn("removing the finalizer", format!("{ns}/{name}"), async move {
-            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-            ignore_conflict(api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await)
-        });
+        self.spawn(
+            "removing the finalizer",
+            format!("{ns}/{name}"),
+            async move {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+                ignore_conflict(
+                    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                        .await,
+                )
+            },
+        );
     }
 
     /// Publishes a Kubernetes Event about `reg`.
@@ -126,7 +140,11 @@ impl KubeWriter {
         let reference: ObjectReference = reg.object_ref(&());
         let recorder = self.recorder.clone();
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note),
             action: "Publish".into(),
@@ -137,7 +155,9 @@ impl KubeWriter {
             reg.metadata.namespace.as_deref().unwrap_or_default(),
             reg.metadata.name.as_deref().unwrap_or_default()
         );
-        self.spawn("publishing an event", name, async move { recorder.publish(&event, &reference).await });
+        self.spawn("publishing an event", name, async move {
+            recorder.publish(&event, &reference).await
+        });
     }
 }
 

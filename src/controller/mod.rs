@@ -7,6 +7,7 @@
 //! of a deleted registration are gone from etcd).
 
 mod kube_writes;
+mod writer_metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -229,6 +230,11 @@ impl State {
                     );
                     *writer_state = handle.state.clone();
                     *applied = handle.applied.clone();
+                    writer_metrics::spawn(
+                        handle.stats.clone(),
+                        self.metrics.clone(),
+                        stop.subscribe(),
+                    );
                     self.term = Some(Term { handle, stop });
                     self.publishing = Publishing::Pending;
                 }

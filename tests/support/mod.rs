@@ -409,3 +409,149 @@ pub fn ready_condition(reg: &ServiceRegistration) -> registrar::crd::Condition {
         .cloned()
         .expect("the registration has a Ready condition")
 }
+
+// ---- Helpers of the rbac, failover, etcd_auth, helm and metrics tests ----
+
+/// Starts `registrar run` with `args` (plus `--admin-addr` and `RUST_LOG`), then `env` — for
+/// tests that need flags [`Operator::start`] always sets (e.g. no `--cluster-id`). Waits for
+/// `/readyz`.
+pub async fn start_operator_with(args: &[String], env: &[(String, String)]) -> Result<Operator> {
+    let dir = tempfile::Builder::new().prefix("registrar-op-").tempdir()?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(operator_bin());
+    cmd.arg("run")
+        .args(args)
+        .arg("--admin-addr")
+        .arg(&admin)
+        .env("RUST_LOG", "info,registrar=debug")
+        .env_remove("KUBECONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let log = dir.path().join("registrar.log");
+    let process = Process::spawn("registrar", cmd, &log)?;
+    let mut op = Operator {
+        process,
+        admin,
+        log,
+        _dir: dir,
+    };
+    op.wait_ready().await?;
+    Ok(op)
+}
+
+/// The value of one sample of a Prometheus text exposition; `series` is the name with its
+/// labels exactly as printed, e.g. `registrar_etcd_txns_total{result="ok"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+impl Operator {
+    /// The current value of one metric sample.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.metrics().await.ok()?, series)
+    }
+
+    /// Waits until the metric sample satisfies `ok`; returns its value.
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> Result<f64> {
+        let res = poll(&format!("metric {series}"), DEADLINE, || async {
+            self.metric(series).await.filter(|v| ok(*v))
+        })
+        .await;
+        match res {
+            Ok(v) => Ok(v),
+            Err(e) => anyhow::bail!("{e}; now: {:?}", self.metric(series).await),
+        }
+    }
+}
+
+/// `helm template <release> charts/registrar --namespace <namespace> <args>`: the rendered
+/// objects as JSON values, in order.
+pub fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>> {
+    let chart = registrar_testenv::workspace_root().join("charts/registrar");
+    let chart = chart.to_string_lossy().into_owned();
+    let mut all = vec![
+        "template",
+        release,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.35.0",
+    ];
+    all.extend_from_slice(args);
+    let text = registrar_testenv::run_tool("helm", &all)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// One change under a watched prefix.
+#[derive(Clone, Debug)]
+pub struct PrefixEvent {
+    pub delete: bool,
+    pub key: String,
+    pub lease: i64,
+    pub at: std::time::Instant,
+}
+
+/// Records every PUT and DELETE under `prefix/` from now on.
+pub async fn watch_prefix(
+    etcd: &etcd_client::Client,
+    prefix: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<PrefixEvent>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut etcd = etcd.clone();
+    let mut stream = etcd
+        .watch(
+            format!("{prefix}/"),
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    let _ = tx.send(PrefixEvent {
+                        delete: ev.event_type() == etcd_client::EventType::Delete,
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        lease: kv.lease(),
+                        at: std::time::Instant::now(),
+                    });
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The leases of the keys under `prefix/` (the owner claim excluded), deduplicated.
+pub async fn leases_under(etcd: &etcd_client::Client, prefix: &str) -> Result<Vec<i64>> {
+    let mut etcd = etcd.clone();
+    let resp = etcd
+        .get(
+            format!("{prefix}/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let mut leases: Vec<i64> = resp
+        .kvs()
+        .iter()
+        .filter(|kv| !kv.key().ends_with(b"/.owner"))
+        .map(|kv| kv.lease())
+        .collect();
+    leases.sort_unstable();
+    leases.dedup();
+    Ok(leases)
+}

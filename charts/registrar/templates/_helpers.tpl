@@ -77,6 +77,9 @@ Checks that JSON schema cannot express (relations between values).
 {{- if and .Values.leaderElection.enabled (ge (int .Values.leaderElection.leaseDuration) (int .Values.leaseTTL)) }}
 {{- fail (printf "leaderElection.leaseDuration (%d s) must be shorter than leaseTTL (%d s): a new leader must re-attach every key before the old etcd lease can expire" (int .Values.leaderElection.leaseDuration) (int .Values.leaseTTL)) }}
 {{- end }}
+{{- if and .Values.leaderElection.enabled (lt (mul 2 (int .Values.leaseTTL)) (mul 3 (add 2 (int .Values.leaderElection.leaseDuration)))) }}
+{{- fail (printf "leaseTTL (%d s) is too short for leaderElection.leaseDuration (%d s): it must be at least 1.5 x (leaseDuration + 2 s), because the old etcd lease may have only 2/3 of its TTL left when a leader dies and a standby takes over up to leaseDuration + 2 s later" (int .Values.leaseTTL) (int .Values.leaderElection.leaseDuration)) }}
+{{- end }}
 {{- if and .Values.etcd.tls.enabled .Values.etcd.tls.clientCert (not (and .Values.etcd.tls.certKey .Values.etcd.tls.keyKey)) }}
 {{- fail "etcd.tls.clientCert needs etcd.tls.certKey and etcd.tls.keyKey" }}
 {{- end }}
