@@ -58,7 +58,11 @@ impl Cluster {
             .arg("--concurrent-deployment-syncs=5")
             .arg("--concurrent-replicaset-syncs=5")
             .arg("--v=1");
-        let kcm = Process::spawn("kube-controller-manager", kcm, &dir.join("kube-controller-manager.log"))?;
+        let kcm = Process::spawn(
+            "kube-controller-manager",
+            kcm,
+            &dir.join("kube-controller-manager.log"),
+        )?;
 
         let mut sched = Command::new(tool("kube-scheduler")?);
         sched
@@ -88,18 +92,22 @@ impl Cluster {
         }
         for i in 0..nodes {
             let api = api.clone();
-            crate::poll(&format!("kwok-node-{i} Ready"), Duration::from_secs(60), || {
-                let api = api.clone();
-                async move {
-                    let node = api.get(&format!("kwok-node-{i}")).await.ok()?;
-                    let ready = node
-                        .status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True");
-                    ready.then_some(())
-                }
-            })
+            crate::poll(
+                &format!("kwok-node-{i} Ready"),
+                Duration::from_secs(60),
+                || {
+                    let api = api.clone();
+                    async move {
+                        let node = api.get(&format!("kwok-node-{i}")).await.ok()?;
+                        let ready = node
+                            .status?
+                            .conditions?
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                        ready.then_some(())
+                    }
+                },
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", self.components_log_tail()))?;
         }
@@ -149,21 +157,21 @@ impl DerefMut for Cluster {
 }
 
 fn fake_node(i: usize) -> Node {
-    let resources: BTreeMap<String, Quantity> = [
-        ("cpu", "64"),
-        ("memory", "256Gi"),
-        ("pods", "250"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
-    .collect();
+    let resources: BTreeMap<String, Quantity> =
+        [("cpu", "64"), ("memory", "256Gi"), ("pods", "250")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
     Node {
         metadata: ObjectMeta {
             name: Some(format!("kwok-node-{i}")),
             labels: Some(
                 [
                     ("type".to_string(), "kwok".to_string()),
-                    ("kubernetes.io/hostname".to_string(), format!("kwok-node-{i}")),
+                    (
+                        "kubernetes.io/hostname".to_string(),
+                        format!("kwok-node-{i}"),
+                    ),
                 ]
                 .into(),
             ),

@@ -30,7 +30,9 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd and kube-apiserver, waits for `/readyz`, installs every CRD in `crds/`.
     pub async fn start() -> Result<ControlPlane> {
-        let dir = tempfile::Builder::new().prefix("registrar-kube-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("registrar-kube-")
+            .tempdir()?;
         let etcd = Etcd::start().await?;
         let pki = Pki::new(&dir.path().join("pki"))?;
         let sa_key = pki.service_account_key()?;
@@ -56,7 +58,10 @@ impl ControlPlane {
         let serving = self.pki.serving("kube-apiserver")?;
         let mut cmd = Command::new(tool("kube-apiserver")?);
         cmd.arg(format!("--etcd-servers={}", self.etcd.endpoint()))
-            .arg(format!("--cert-dir={}", self.dir.path().join("cert").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                self.dir.path().join("cert").display()
+            ))
             .arg(format!("--tls-cert-file={}", serving.cert.display()))
             .arg(format!("--tls-private-key-file={}", serving.key.display()))
             .arg(format!("--client-ca-file={}", self.pki.ca.display()))
@@ -72,8 +77,14 @@ impl ControlPlane {
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
             .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!("--service-account-key-file={}", self.sa_key.1.display()))
-            .arg(format!("--service-account-signing-key-file={}", self.sa_key.0.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                self.sa_key.1.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                self.sa_key.0.display()
+            ))
             .arg("--v=1");
         let log = self.dir.path().join("kube-apiserver.log");
         let process = Process::spawn("kube-apiserver", cmd, &log)?;
@@ -85,13 +96,18 @@ impl ControlPlane {
             }
             if let Ok(client) = self.client().await {
                 let req = http::Request::get("/readyz").body(Vec::new())?;
-                let ready = tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await;
+                let ready =
+                    tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await;
                 if matches!(ready, Ok(Ok(ref body)) if body.trim() == "ok") {
                     return Ok(());
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                let tail = self.apiserver.as_ref().map(|p| p.log_tail(40)).unwrap_or_default();
+                let tail = self
+                    .apiserver
+                    .as_ref()
+                    .map(|p| p.log_tail(40))
+                    .unwrap_or_default();
                 anyhow::bail!("kube-apiserver not ready within 90 s; log tail:\n{tail}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -119,19 +135,23 @@ impl ControlPlane {
             names.push(crd.metadata.name.unwrap_or_default());
         }
         for name in names {
-            crate::poll(&format!("CRD {name} established"), Duration::from_secs(30), || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let crd = api.get(&name).await.ok()?;
-                    let established = crd
-                        .status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    established.then_some(())
-                }
-            })
+            crate::poll(
+                &format!("CRD {name} established"),
+                Duration::from_secs(30),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await.ok()?;
+                        let established = crd
+                            .status?
+                            .conditions?
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True");
+                        established.then_some(())
+                    }
+                },
+            )
             .await?;
         }
         Ok(())
@@ -156,7 +176,14 @@ impl ControlPlane {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let path = self.dir.path().join(format!("{file}.kubeconfig"));
-        write_kubeconfig(&path, self.port, &self.pki.ca, &certs.cert, &certs.key, user)?;
+        write_kubeconfig(
+            &path,
+            self.port,
+            &self.pki.ca,
+            &certs.cert,
+            &certs.key,
+            user,
+        )?;
         Ok(path)
     }
 
@@ -210,7 +237,14 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn write_kubeconfig(path: &Path, port: u16, ca: &Path, cert: &Path, key: &Path, user: &str) -> Result<()> {
+fn write_kubeconfig(
+    path: &Path,
+    port: u16,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    user: &str,
+) -> Result<()> {
     let text = format!(
         "apiVersion: v1
 kind: Config

@@ -47,7 +47,9 @@ impl Etcd {
 
     /// Starts etcd with `options`.
     pub async fn start_with(options: EtcdOptions) -> Result<Etcd> {
-        let dir = tempfile::Builder::new().prefix("registrar-etcd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("registrar-etcd-")
+            .tempdir()?;
         let tls = if options.tls {
             let pki = Pki::new(&dir.path().join("pki"))?;
             let server = pki.serving("etcd-server")?;
@@ -108,7 +110,11 @@ impl Etcd {
             match tokio::time::timeout(Duration::from_secs(2), ready).await {
                 Ok(Ok(_)) => return Ok(()),
                 _ if tokio::time::Instant::now() > deadline => {
-                    let tail = self.process.as_ref().map(|p| p.log_tail(40)).unwrap_or_default();
+                    let tail = self
+                        .process
+                        .as_ref()
+                        .map(|p| p.log_tail(40))
+                        .unwrap_or_default();
                     anyhow::bail!("etcd did not become ready within 30 s; log tail:\n{tail}");
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -140,12 +146,14 @@ impl Etcd {
         let ca = std::fs::read(&tls.ca)?;
         let cert = std::fs::read(&tls.root_client.cert)?;
         let key = std::fs::read(&tls.root_client.key)?;
-        Ok(Some(ConnectOptions::new().with_tls(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .identity(Identity::from_pem(cert, key))
-                .domain_name("localhost"),
-        )))
+        Ok(Some(
+            ConnectOptions::new().with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .identity(Identity::from_pem(cert, key))
+                    .domain_name("localhost"),
+            ),
+        ))
     }
 
     async fn connect(&self) -> Result<Client> {

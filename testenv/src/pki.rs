@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// A certificate and its key, as PEM files on disk.
@@ -71,10 +71,12 @@ impl Pki {
     /// A serving (and client) certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn serving(&self, name: &str) -> Result<CertFiles> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         params
             .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)));
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V6(
+            std::net::Ipv6Addr::LOCALHOST,
+        )));
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

@@ -26,7 +26,10 @@ async fn etcd_put_get_watch_round_trip_and_cleanup() {
     let etcd = Etcd::start().await.unwrap();
     let mut client = etcd.client().await.unwrap();
     let mut stream = client
-        .watch("smoke/", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .watch(
+            "smoke/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     client.put("smoke/a", "1", None).await.unwrap();
@@ -58,7 +61,12 @@ async fn etcd_put_get_watch_round_trip_and_cleanup() {
 #[tokio::test]
 async fn etcd_restart_keeps_data_and_wipe_drops_it() {
     let mut etcd = Etcd::start().await.unwrap();
-    etcd.client().await.unwrap().put("k", "v", None).await.unwrap();
+    etcd.client()
+        .await
+        .unwrap()
+        .put("k", "v", None)
+        .await
+        .unwrap();
     etcd.restart().await.unwrap();
     let mut c = etcd.client().await.unwrap();
     assert_eq!(c.get("k", None).await.unwrap().kvs().len(), 1);
@@ -69,7 +77,9 @@ async fn etcd_restart_keeps_data_and_wipe_drops_it() {
 
 #[tokio::test]
 async fn etcd_with_tls_requires_a_client_certificate() {
-    let etcd = Etcd::start_with(registrar_testenv::EtcdOptions { tls: true }).await.unwrap();
+    let etcd = Etcd::start_with(registrar_testenv::EtcdOptions { tls: true })
+        .await
+        .unwrap();
     assert!(etcd.endpoint().starts_with("https://127.0.0.1:"));
     let mut c = etcd.client().await.unwrap();
     c.put("tls", "ok", None).await.unwrap();
@@ -116,8 +126,14 @@ async fn apiserver_serves_the_crd_and_pods() {
         "spec": {"selector": {"matchLabels": {"app": "greeter"}}, "port": 70000}
     }))
     .unwrap();
-    let err = regs.create(&PostParams::default(), &invalid).await.unwrap_err();
-    assert!(err.to_string().contains("spec.port"), "unexpected error: {err}");
+    let err = regs
+        .create(&PostParams::default(), &invalid)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("spec.port"),
+        "unexpected error: {err}"
+    );
 
     // A Pod is created and its status patched to Ready.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -129,11 +145,18 @@ async fn apiserver_serves_the_crd_and_pods() {
     pods.create(&PostParams::default(), &pod).await.unwrap();
     let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.9",
         "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
     let got = pods.get("p1").await.unwrap();
     let st = got.status.unwrap();
     assert_eq!(st.pod_ip.as_deref(), Some("127.0.0.9"));
-    assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
 
     let pids = cp.pids();
     assert_eq!(pids.len(), 2);
@@ -175,9 +198,12 @@ async fn cluster_runs_a_deployment_to_ready_pods_on_loopback_ips() {
                 .items
                 .iter()
                 .filter(|p| {
-                    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
                 })
                 .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
                 .collect();
