@@ -557,3 +557,48 @@ async fn a_missing_named_port_is_a_condition_and_an_event() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_registration_deleted_while_the_operator_is_down_is_released_after_restart() {
+    let g = Ground::new().await.unwrap();
+    let (mut op, _keys) = g.greeter_with(&[("p1", "127.0.0.121")]).await.unwrap();
+    // A second registration that selects nothing, in the same namespace.
+    create_reg(&g.client, &g.ns, "idle", spec("nobody"))
+        .await
+        .unwrap();
+    let regs: Api<ServiceRegistration> = Api::namespaced(g.client.clone(), &g.ns);
+    poll("finalizers added", DEADLINE, || {
+        let regs = regs.clone();
+        async move {
+            let all = regs.list(&ListParams::default()).await.ok()?;
+            all.items
+                .iter()
+                .all(|r| {
+                    r.metadata
+                        .finalizers
+                        .as_ref()
+                        .is_some_and(|f| !f.is_empty())
+                })
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    op.process.terminate(Duration::from_secs(10));
+    regs.delete("greeter", &DeleteParams::default())
+        .await
+        .unwrap();
+    regs.delete("idle", &DeleteParams::default()).await.unwrap();
+
+    let _op2 = g.operator().await.unwrap();
+    wait_keys(&g.kv, &g.prefix, &[]).await.unwrap();
+    poll("both registrations gone", DEADLINE, || {
+        let regs = regs.clone();
+        async move {
+            let all = regs.list(&ListParams::default()).await.ok()?;
+            all.items.is_empty().then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -192,6 +192,7 @@ impl Engine {
                 tracing::info!(pods = st.index.pod_count(), "initial sync complete");
                 let _ = ready.send(true);
                 st.flush();
+                st.schedule_releases(None);
                 st.update_statuses(None);
             }
         }
@@ -251,6 +252,7 @@ impl State {
                     self.kube.add_finalizer(&reg);
                 }
             }
+            self.schedule_releases(None);
             self.update_statuses(None);
         } else if let Some(term) = self.term.take() {
             tracing::warn!("lost leadership: stopping the etcd writer");
@@ -295,17 +297,7 @@ impl State {
         }
         self.metrics
             .set_registrations(self.index.registrations().count());
-        // Deleted registrations: their keys leave etcd with this seq (once complete).
-        if complete {
-            for key in &touched {
-                if let Some(reg) = self.index.registration(key)
-                    && reg.metadata.deletion_timestamp.is_some()
-                    && has_finalizer(reg)
-                {
-                    self.releasing.entry(key.clone()).or_insert(self.seq);
-                }
-            }
-        }
+        self.schedule_releases(Some(&touched));
         self.update_statuses(Some(&touched));
         let applied = self
             .term
@@ -313,6 +305,28 @@ impl State {
             .map(|t| *t.handle.applied.borrow())
             .unwrap_or(0);
         self.on_applied(applied);
+    }
+
+    /// Deleted registrations (of `only`, or all) still holding our finalizer: their keys leave
+    /// etcd with the current seq, so the finalizer may go once the writer applied it. Only once
+    /// both caches are synced: before that the writer deletes nothing.
+    fn schedule_releases(&mut self, only: Option<&[RegKey]>) {
+        if !self.index.synced() {
+            return;
+        }
+        let deleting: Vec<RegKey> = self
+            .index
+            .registrations()
+            .filter(|(k, reg)| {
+                only.is_none_or(|keys| keys.contains(k))
+                    && reg.metadata.deletion_timestamp.is_some()
+                    && has_finalizer(reg)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in deleting {
+            self.releasing.entry(key).or_insert(self.seq);
+        }
     }
 
     fn on_writer_state(&mut self, state: WriterState) {
