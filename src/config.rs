@@ -122,7 +122,8 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRAR_LEASE_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_ttl: u64,
 
-    /// Coalescing window for etcd writes and status updates, in milliseconds.
+    /// Coalescing window, in milliseconds: a change after a quiet period is written at once;
+    /// changes within this window of the last write are batched into the next one.
     #[arg(long, env = "REGISTRAR_COALESCE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub coalesce_ms: u64,
 

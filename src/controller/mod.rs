@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 pub use kube_writes::{FINALIZER, KubeWriter};
 
+use crate::coalesce::next_action;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{Desired, WriterConfig, WriterHandle, WriterState, spawn_writer};
 use crate::index::{Index, RegKey, trim_pod};
@@ -125,6 +126,7 @@ impl Engine {
         let mut etcd_conn = self.etcd.clone();
         let mut etcd_settled = false;
         let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut last_flush: Option<tokio::time::Instant> = None;
         let mut writer_state = watch::channel(WriterState::Starting).1;
         let mut applied = watch::channel(0u64).1;
         st.set_leader(*leader.borrow_and_update(), &mut writer_state, &mut applied);
@@ -157,6 +159,7 @@ impl Engine {
                 },
                 _ = debounce => {
                     flush_at = None;
+                    last_flush = Some(tokio::time::Instant::now());
                     st.flush();
                 }
                 res = leader.changed() => {
@@ -186,7 +189,7 @@ impl Engine {
                 }
             }
             if st.index.has_dirty() && flush_at.is_none() {
-                flush_at = Some(tokio::time::Instant::now() + self.coalesce);
+                flush_at = Some(next_action(last_flush, self.coalesce));
             }
             if st.index.synced() && !*ready.borrow() {
                 tracing::info!(pods = st.index.pod_count(), "initial sync complete");

@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::coalesce::next_action;
+
 use super::backoff::Backoff;
 use super::config::WriterConfig;
 use super::error::{EtcdError, is_lease_not_found, timed};
@@ -240,6 +242,7 @@ impl Writer {
 
         // 5. Write and repair until something breaks.
         let mut flush_at = Some(Instant::now());
+        let mut last_flush: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -267,7 +270,7 @@ impl Writer {
                         tracing::info!("desired-state sender dropped; stopping the etcd writer");
                         return End::Shutdown;
                     }
-                    flush_at.get_or_insert(Instant::now() + self.cfg.coalesce);
+                    flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
                 }
                 msg = watch.message() => {
                     let resp = match msg {
@@ -280,7 +283,7 @@ impl Writer {
                     match self.on_watch(prefix::news(&resp)) {
                         Ok(false) => {}
                         Ok(true) => {
-                            flush_at.get_or_insert(Instant::now() + self.cfg.coalesce);
+                            flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
                         }
                         Err(WatchTrouble::Relist) => {
                             self.known = None;
@@ -295,6 +298,7 @@ impl Writer {
                 }
                 () = sleep_until_opt(flush_at) => {
                     flush_at = None;
+                    last_flush = Some(Instant::now());
                     if let Err(end) = self.flush(lease_id).await {
                         return end;
                     }

@@ -1,0 +1,144 @@
+//! Propagation benchmark: pod Ready → endpoint visible, Registrar against the EndpointSlice
+//! controller as the peer, same pods, same run.
+//!
+//! Run with `cargo bench --bench propagation`. It starts a kube-apiserver, kube-controller-manager
+//! (EndpointSlice controller only), Registrar's etcd and the `registrar` binary on loopback,
+//! then for each round size creates that many pods selected by both a Service and a
+//! ServiceRegistration, gives them IPs (not Ready), and flips them all Ready at once. Per pod it
+//! measures from the instant its Ready patch was sent to the instant its key is seen by an etcd
+//! watch (what a resolver sees) and to the instant it is a ready endpoint in an EndpointSlice
+//! watch. Pod IPs come from documentation ranges (the EndpointSlice controller refuses loopback)
+//! and nothing ever connects to them.
+//!
+//! Environment:
+//! - `REGISTRAR_BENCH_PODS`: rounds, comma separated: `N` flips N pods at once, `NxW` does that
+//!   W times in a row, each wave after the previous one is fully visible (default
+//!   `1x20,100x5,500,750`; at most 762 pods per round, one distinct documentation-range IP each).
+//! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/propagation.md`).
+//!
+//! Under `cargo test --benches` (no `--bench` argument) it does nothing.
+
+#[path = "propagation/observe.rs"]
+mod observe;
+#[path = "propagation/report.rs"]
+mod report;
+#[path = "propagation/round.rs"]
+mod round;
+#[path = "propagation/world.rs"]
+mod world;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+const DEFAULT_PODS: &str = "1x20,100x5,500,750";
+
+fn main() -> std::process::ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("propagation: a benchmark; run it with `cargo bench --bench propagation`");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("propagation benchmark failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Round plans from `REGISTRAR_BENCH_PODS`: `N` (N pods at once) or `NxW` (W waves of N).
+fn plans() -> Result<Vec<round::Plan>> {
+    let text = std::env::var("REGISTRAR_BENCH_PODS").unwrap_or_else(|_| DEFAULT_PODS.into());
+    let parse = |s: &str| -> Option<round::Plan> {
+        let (pods, waves) = s.trim().split_once('x').unwrap_or((s.trim(), "1"));
+        Some(round::Plan {
+            pods: pods.parse().ok()?,
+            waves: waves.parse().ok()?,
+        })
+    };
+    let plans = text
+        .split(',')
+        .map(parse)
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| {
+            format!("REGISTRAR_BENCH_PODS={text:?}: expected N or NxW, comma separated")
+        })?;
+    anyhow::ensure!(
+        plans
+            .iter()
+            .all(|p| p.pods >= 1 && (1..=round::MAX_PODS).contains(&p.total())),
+        "REGISTRAR_BENCH_PODS: every round needs 1..={} pods in all",
+        round::MAX_PODS
+    );
+    Ok(plans)
+}
+
+/// `$REGISTRAR_BENCH_OUT`, else `<target>/bench/propagation.md` (the bench binary lives in
+/// `<target>/<profile>/deps/`).
+fn out_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("REGISTRAR_BENCH_OUT") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench").join("propagation.md")
+}
+
+async fn run() -> Result<()> {
+    let plans = plans()?;
+    let started = Instant::now();
+    println!("[bench] starting kube-apiserver, kube-controller-manager, etcd and registrar");
+    let mut world = world::World::start().await?;
+    println!(
+        "[bench] ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut rounds = Vec::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        rounds.push(round::run(&mut world, index, plan).await?);
+        world.check_alive()?;
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
+    let coalesce = std::env::var("REGISTRAR_COALESCE_MS").unwrap_or_else(|_| "50".into());
+    let header = format!(
+        "## Propagation: pod Ready → endpoint visible\n\n\
+         `cargo bench --bench propagation` — {date}, {cpus} CPUs, {versions}. registrar with \
+         {coalesce} ms coalescing (`REGISTRAR_COALESCE_MS`, default 50), kube-controller-manager at its defaults \
+         (EndpointSlice controller only, client QPS 20). Everything (API server, both etcds, \
+         controller, operator, bench) shares the machine.\n\n\
+         Per pod, latency runs from the instant the bench sent the pod's Ready status patch to \
+         the instant a client saw the endpoint: an etcd watch on `<target>/` for Registrar, an \
+         EndpointSlice watch for the peer. The \"from LTT\" columns measure from the Ready \
+         condition's stored `lastTransitionTime` instead (one-second resolution, so up to 1 s \
+         longer), as the operator's own metric does. The pods of a wave flip Ready at once (64 \
+         patches in flight); \"N (×W waves)\" flips N pods W times in a row, each wave once the \
+         previous one is visible to both systems. \"converged after\" runs from a wave's first \
+         patch to its last endpoint seen (slowest wave). Registrar's writes are etcd txns (one \
+         txn = one revision); the peer's are EndpointSlice writes.",
+        versions = world.versions
+    );
+    let md = report::markdown(&header, &rounds);
+    println!("\n{md}");
+    let path = out_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "[bench] wrote {} ({:.0} s in all); cleaning up",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(world);
+    Ok(())
+}

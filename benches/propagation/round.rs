@@ -1,0 +1,404 @@
+//! One round of the benchmark: pods selected by both a Service and a ServiceRegistration, first
+//! running with an IP but not Ready, then flipped Ready at once (in one or more waves, each
+//! waiting for the previous one to be fully visible); each pod's latency is
+//! measured from the instant its Ready patch was sent to the instant its key showed up in an
+//! etcd watch (Registrar) and to the instant it showed up as a ready endpoint in an EndpointSlice
+//! watch (the peer).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use registrar::crd::ServiceRegistration;
+use registrar_testenv::poll;
+use serde_json::{Value, json};
+
+use crate::observe::{Observer, Targets};
+use crate::report::{Round, Stats, SystemResult};
+use crate::world::{NODE, PREFIX, World};
+
+/// Port of every pod, the Service and the registration.
+const PORT: i32 = 50051;
+/// Requests in flight while creating and patching pods.
+const IN_FLIGHT: usize = 64;
+/// The service (and registration) name in every round's namespace.
+const SERVICE: &str = "echo";
+
+/// Address blocks for pod IPs: documentation ranges that nothing routes to; nothing ever
+/// connects to them (the EndpointSlice controller refuses loopback addresses).
+const BLOCKS: [&str; 3] = ["192.0.2", "203.0.113", "198.51.100"];
+/// Hosts per block (.1 to .254).
+const HOSTS: usize = 254;
+/// The largest round the address blocks allow (one distinct IP per pod).
+pub const MAX_PODS: usize = BLOCKS.len() * HOSTS;
+
+/// The IP of pod `i` (`i < MAX_PODS`).
+fn pod_ip(i: usize) -> String {
+    format!("{}.{}", BLOCKS[(i / HOSTS) % BLOCKS.len()], i % HOSTS + 1)
+}
+
+fn pod_name(i: usize) -> String {
+    format!("p-{i}")
+}
+
+/// The shape of a round: `waves` consecutive flips of `pods` pods each; a wave starts once the
+/// previous one is fully visible to both systems.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub pods: usize,
+    pub waves: usize,
+}
+
+impl Plan {
+    /// Pods created for the round.
+    pub fn total(&self) -> usize {
+        self.pods * self.waves
+    }
+}
+
+/// Runs round number `index` in a fresh namespace.
+pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
+    let total = plan.total();
+    anyhow::ensure!(
+        plan.pods >= 1 && (1..=MAX_PODS).contains(&total),
+        "a round needs 1..={MAX_PODS} pods in all"
+    );
+    let client = world.client.clone();
+    let ns = format!("bench-{index}-{}x{}", plan.pods, plan.waves);
+    say(
+        &ns,
+        &format!("creating the Service, the registrations and {total} pods"),
+    );
+    setup(&client, &ns, total).await?;
+
+    let mut observer = Observer::start(Targets {
+        kubeconfig: world.cp.kubeconfig().to_path_buf(),
+        etcd_endpoint: world.etcd.endpoint(),
+        namespace: ns.clone(),
+        service: SERVICE.into(),
+        prefix: format!("{PREFIX}/{ns}/{SERVICE}/"),
+    })
+    .await?;
+    settle(world, &mut observer, &ns, total).await?;
+
+    let mut etcd = world.etcd.client().await?;
+    let metrics_before = world.metrics().await?;
+    let rev_before = revision(&mut etcd).await?;
+
+    let mut sent = Vec::with_capacity(total);
+    let mut flip_time = Duration::ZERO;
+    let deadline = Duration::from_secs(30) + Duration::from_millis(100) * plan.pods as u32;
+    for wave in 0..plan.waves {
+        if wave == 0 || wave + 1 == plan.waves {
+            say(
+                &ns,
+                &format!(
+                    "wave {}/{}: flipping {} pods Ready",
+                    wave + 1,
+                    plan.waves,
+                    plan.pods
+                ),
+            );
+        }
+        let first = wave * plan.pods;
+        let started = Instant::now();
+        sent.extend(flip(&client, &ns, first..first + plan.pods).await?);
+        flip_time = flip_time.max(started.elapsed());
+        let visible = first + plan.pods;
+        let converged = observer
+            .wait(
+                "every key in etcd and every endpoint ready",
+                deadline,
+                |p| p.keys >= visible && p.ready >= visible,
+            )
+            .await;
+        if let Err(e) = converged {
+            world.check_alive()?;
+            return Err(e);
+        }
+    }
+    let seen = observer.finish().await?;
+    let rev_after = revision(&mut etcd).await?;
+    let metrics_after = world.metrics().await?;
+    let ltt = ready_transition_times(&client, &ns).await?;
+    say(&ns, "converged");
+
+    let ips: HashMap<String, usize> = (0..total).map(|i| (pod_ip(i), i)).collect();
+    let key_prefix = format!("{PREFIX}/{ns}/{SERVICE}/");
+    let mut registrar = Samples::new(plan);
+    for (key, s) in &seen.keys {
+        let ip = key
+            .strip_prefix(&key_prefix)
+            .and_then(|a| a.strip_suffix(&format!(":{PORT}")))
+            .with_context(|| format!("unexpected key {key}"))?;
+        let i = *ips
+            .get(ip)
+            .with_context(|| format!("unknown address in {key}"))?;
+        registrar.add(i, &sent[i], s.at, s.wall, ltt.get(&pod_name(i)));
+    }
+    let mut peer = Samples::new(plan);
+    for (pod, s) in &seen.ready {
+        let i = pod
+            .strip_prefix("p-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < total)
+            .with_context(|| format!("unexpected endpoint {pod}"))?;
+        peer.add(i, &sent[i], s.at, s.wall, ltt.get(pod));
+    }
+    let flip_start = sent.iter().map(|s| s.at).min().context("nothing flipped")?;
+    let txns = seen.revisions.len();
+    let slice_writes = seen
+        .slice_writes
+        .iter()
+        .filter(|t| **t >= flip_start)
+        .count();
+    let registrar = registrar.result(txns)?;
+    let peer = peer.result(slice_writes)?;
+    anyhow::ensure!(
+        registrar.from_patch.count == total && peer.from_patch.count == total,
+        "measured {} keys and {} endpoints for {total} pods",
+        registrar.from_patch.count,
+        peer.from_patch.count
+    );
+    Ok(Round {
+        pods: plan.pods,
+        waves: plan.waves,
+        flip: flip_time,
+        registrar,
+        peer,
+        revision_delta: rev_after - rev_before,
+        operator_metric_mean: metric_mean(&metrics_before, &metrics_after),
+    })
+}
+
+fn say(ns: &str, what: &str) {
+    println!("[bench] {ns}: {what}");
+}
+
+/// Per-pod latencies of one system, and per wave its first patch and last sighting.
+struct Samples {
+    plan: Plan,
+    from_patch: Vec<Duration>,
+    from_ltt: Vec<Duration>,
+    waves: Vec<Option<(Instant, Instant)>>,
+}
+
+impl Samples {
+    fn new(plan: Plan) -> Self {
+        Samples {
+            plan,
+            from_patch: Vec::new(),
+            from_ltt: Vec::new(),
+            waves: vec![None; plan.waves],
+        }
+    }
+
+    fn add(
+        &mut self,
+        i: usize,
+        sent: &Sent,
+        at: Instant,
+        wall: SystemTime,
+        ltt: Option<&SystemTime>,
+    ) {
+        self.from_patch.push(at.saturating_duration_since(sent.at));
+        if let Some(ltt) = ltt {
+            self.from_ltt
+                .push(wall.duration_since(*ltt).unwrap_or(Duration::ZERO));
+        }
+        if let Some(w) = self.waves.get_mut(i / self.plan.pods) {
+            *w = Some(w.map_or((sent.at, at), |(s, l)| (s.min(sent.at), l.max(at))));
+        }
+    }
+
+    /// `writes` counts the whole round; convergence is the slowest wave's.
+    fn result(self, writes: usize) -> Result<SystemResult> {
+        Ok(SystemResult {
+            from_patch: Stats::of(self.from_patch).context("no samples")?,
+            from_ltt: Stats::of(self.from_ltt),
+            converge: self
+                .waves
+                .iter()
+                .flatten()
+                .map(|(s, l)| l.saturating_duration_since(*s))
+                .max()
+                .unwrap_or_default(),
+            writes,
+        })
+    }
+}
+
+/// When a pod's Ready patch was sent.
+struct Sent {
+    at: Instant,
+}
+
+async fn setup(client: &kube::Client, ns: &str, n: usize) -> Result<()> {
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": SERVICE},
+        "spec": {"selector": {"app": SERVICE},
+                 "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
+    }))?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service)
+        .await?;
+    let regs: Api<ServiceRegistration> = Api::namespaced(client.clone(), ns);
+    for name in [SERVICE, "sentinel"] {
+        let reg: ServiceRegistration = serde_json::from_value(json!({
+            "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "port": PORT},
+        }))?;
+        regs.create(&PostParams::default(), &reg).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(pod(&pod_name(i), SERVICE))?;
+                pods.create(&PostParams::default(), &pod).await?;
+                pods.patch_status(
+                    &pod_name(i),
+                    &PatchParams::default(),
+                    &Patch::Merge(status(&pod_ip(i), false)),
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<()>()
+        .await
+}
+
+/// Waits until both systems have caught up with the not-ready pods: every pod is a (not ready)
+/// endpoint in the Service's slices, and Registrar has published a sentinel pod that became
+/// Ready after all of them (it watches all pods in one ordered stream, so it has seen them all).
+async fn settle(world: &World, observer: &mut Observer, ns: &str, n: usize) -> Result<()> {
+    let deadline = Duration::from_secs(30) + Duration::from_millis(100) * n as u32;
+    observer
+        .wait("every pod listed as a not-ready endpoint", deadline, |p| {
+            p.endpoints >= n && p.ready == 0
+        })
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), ns);
+    let sentinel: Pod = serde_json::from_value(pod("sentinel", "sentinel"))?;
+    pods.create(&PostParams::default(), &sentinel).await?;
+    pods.patch_status(
+        "sentinel",
+        &PatchParams::default(),
+        &Patch::Merge(status(&pod_ip(0), true)),
+    )
+    .await?;
+    let etcd = world.etcd.client().await?;
+    let prefix = format!("{PREFIX}/{ns}/sentinel/");
+    poll("the sentinel's key in etcd", deadline, || {
+        let mut etcd = etcd.clone();
+        let prefix = prefix.clone();
+        async move {
+            let resp = etcd
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .ok()?;
+            (!resp.kvs().is_empty()).then_some(())
+        }
+    })
+    .await
+}
+
+/// Patches pods `range` Ready at once (bounded concurrency), recording when each patch was
+/// sent; returns them in index order.
+async fn flip(client: &kube::Client, ns: &str, range: std::ops::Range<usize>) -> Result<Vec<Sent>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut sent: Vec<(usize, Sent)> = futures::stream::iter(range)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let body = status(&pod_ip(i), true);
+                let at = Instant::now();
+                pods.patch_status(&pod_name(i), &PatchParams::default(), &Patch::Merge(body))
+                    .await?;
+                anyhow::Ok((i, Sent { at }))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    sent.sort_by_key(|(i, _)| *i);
+    Ok(sent.into_iter().map(|(_, s)| s).collect())
+}
+
+fn pod(name: &str, app: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "example.invalid/app",
+                 "ports": [{"name": "grpc", "containerPort": PORT}]}]},
+    })
+}
+
+/// A kubelet-like status: Running with `ip`, Ready as given, transition time now.
+fn status(ip: &str, ready: bool) -> Value {
+    json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}]}})
+}
+
+/// The Ready condition's `lastTransitionTime` of every pod in `ns`, as the API server stored it
+/// (one-second resolution).
+async fn ready_transition_times(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<HashMap<String, SystemTime>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={SERVICE}")))
+        .await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.metadata.name?;
+            let t = p
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?
+                .last_transition_time?;
+            Some((name, SystemTime::from(t.0)))
+        })
+        .collect())
+}
+
+async fn revision(etcd: &mut etcd_client::Client) -> Result<i64> {
+    etcd.get(
+        format!("{PREFIX}/"),
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        ),
+    )
+    .await?
+    .header()
+    .map(|h| h.revision())
+    .context("etcd response without a header")
+}
+
+fn counter_delta(before: &str, after: &str, series: &str) -> Option<f64> {
+    Some(crate::world::sample(after, series)? - crate::world::sample(before, series)?)
+}
+
+/// Mean of the operator's own propagation histogram over the round (etcd commit minus the
+/// pods' `lastTransitionTime`), in seconds.
+fn metric_mean(before: &str, after: &str) -> Option<f64> {
+    let sum = counter_delta(before, after, "registrar_propagation_latency_seconds_sum")?;
+    let count = counter_delta(before, after, "registrar_propagation_latency_seconds_count")?;
+    (count > 0.0).then(|| sum / count)
+}
