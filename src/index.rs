@@ -22,6 +22,16 @@ use crate::desired::{self, RegistrationOutcome, selector_matches};
 /// A registration's identity: (namespace, name).
 pub type RegKey = (String, String);
 
+/// What [`Index::flush`] recomputed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Every registration recomputed (its status may need writing even when its endpoints
+    /// did not change, e.g. a new `observedGeneration`).
+    pub touched: Vec<RegKey>,
+    /// Those whose outcome changed or that disappeared: the desired etcd state changed.
+    pub changed: Vec<RegKey>,
+}
+
 struct Kind<K> {
     synced: bool,
     init: Option<Vec<K>>,
@@ -211,14 +221,14 @@ impl Index {
         self.dirty.extend(keys);
     }
 
-    /// Recomputes the outcomes of dirty registrations; returns those whose outcome changed
-    /// (or that disappeared).
-    pub fn flush(&mut self) -> Vec<RegKey> {
-        let mut changed = Vec::new();
+    /// Recomputes the outcomes of dirty registrations.
+    pub fn flush(&mut self) -> Flushed {
+        let mut flushed = Flushed::default();
         for key in std::mem::take(&mut self.dirty) {
+            flushed.touched.push(key.clone());
             let Some(reg) = self.regs.get(&key) else {
                 if self.outcomes.remove(&key).is_some() {
-                    changed.push(key);
+                    flushed.changed.push(key);
                 }
                 continue;
             };
@@ -230,10 +240,10 @@ impl Index {
             let outcome = desired::registration_outcome(&self.prefix, reg, pods);
             if self.outcomes.get(&key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
-                changed.push(key);
+                flushed.changed.push(key);
             }
         }
-        changed
+        flushed
     }
 
     /// Every key (and value) that should be under the prefix, from the current outcomes.
@@ -377,7 +387,7 @@ mod tests {
         assert_eq!(keys(&idx), vec!["registrar/shop/greeter/127.0.0.5:50051"]);
         idx.apply_pod(Event::Apply(pod("shop", "p1", "g", "127.0.0.5", false)));
         assert_eq!(
-            idx.flush(),
+            idx.flush().changed,
             vec![("shop".to_string(), "greeter".to_string())]
         );
         assert!(keys(&idx).is_empty());
@@ -392,14 +402,14 @@ mod tests {
         // A relist starts: nothing disappears while it is buffered.
         idx.apply_pod(Event::Init);
         idx.apply_registration(Event::Init);
-        assert!(idx.flush().is_empty());
+        assert!(idx.flush().changed.is_empty());
         assert_eq!(keys(&idx).len(), 1);
         idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "127.0.0.5", true)));
         idx.apply_registration(Event::InitApply(reg("shop", "greeter", "g")));
         idx.apply_registration(Event::InitDone);
         idx.apply_pod(Event::InitDone);
         assert!(
-            idx.flush().is_empty(),
+            idx.flush().changed.is_empty(),
             "an identical relist must change nothing"
         );
         assert_eq!(keys(&idx).len(), 1);
@@ -456,7 +466,10 @@ mod tests {
         );
         assert_eq!(keys(&idx).len(), 2);
         idx.apply_registration(Event::Delete(reg("shop", "a", "a")));
-        assert_eq!(idx.flush(), vec![("shop".to_string(), "a".to_string())]);
+        assert_eq!(
+            idx.flush().changed,
+            vec![("shop".to_string(), "a".to_string())]
+        );
         assert_eq!(keys(&idx), vec!["registrar/shop/b/127.0.0.6:50051"]);
     }
 

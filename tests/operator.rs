@@ -202,6 +202,20 @@ async fn spec_changes_replace_old_keys() {
         reg.status.unwrap().target,
         Some(format!("registrar/{}/renamed", g.ns))
     );
+    // A spec change that publishes the same endpoints still moves observedGeneration.
+    patch_reg(&g.client, &g.ns, "svc", json!({"publishNotReady": true}))
+        .await
+        .unwrap();
+    let regs: Api<ServiceRegistration> = Api::namespaced(g.client.clone(), &g.ns);
+    poll("observedGeneration caught up", DEADLINE, || {
+        let regs = regs.clone();
+        async move {
+            let reg = regs.get("svc").await.ok()?;
+            (reg.status?.observed_generation == reg.metadata.generation).then_some(())
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -80,6 +80,8 @@ mod registration;
 pub mod value;
 
 pub use backoff::Backoff;
+#[doc(hidden)]
+pub use balancer::bench as __bench;
 pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
 pub use connect::EtcdConnect;
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};

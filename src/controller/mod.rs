@@ -159,8 +159,12 @@ impl Engine {
                 },
                 _ = debounce => {
                     flush_at = None;
-                    last_flush = Some(tokio::time::Instant::now());
-                    st.flush();
+                    // Only a new desired state starts a window: a flush that changed nothing
+                    // (e.g. the echo of our own status write) must not delay the next change.
+                    let started = tokio::time::Instant::now();
+                    if st.flush() {
+                        last_flush = Some(started);
+                    }
                 }
                 res = leader.changed() => {
                     if res.is_err() { anyhow::bail!("leader election stopped"); }
@@ -274,12 +278,17 @@ impl State {
     }
 
     /// Recomputes dirty registrations, publishes the new desired state and statuses.
-    fn flush(&mut self) {
-        let before = self.desired_tx.borrow().keys.clone();
-        let touched = self.index.flush();
-        let keys = self.index.desired_keys();
+    /// Recomputes dirty registrations and publishes the new desired state (if it changed) and
+    /// statuses. Returns whether a new desired state was published.
+    fn flush(&mut self) -> bool {
+        let flushed = self.index.flush();
+        let touched = flushed.touched;
         let complete = self.index.synced();
-        if *before != keys || complete != self.desired_tx.borrow().complete {
+        let published =
+            !flushed.changed.is_empty() || complete != self.desired_tx.borrow().complete;
+        if published {
+            let before = self.desired_tx.borrow().keys.clone();
+            let keys = self.index.desired_keys();
             self.seq += 1;
             let fresh: Vec<Time> = touched
                 .iter()
@@ -308,6 +317,7 @@ impl State {
             .map(|t| *t.handle.applied.borrow())
             .unwrap_or(0);
         self.on_applied(applied);
+        published
     }
 
     /// Deleted registrations (of `only`, or all) still holding our finalizer: their keys leave

@@ -298,9 +298,13 @@ impl Writer {
                 }
                 () = sleep_until_opt(flush_at) => {
                     flush_at = None;
-                    last_flush = Some(Instant::now());
-                    if let Err(end) = self.flush(lease_id).await {
-                        return end;
+                    let started = Instant::now();
+                    match self.flush(lease_id).await {
+                        // Only a real write starts a window: a no-op flush (e.g. our own
+                        // writes echoed by the watch) must not delay the next change.
+                        Ok(true) => last_flush = Some(started),
+                        Ok(false) => {}
+                        Err(end) => return end,
                     }
                     backoff.reset();
                 }
@@ -379,7 +383,9 @@ impl Writer {
     }
 
     /// Writes the diff between the current desired state and the known state.
-    async fn flush(&mut self, lease: i64) -> Result<(), End> {
+    /// Writes the diff between the desired and the known state; `Ok(true)` when it wrote
+    /// anything (which starts a new coalescing window).
+    async fn flush(&mut self, lease: i64) -> Result<bool, End> {
         let desired = self.desired.borrow_and_update().clone();
         let Some(known) = self.known.as_mut() else {
             return Err(End::Restart("no known state".into()));
@@ -391,6 +397,7 @@ impl Writer {
             desired.complete,
             lease,
         );
+        let wrote = !ops.is_empty();
         for batch in plan::batches(ops, self.cfg.max_txn_ops, self.cfg.max_txn_bytes) {
             let txn = Txn::new()
                 .when([owner::still_ours(&self.owner_key, &self.cfg.cluster_id)])
@@ -440,7 +447,7 @@ impl Writer {
             *cur = desired.seq;
             changed
         });
-        Ok(())
+        Ok(wrote)
     }
 }
 

@@ -9,6 +9,8 @@
 //!   `grpc-timeout`), then fails with `Unavailable`.
 //! - A backend removed from etcd leaves the picker at once; calls already sent to it finish.
 
+#[doc(hidden)]
+pub mod bench;
 mod connector;
 mod picker;
 mod pool;
@@ -273,7 +275,7 @@ impl tower::Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let picked = self.inner.pool.picker().pick().cloned();
+        let picked = self.inner.pool.pick();
         let inner = match picked {
             Some(picked) => Box::pin(send(picked, request)) as BoxFuture<'static, _>,
             None => {

@@ -52,9 +52,21 @@ impl Pool {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A pool with no backends whose picker holds `ready` (for the pick-path benchmark).
+    pub(crate) fn with_ready(ready: Vec<PickEntry<Picked>>) -> Self {
+        let pool = Pool::new();
+        pool.picker.send_replace(Arc::new(Picker::new(ready)));
+        pool
+    }
+
     /// The current picker.
     pub(crate) fn picker(&self) -> Arc<Picker<Picked>> {
         self.picker.borrow().clone()
+    }
+
+    /// The backend for the next call: the current picker's next live entry, if any.
+    pub(crate) fn pick(&self) -> Option<Picked> {
+        self.picker().pick().cloned()
     }
 
     /// A receiver woken whenever the picker is replaced.

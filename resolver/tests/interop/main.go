@@ -7,6 +7,9 @@
 //	interop serve  -etcd URL -target T -addr A -name N   Greeter server registered with endpoints.Manager
 //	interop list   -etcd URL -target T                   endpoints.Manager.List as JSON {key: {Addr, Metadata}}
 //	interop write  -etcd URL -target T -in FILE          AddEndpoint for each JSON line {key, addr, metadata}
+//	interop bench  -etcd URL -target T -expect K [-authority A] -concurrency C -warmup W -duration D -max N
+//	                                                    closed-loop load through the grpc-go client; prints
+//	                                                    {"requests","errors","elapsed_ns","p50_ns","p99_ns","backends"}
 //
 // The Greeter messages are encoded by hand (protowire) so no generated code is needed.
 package main
@@ -22,6 +25,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -106,7 +111,7 @@ func (codec) Unmarshal(data []byte, v any) error {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(errors.New("usage: interop client|serve|list|write [flags]"))
+		fail(errors.New("usage: interop client|serve|list|write|bench [flags]"))
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	etcd := fs.String("etcd", "http://127.0.0.1:2379", "etcd endpoint")
@@ -116,7 +121,11 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address (serve)")
 	name := fs.String("name", "go", "backend name (serve)")
 	in := fs.String("in", "", "JSON lines to write (write)")
-	authority := fs.String("authority", "", "override :authority (client)")
+	authority := fs.String("authority", "", "override :authority (client, bench)")
+	concurrency := fs.Int("concurrency", 32, "concurrent callers (bench)")
+	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before measuring (bench)")
+	duration := fs.Duration("duration", 3*time.Second, "measured load at most this long (bench)")
+	limit := fs.Int("max", 2000000, "at most this many measured calls (bench)")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail(err)
 	}
@@ -138,6 +147,8 @@ func main() {
 		err = list(cli, *target)
 	case "write":
 		err = write(cli, *target, *in)
+	case "bench":
+		err = bench(cli, *target, *authority, *expect, *concurrency, *warmup, *duration, *limit)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -151,14 +162,14 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// client calls the target through grpc-go with etcd's resolver and round_robin. By default
+// dial connects to the target through grpc-go with etcd's resolver and round_robin. By default
 // grpc-go sends the target path ("registrar/shop/greeter") as :authority, which is not a valid
 // authority; HTTP/2 servers that check it (hyper/h2, hence tonic) reset such streams, so clients
 // of tonic servers set one with -authority (grpc.WithAuthority).
-func client(cli *clientv3.Client, target, authority string, n, expect int) error {
+func dial(cli *clientv3.Client, target, authority string) (*grpc.ClientConn, error) {
 	builder, err := resolver.NewBuilder(cli)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts := []grpc.DialOption{
 		grpc.WithResolvers(builder),
@@ -169,40 +180,145 @@ func client(cli *clientv3.Client, target, authority string, n, expect int) error
 	if authority != "" {
 		opts = append(opts, grpc.WithAuthority(authority))
 	}
-	conn, err := grpc.NewClient("etcd:///"+target, opts...)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	call := func() (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		var reply helloReply
-		err := conn.Invoke(ctx, sayHello, &helloRequest{Name: "go"}, &reply, grpc.WaitForReady(true))
-		return reply.Backend, err
-	}
-	// round_robin only picks READY subchannels: wait until every backend answered once.
+	return grpc.NewClient("etcd:///"+target, opts...)
+}
+
+// call makes one SayHello (waiting for a READY backend, at most 10 s); the backend's name.
+func call(conn *grpc.ClientConn, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var reply helloReply
+	err := conn.Invoke(ctx, sayHello, &helloRequest{Name: name}, &reply, grpc.WaitForReady(true))
+	return reply.Backend, err
+}
+
+// awaitBackends calls until expect distinct backends answered (round_robin only picks READY
+// subchannels), at most 20 s.
+func awaitBackends(conn *grpc.ClientConn, name string, expect int) error {
 	seen := map[string]bool{}
 	deadline := time.Now().Add(20 * time.Second)
 	for len(seen) < expect {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("saw only %d of %d backends: %v", len(seen), expect, seen)
 		}
-		b, err := call()
+		b, err := call(conn, name)
 		if err != nil {
 			return err
 		}
 		seen[b] = true
 	}
+	return nil
+}
+
+// client calls the target n times once every expected backend answered; prints the calls per
+// backend.
+func client(cli *clientv3.Client, target, authority string, n, expect int) error {
+	conn, err := dial(cli, target, authority)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := awaitBackends(conn, "go", expect); err != nil {
+		return err
+	}
 	counts := map[string]int{}
 	for i := 0; i < n; i++ {
-		b, err := call()
+		b, err := call(conn, "go")
 		if err != nil {
 			return fmt.Errorf("call %d: %w", i, err)
 		}
 		counts[b]++
 	}
 	return json.NewEncoder(os.Stdout).Encode(counts)
+}
+
+// loadResult is what one closed-loop load run measured.
+type loadResult struct {
+	Requests  int            `json:"requests"`
+	Errors    int            `json:"errors"`
+	ElapsedNs int64          `json:"elapsed_ns"`
+	P50Ns     int64          `json:"p50_ns"`
+	P99Ns     int64          `json:"p99_ns"`
+	Backends  map[string]int `json:"backends"`
+}
+
+// load runs concurrency callers in a closed loop on one connection until duration has passed
+// or limit calls were made (limit/concurrency each); latencies of successful calls only.
+func load(conn *grpc.ClientConn, concurrency int, duration time.Duration, limit int) loadResult {
+	perCaller := limit / concurrency
+	start := time.Now()
+	deadline := start.Add(duration)
+	type callerResult struct {
+		latencies []time.Duration
+		backends  map[string]int
+		errors    int
+	}
+	results := make([]callerResult, concurrency)
+	var wg sync.WaitGroup
+	for c := 0; c < concurrency; c++ {
+		wg.Add(1)
+		go func(r *callerResult) {
+			defer wg.Done()
+			r.backends = map[string]int{}
+			for i := 0; i < perCaller && time.Now().Before(deadline); i++ {
+				t := time.Now()
+				b, err := call(conn, "bench")
+				if err != nil {
+					r.errors++
+					continue
+				}
+				r.latencies = append(r.latencies, time.Since(t))
+				r.backends[b]++
+			}
+		}(&results[c])
+	}
+	wg.Wait()
+	out := loadResult{ElapsedNs: time.Since(start).Nanoseconds(), Backends: map[string]int{}}
+	var all []time.Duration
+	for _, r := range results {
+		all = append(all, r.latencies...)
+		out.Errors += r.errors
+		for b, n := range r.backends {
+			out.Backends[b] += n
+		}
+	}
+	out.Requests = len(all)
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	out.P50Ns = percentile(all, 0.50).Nanoseconds()
+	out.P99Ns = percentile(all, 0.99).Nanoseconds()
+	return out
+}
+
+// percentile of sorted latencies: the element at round((len-1)*p).
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1)*p + 0.5)
+	if i >= len(sorted) {
+		i = len(sorted) - 1
+	}
+	return sorted[i]
+}
+
+// bench measures the grpc-go round_robin client: once expect backends answered and after an
+// unmeasured warmup, a closed-loop load bounded by duration and limit; prints its loadResult.
+func bench(cli *clientv3.Client, target, authority string, expect, concurrency int, warmup, duration time.Duration, limit int) error {
+	if concurrency < 1 || limit < concurrency {
+		return fmt.Errorf("need 1 <= concurrency <= max, got %d and %d", concurrency, limit)
+	}
+	conn, err := dial(cli, target, authority)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := awaitBackends(conn, "bench", expect); err != nil {
+		return err
+	}
+	if warmup > 0 {
+		load(conn, concurrency, warmup, limit)
+	}
+	return json.NewEncoder(os.Stdout).Encode(load(conn, concurrency, duration, limit))
 }
 
 // serve runs a Greeter named name on addr, registered under target with a kept-alive lease,

@@ -1,0 +1,81 @@
+//! Internals for the crate's own benchmarks (`benches/picker.rs`), re-exported hidden as
+//! `registrar_resolver::__bench`. Not part of the public API: it may change at any time.
+
+use std::sync::Arc;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::connector::Liveness;
+use super::picker::{PickEntry, Picker};
+use super::pool::{Picked, Pool};
+use crate::error::Error;
+
+/// The bare round-robin [`Picker`] over `n` live entries, each holding its index.
+#[derive(Debug)]
+pub struct IndexPicker(Picker<usize>);
+
+impl IndexPicker {
+    /// A picker over `n` live entries, starting at a random one.
+    pub fn new(n: usize) -> Self {
+        IndexPicker(Picker::new((0..n).map(live).collect()))
+    }
+
+    /// The next entry's index, as [`Picker::pick`] finds it.
+    pub fn pick(&self) -> Option<usize> {
+        self.0.pick().copied()
+    }
+}
+
+/// A balancer pool whose picker holds `n` READY backends with lazily connected channels to
+/// distinct `127.0.0.1` ports. The channels are never used, so nothing is ever dialed.
+pub struct ReadyPool(Pool);
+
+impl ReadyPool {
+    /// `n` READY backends. Must be called within a Tokio runtime (each lazy channel spawns its
+    /// idle worker task there).
+    pub fn new(n: usize) -> Result<Self, Error> {
+        let entries = (0..n)
+            .map(|i| {
+                let port = 1 + i % usize::from(u16::MAX);
+                let channel =
+                    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
+                Ok(live(Picked { channel }))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(ReadyPool(Pool::with_ready(entries)))
+    }
+
+    /// What [`Balancer`](crate::Balancer)'s `call` does before sending: load the current
+    /// picker, take the next live backend and clone its channel.
+    pub fn pick(&self) -> Option<Channel> {
+        self.0.pick().map(|picked| picked.channel)
+    }
+}
+
+fn live<T>(value: T) -> PickEntry<T> {
+    PickEntry {
+        value,
+        alive: Arc::new(Liveness::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_picker_cycles_through_every_entry() {
+        let p = IndexPicker::new(100);
+        let mut seen: Vec<usize> = (0..100).map(|_| p.pick().unwrap()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(IndexPicker::new(0).pick(), None);
+    }
+
+    #[tokio::test]
+    async fn ready_pool_picks_while_it_has_backends() {
+        let pool = ReadyPool::new(3).unwrap();
+        assert!((0..6).all(|_| pool.pick().is_some()));
+        assert!(ReadyPool::new(0).unwrap().pick().is_none());
+    }
+}
