@@ -122,7 +122,8 @@ async fn run() -> Result<()> {
          condition's stored `lastTransitionTime` instead (one-second resolution, so up to 1 s \
          longer), as the operator's own metric does. The pods of a wave flip Ready at once (64 \
          patches in flight); \"N (×W waves)\" flips N pods W times in a row, each wave once the \
-         previous one is visible to both systems. \"converged after\" runs from a wave's first \
+         previous one is visible to both systems and 250 ms of quiet have passed (so a wave is \
+         a lone change, not part of the previous burst). \"converged after\" runs from a wave's first \
          patch to its last endpoint seen (slowest wave). Registrar's writes are etcd txns (one \
          txn = one revision); the peer's are EndpointSlice writes.",
         versions = world.versions

@@ -40,12 +40,18 @@ fn pod_ip(i: usize) -> String {
     format!("{}.{}", BLOCKS[(i / HOSTS) % BLOCKS.len()], i % HOSTS + 1)
 }
 
+/// Pause between waves. Registrar writes a change at once after a quiet period and batches
+/// changes that arrive within its coalescing window (50 ms) of its last write; without a pause,
+/// back-to-back waves would measure that window rather than a lone change. (The pause is part
+/// of the scenario, not a synchronisation.)
+const QUIET: Duration = Duration::from_millis(250);
+
 fn pod_name(i: usize) -> String {
     format!("p-{i}")
 }
 
 /// The shape of a round: `waves` consecutive flips of `pods` pods each; a wave starts once the
-/// previous one is fully visible to both systems.
+/// previous one is fully visible to both systems and a quiet period ([`QUIET`]) has passed.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub pods: usize,
@@ -102,6 +108,9 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
                     plan.pods
                 ),
             );
+        }
+        if wave > 0 {
+            tokio::time::sleep(QUIET).await;
         }
         let first = wave * plan.pods;
         let started = Instant::now();
