@@ -10,8 +10,6 @@ mod support;
 use std::path::PathBuf;
 
 use etcd_client::{Permission, UserAddOptions};
-use k8s_openapi::api::core::v1::Event as CoreEvent;
-use kube::api::{Api, ListParams};
 use registrar_resolver::{EtcdConnect, Resolver};
 use registrar_testenv::{ControlPlane, Etcd, EtcdOptions, poll, unique_name};
 use serde_json::json;
@@ -139,19 +137,9 @@ impl Secured {
     }
 
     async fn wait_event(&self, reason: &str) {
-        let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.ns);
-        poll(&format!("a {reason} event"), DEADLINE, || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items
-                    .iter()
-                    .any(|e| e.reason.as_deref() == Some(reason))
-                    .then_some(())
-            }
-        })
-        .await
-        .unwrap();
+        wait_event(&self.client, &self.ns, reason, "greeter")
+            .await
+            .unwrap();
     }
 }
 

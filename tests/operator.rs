@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use registrar::crd::ServiceRegistration;
 use registrar_testenv::poll;
@@ -554,22 +554,9 @@ async fn a_missing_named_port_is_a_condition_and_an_event() {
         .unwrap();
     let cond = ready_condition(&reg);
     assert!(cond.message.contains("p1"), "{}", cond.message);
-    let events: Api<CoreEvent> = Api::namespaced(g.client.clone(), &g.ns);
-    poll("PortNotFound event", DEADLINE, || {
-        let events = events.clone();
-        async move {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("PortNotFound")
-                        && e.involved_object.name.as_deref() == Some("greeter")
-                })
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_event(&g.client, &g.ns, "PortNotFound", "greeter")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 mod support;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use registrar::crd::ServiceRegistration;
@@ -206,22 +206,9 @@ async fn the_charts_rbac_is_enough_and_no_more() {
     assert_eq!(owner.kvs()[0].value_str().unwrap(), uid);
 
     // An Event about the registration.
-    let events: Api<CoreEvent> = Api::namespaced(g.client.clone(), &g.ns);
-    poll("a Published event", DEADLINE, || {
-        let events = events.clone();
-        async move {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("Published")
-                        && e.involved_object.name.as_deref() == Some("greeter")
-                })
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_event(&g.client, &g.ns, "Published", "greeter")
+        .await
+        .unwrap();
 
     // Delete: keys removed, finalizer released, object gone.
     let regs: Api<ServiceRegistration> = Api::namespaced(g.client.clone(), &g.ns);

@@ -555,3 +555,22 @@ pub async fn leases_under(etcd: &etcd_client::Client, prefix: &str) -> Result<Ve
     leases.dedup();
     Ok(leases)
 }
+
+/// Waits until the namespace has an Event with `reason` about the object named `name`.
+pub async fn wait_event(client: &kube::Client, ns: &str, reason: &str, name: &str) -> Result<()> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    poll(&format!("a {reason} event about {name}"), DEADLINE, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.name.as_deref() == Some(name)
+                })
+                .then_some(())
+        }
+    })
+    .await
+}

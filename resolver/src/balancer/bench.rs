@@ -10,7 +10,7 @@ use super::picker::{PickEntry, Picker};
 use super::pool::{Picked, Pool};
 use crate::error::Error;
 
-/// The bare round-robin [`Picker`] over `n` live entries, each holding its index.
+/// The bare round-robin `Picker` over `n` live entries, each holding its index.
 #[derive(Debug)]
 pub struct IndexPicker(Picker<usize>);
 
