@@ -32,7 +32,7 @@ fn endpoints(prefix: &str, n: usize) -> BTreeMap<String, String> {
     let target = format!("{prefix}/shop/greeter");
     (0..n)
         .map(|i| {
-            let addr = format!("10.1.{}.{}:50051", i / 250, i % 250);
+            let addr = format!("192.0.2.{}:{}", i % 250, 50000 + i / 250);
             let mut meta = Map::new();
             meta.insert("pod".into(), Value::String(format!("greeter-{i}")));
             meta.insert("tier".into(), Value::String("<gold>".into()));
@@ -182,10 +182,10 @@ async fn writes_exact_keys_and_values_under_one_lease() -> Result<()> {
         "claim holds the cluster id, not under a lease"
     );
     assert_eq!(
-        got.get(&format!("{prefix}/shop/greeter/10.1.0.1:50051"))
+        got.get(&format!("{prefix}/shop/greeter/192.0.2.1:50000"))
             .map(|v| v.0.as_str()),
         Some(
-            r#"{"Op":0,"Addr":"10.1.0.1:50051","Metadata":{"pod":"greeter-1","tier":"\u003cgold\u003e"}}"#
+            r#"{"Op":0,"Addr":"192.0.2.1:50000","Metadata":{"pod":"greeter-1","tier":"\u003cgold\u003e"}}"#
         )
     );
     let lease = exactly_under_one_lease(&got, &want, &prefix).context("keys or lease differ")?;
@@ -208,7 +208,7 @@ async fn writes_exact_keys_and_values_under_one_lease() -> Result<()> {
     let mut next = want.clone();
     let removed = next.pop_first().context("empty")?.0;
     let (k, _) = next.pop_last().context("empty")?;
-    next.insert(k, encode("10.9.9.9:1", None));
+    next.insert(k, encode("192.0.2.99:1", None));
     run.desired.send_replace(desired(2, next.clone(), true));
     run.applied(2).await?;
     let got = dump(&mut client, &prefix).await?;
@@ -279,7 +279,7 @@ async fn drift_by_hand_is_repaired() -> Result<()> {
         .put(keys[2].as_str(), want[keys[2]].as_str(), None)
         .await?; // detached from the lease
     client
-        .put(format!("{prefix}/shop/greeter/10.66.6.6:1"), "stray", None)
+        .put(format!("{prefix}/shop/greeter/192.0.2.66:1"), "stray", None)
         .await?;
 
     assert_eq!(converged(&mut client, &run, &prefix, &want).await?, lease);
@@ -326,7 +326,7 @@ async fn nothing_is_deleted_until_desired_is_complete() -> Result<()> {
     // Removing a key while still incomplete deletes nothing either; and a stray key added by
     // hand is left alone too.
     client
-        .put(format!("{prefix}/shop/greeter/10.66.6.6:1"), "stray", None)
+        .put(format!("{prefix}/shop/greeter/192.0.2.66:1"), "stray", None)
         .await?;
     let fewer: BTreeMap<String, String> = partial.clone().into_iter().take(1).collect();
     run.desired.send_replace(desired(2, fewer.clone(), false));
@@ -337,7 +337,7 @@ async fn nothing_is_deleted_until_desired_is_complete() -> Result<()> {
     for k in old.keys() {
         assert!(got.contains_key(k), "{k} deleted while incomplete");
     }
-    assert!(got.contains_key(&format!("{prefix}/shop/greeter/10.66.6.6:1")));
+    assert!(got.contains_key(&format!("{prefix}/shop/greeter/192.0.2.66:1")));
     assert_eq!(run.handle.stats.snapshot().deletes, 0);
     let lease = run.lease().context("not ready")?;
     assert_eq!(got[fewer.keys().next().context("empty")?].1, lease);
@@ -372,8 +372,8 @@ async fn etcd_down_longer_than_the_ttl_then_back() -> Result<()> {
     // Desired changes during the outage are written when etcd is back.
     let mut more = want.clone();
     more.insert(
-        key(&format!("{prefix}/shop2/greeter"), "10.3.0.1:50051"),
-        encode("10.3.0.1:50051", None),
+        key(&format!("{prefix}/shop2/greeter"), "192.0.2.41:50051"),
+        encode("192.0.2.41:50051", None),
     );
     run.desired.send_replace(desired(2, more.clone(), true));
     etcd.restart().await?;
@@ -417,7 +417,7 @@ async fn a_watch_resumed_past_a_compaction_lists_again() -> Result<()> {
     let mut client = etcd.client().await?;
     let first = want.keys().next().context("empty")?;
     client.delete(first.as_str(), None).await?;
-    let stray = format!("{prefix}/shop/greeter/10.66.6.6:1");
+    let stray = format!("{prefix}/shop/greeter/192.0.2.66:1");
     let put = client.put(stray.as_str(), "stray", None).await?;
     let rev = put.header().context("no header")?.revision();
     client.compact(rev, None).await?;
@@ -502,7 +502,7 @@ async fn a_prefix_claimed_by_another_cluster_is_left_alone() -> Result<()> {
     let prefix = unique_name("claimed");
     let owner = format!("{prefix}/.owner");
     client.put(owner.as_str(), "cluster-b", None).await?;
-    let theirs = format!("{prefix}/shop/greeter/10.2.0.1:50051");
+    let theirs = format!("{prefix}/shop/greeter/192.0.2.31:50051");
     client.put(theirs.as_str(), "theirs", None).await?;
     let want = endpoints(&prefix, 3);
     let run = start(
@@ -557,7 +557,7 @@ async fn a_claim_taken_over_mid_term_stops_all_writes() -> Result<()> {
     })
     .await?;
     let txns = run.handle.stats.snapshot().txns;
-    let stray = format!("{prefix}/shop/greeter/10.2.0.1:50051");
+    let stray = format!("{prefix}/shop/greeter/192.0.2.31:50051");
     client.put(stray.as_str(), "theirs", None).await?;
     run.desired
         .send_replace(desired(2, endpoints(&prefix, 5), true));

@@ -16,7 +16,7 @@ use crate::error::Error;
 /// ```no_run
 /// # async fn f() -> Result<(), registrar_resolver::Error> {
 /// use registrar_resolver::EtcdConnect;
-/// let client = EtcdConnect::new(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+/// let client = EtcdConnect::new(["https://192.0.2.11:2379", "https://192.0.2.12:2379"])
 ///     .ca_file("/etc/etcd/ca.crt")?
 ///     .identity_files("/etc/etcd/client.crt", "/etc/etcd/client.key")?
 ///     .user("registrar", "secret")

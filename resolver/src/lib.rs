@@ -2,7 +2,7 @@
 //! gRPC naming (`go.etcd.io/etcd/client/v3/naming`), with real round-robin over READY backends.
 //!
 //! Backends of a *target* (e.g. `registrar/shop/greeter`) are etcd keys `<target>/<addr>`
-//! whose values are `{"Op":0,"Addr":"10.1.0.5:50051","Metadata":…}`: what the Registrar
+//! whose values are `{"Op":0,"Addr":"192.0.2.25:50051","Metadata":…}`: what the Registrar
 //! operator publishes for Kubernetes workloads, what Go's `endpoints.Manager` writes and what
 //! [`Registration`] writes for servers outside Kubernetes.
 //!

@@ -1,5 +1,5 @@
 //! The etcd value format of gRPC naming: Go's `naming/endpoints/internal.Update` as JSON,
-//! `{"Op":0,"Addr":"10.1.0.5:50051","Metadata":null}`.
+//! `{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}`.
 //!
 //! Decoding follows Go's `encoding/json` reader as used by etcd's resolver: field names match
 //! case-insensitively, unknown fields are ignored, a later duplicate field wins, `null` leaves
@@ -279,8 +279,8 @@ mod tests {
 
     #[test]
     fn decodes_go_output() {
-        let e = decode(r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":null}"#).unwrap();
-        assert_eq!(e.addr, "10.1.0.5:50051");
+        let e = decode(r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}"#).unwrap();
+        assert_eq!(e.addr, "192.0.2.25:50051");
         assert!(e.metadata.is_null());
     }
 

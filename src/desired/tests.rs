@@ -198,10 +198,10 @@ fn pod_rules_table() {
     for (case, mutate, publish_not_ready, published) in cases {
         let mut reg = grpc_registration();
         reg.spec.publish_not_ready = *publish_not_ready;
-        let mut p = pod("greeter-0", "10.1.0.5");
+        let mut p = pod("greeter-0", "192.0.2.25");
         mutate(&mut p);
         let outcome = registration_outcome(PREFIX, &reg, [&p]);
-        let expected: &[&str] = if *published { &["10.1.0.5:50051"] } else { &[] };
+        let expected: &[&str] = if *published { &["192.0.2.25:50051"] } else { &[] };
         assert_eq!(addrs(&outcome), expected, "case: {case}");
         assert!(
             outcome.problems.is_empty(),
@@ -215,14 +215,14 @@ fn pod_rules_table() {
 fn endpoint_value_carries_metadata_pod_and_node() {
     let mut reg = grpc_registration();
     reg.spec.metadata = Some(labels(&[("tier", "gold"), ("zone", "a")]));
-    let p = pod("greeter-0", "10.1.0.5");
+    let p = pod("greeter-0", "192.0.2.25");
     let outcome = registration_outcome(PREFIX, &reg, [&p]);
     assert_eq!(outcome.target, "registrar/shop/greeter");
-    let ep = &outcome.endpoints["10.1.0.5:50051"];
+    let ep = &outcome.endpoints["192.0.2.25:50051"];
     assert_eq!(ep.pod, "greeter-0");
     assert_eq!(
         ep.value,
-        r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold","zone":"a"}}"#
+        r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold","zone":"a"}}"#
     );
     assert_eq!(
         ep.ready_since,
@@ -234,14 +234,14 @@ fn endpoint_value_carries_metadata_pod_and_node() {
 fn unscheduled_pod_has_no_node_key_and_not_ready_has_no_ready_since() {
     let mut reg = grpc_registration();
     reg.spec.publish_not_ready = true;
-    let mut p = pod("greeter-0", "10.1.0.5");
+    let mut p = pod("greeter-0", "192.0.2.25");
     p.spec.as_mut().unwrap().node_name = None;
     set_condition(&mut p, "Ready", "False");
     let outcome = registration_outcome(PREFIX, &reg, [&p]);
-    let ep = &outcome.endpoints["10.1.0.5:50051"];
+    let ep = &outcome.endpoints["192.0.2.25:50051"];
     assert_eq!(
         ep.value,
-        r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":{"pod":"greeter-0"}}"#
+        r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"pod":"greeter-0"}}"#
     );
     assert_eq!(ep.ready_since, None);
 }
@@ -261,17 +261,17 @@ fn service_and_prefix_make_the_target() {
 #[test]
 fn numeric_port_is_used_as_is() {
     let reg = registration("greeter", IntOrString::Int(8080));
-    let mut p = pod("greeter-0", "10.1.0.5");
+    let mut p = pod("greeter-0", "192.0.2.25");
     p.spec.as_mut().unwrap().containers[0].ports = None;
     let outcome = registration_outcome(PREFIX, &reg, [&p]);
-    assert_eq!(addrs(&outcome), ["10.1.0.5:8080"]);
+    assert_eq!(addrs(&outcome), ["192.0.2.25:8080"]);
 }
 
 #[test]
 fn invalid_numeric_port_is_a_problem() {
     for port in [0, -1, 65536] {
         let reg = registration("greeter", IntOrString::Int(port));
-        let p = pod("greeter-0", "10.1.0.5");
+        let p = pod("greeter-0", "192.0.2.25");
         let outcome = registration_outcome(PREFIX, &reg, [&p]);
         assert!(outcome.endpoints.is_empty());
         assert_eq!(
@@ -286,8 +286,8 @@ fn invalid_numeric_port_is_a_problem() {
 #[test]
 fn named_port_resolved_per_pod() {
     let reg = grpc_registration();
-    let a = pod("a", "10.1.0.1");
-    let mut b = pod("b", "10.1.0.2");
+    let a = pod("a", "192.0.2.21");
+    let mut b = pod("b", "192.0.2.22");
     // b exposes "grpc" on another number, in its second container
     let spec = b.spec.as_mut().unwrap();
     spec.containers[0].ports = Some(vec![grpc_port("http", 8080, Some("TCP"))]);
@@ -296,20 +296,20 @@ fn named_port_resolved_per_pod() {
     second.ports = Some(vec![grpc_port("grpc", 9000, None)]);
     spec.containers.push(second);
     let outcome = registration_outcome(PREFIX, &reg, [&a, &b]);
-    assert_eq!(addrs(&outcome), ["10.1.0.1:50051", "10.1.0.2:9000"]);
+    assert_eq!(addrs(&outcome), ["192.0.2.21:50051", "192.0.2.22:9000"]);
 }
 
 #[test]
 fn named_port_missing_on_one_pod_skips_it_and_reports_it() {
     let reg = grpc_registration();
-    let a = pod("a", "10.1.0.1");
-    let mut b = pod("b", "10.1.0.2");
+    let a = pod("a", "192.0.2.21");
+    let mut b = pod("b", "192.0.2.22");
     b.spec.as_mut().unwrap().containers[0].ports =
         Some(vec![grpc_port("grpc", 50051, Some("UDP"))]);
-    let mut c = pod("c", "10.1.0.3");
+    let mut c = pod("c", "192.0.2.23");
     c.spec.as_mut().unwrap().containers[0].ports = None;
     let outcome = registration_outcome(PREFIX, &reg, [&c, &a, &b]);
-    assert_eq!(addrs(&outcome), ["10.1.0.1:50051"]);
+    assert_eq!(addrs(&outcome), ["192.0.2.21:50051"]);
     assert_eq!(
         outcome.problems,
         [
@@ -332,8 +332,8 @@ fn named_port_missing_on_one_pod_skips_it_and_reports_it() {
 #[test]
 fn named_port_on_sidecar_but_not_plain_init_container() {
     let reg = grpc_registration();
-    let mut sidecar = pod("sidecar", "10.1.0.1");
-    let mut init = pod("init", "10.1.0.2");
+    let mut sidecar = pod("sidecar", "192.0.2.21");
+    let mut init = pod("init", "192.0.2.22");
     for (p, policy) in [(&mut sidecar, Some("Always")), (&mut init, None)] {
         let spec = p.spec.as_mut().unwrap();
         let mut c = spec.containers[0].clone();
@@ -342,7 +342,7 @@ fn named_port_on_sidecar_but_not_plain_init_container() {
         spec.init_containers = Some(vec![c]);
     }
     let outcome = registration_outcome(PREFIX, &reg, [&sidecar, &init]);
-    assert_eq!(addrs(&outcome), ["10.1.0.1:50051"]);
+    assert_eq!(addrs(&outcome), ["192.0.2.21:50051"]);
     assert_eq!(
         outcome.problems,
         [Problem::PortNotFound {
@@ -386,7 +386,7 @@ fn invalid_pod_ip_is_a_problem() {
 fn deleted_registration_wants_nothing() {
     let mut reg = grpc_registration();
     reg.metadata.deletion_timestamp = Some(time(9));
-    let p = pod("greeter-0", "10.1.0.5");
+    let p = pod("greeter-0", "192.0.2.25");
     let outcome = registration_outcome(PREFIX, &reg, [&p]);
     assert!(outcome.endpoints.is_empty());
     assert_eq!(outcome.target, "registrar/shop/greeter");
@@ -519,22 +519,22 @@ fn match_expressions_select_pods() {
         match_labels: None,
         match_expressions: Some(vec![requirement("tier", "In", &["gold", "silver"])]),
     };
-    let a = pod("a", "10.1.0.1");
-    let mut b = pod("b", "10.1.0.2");
+    let a = pod("a", "192.0.2.21");
+    let mut b = pod("b", "192.0.2.22");
     b.metadata.labels = Some(labels(&[("app", "greeter"), ("tier", "bronze")]));
     let outcome = registration_outcome(PREFIX, &reg, [&a, &b]);
-    assert_eq!(addrs(&outcome), ["10.1.0.1:50051"]);
+    assert_eq!(addrs(&outcome), ["192.0.2.21:50051"]);
 }
 
 #[test]
 fn two_pods_on_one_address_first_name_wins_in_any_order() {
     let reg = grpc_registration();
-    let a = pod("a", "10.1.0.1");
-    let b = pod("b", "10.1.0.1");
+    let a = pod("a", "192.0.2.21");
+    let b = pod("b", "192.0.2.21");
     for pods in [[&a, &b], [&b, &a]] {
         let outcome = registration_outcome(PREFIX, &reg, pods);
         assert_eq!(outcome.endpoints.len(), 1);
-        assert_eq!(outcome.endpoints["10.1.0.1:50051"].pod, "a");
+        assert_eq!(outcome.endpoints["192.0.2.21:50051"].pod, "a");
     }
 }
 
@@ -550,8 +550,8 @@ fn two_registrations_same_pod_oldest_metadata_wins() {
     new.spec.service = Some("greeter".into());
     new.spec.metadata = Some(labels(&[("from", "new")]));
     new.metadata.creation_timestamp = Some(time(200));
-    let shared = pod("shared", "10.1.0.1");
-    let mut only_new = pod("only-new", "10.1.0.2");
+    let shared = pod("shared", "192.0.2.21");
+    let mut only_new = pod("only-new", "192.0.2.22");
     only_new.metadata.labels = Some(labels(&[("app", "greeter"), ("v", "2")]));
     new.spec.selector.match_labels = Some(labels(&[("app", "greeter")]));
     old.spec.selector.match_expressions = Some(vec![requirement("v", "DoesNotExist", &[])]);
@@ -559,21 +559,21 @@ fn two_registrations_same_pod_oldest_metadata_wins() {
     let pods = [&shared, &only_new];
     let o_old = registration_outcome(PREFIX, &old, pods);
     let o_new = registration_outcome(PREFIX, &new, pods);
-    assert_eq!(addrs(&o_old), ["10.1.0.1:50051"]);
-    assert_eq!(addrs(&o_new), ["10.1.0.1:50051", "10.1.0.2:50051"]);
+    assert_eq!(addrs(&o_old), ["192.0.2.21:50051"]);
+    assert_eq!(addrs(&o_new), ["192.0.2.21:50051", "192.0.2.22:50051"]);
 
     let forward = desired_keys(PREFIX, [&o_old, &o_new]);
     let backward = desired_keys(PREFIX, [&o_new, &o_old]);
     assert_eq!(forward, backward);
     assert_eq!(forward.len(), 2, "union of both registrations");
-    assert!(forward["registrar/shop/greeter/10.1.0.1:50051"].contains(r#""from":"old""#));
-    assert!(forward["registrar/shop/greeter/10.1.0.2:50051"].contains(r#""from":"new""#));
+    assert!(forward["registrar/shop/greeter/192.0.2.21:50051"].contains(r#""from":"old""#));
+    assert!(forward["registrar/shop/greeter/192.0.2.22:50051"].contains(r#""from":"new""#));
 
     // same creation time: the lexicographically first name wins
     let mut o_new_same_time = o_new.clone();
     o_new_same_time.created = o_old.created.clone();
     let keys = desired_keys(PREFIX, [&o_old, &o_new_same_time]);
-    assert!(keys["registrar/shop/greeter/10.1.0.1:50051"].contains(r#""from":"new""#));
+    assert!(keys["registrar/shop/greeter/192.0.2.21:50051"].contains(r#""from":"new""#));
 }
 
 #[test]
@@ -582,7 +582,7 @@ fn desired_keys_spans_targets_and_ignores_foreign_prefixes() {
     a.spec.service = Some("a".into());
     let mut b = grpc_registration();
     b.spec.service = Some("b".into());
-    let p = pod("p", "10.1.0.1");
+    let p = pod("p", "192.0.2.21");
     let oa = registration_outcome(PREFIX, &a, [&p]);
     let ob = registration_outcome(PREFIX, &b, [&p]);
     let foreign = registration_outcome("registrar-other", &b, [&p]);
@@ -590,8 +590,8 @@ fn desired_keys_spans_targets_and_ignores_foreign_prefixes() {
     assert_eq!(
         keys.keys().collect::<Vec<_>>(),
         [
-            "registrar/shop/a/10.1.0.1:50051",
-            "registrar/shop/b/10.1.0.1:50051"
+            "registrar/shop/a/192.0.2.21:50051",
+            "registrar/shop/b/192.0.2.21:50051"
         ]
     );
 }
@@ -600,7 +600,7 @@ fn desired_keys_spans_targets_and_ignores_foreign_prefixes() {
 fn output_is_deterministic() {
     let reg = grpc_registration();
     let pods: Vec<Pod> = (0..20)
-        .map(|i| pod(&format!("p{i}"), &format!("10.1.0.{}", 20 - i)))
+        .map(|i| pod(&format!("p{i}"), &format!("192.0.2.{}", 20 - i)))
         .collect();
     let forward = registration_outcome(PREFIX, &reg, pods.iter());
     let backward = registration_outcome(PREFIX, &reg, pods.iter().rev());
@@ -619,12 +619,12 @@ fn output_is_deterministic() {
 
 #[test]
 fn pod_ip_falls_back_to_pod_ips() {
-    let mut p = pod("p", "10.1.0.1");
+    let mut p = pod("p", "192.0.2.21");
     p.status = Some(PodStatus {
         pod_ips: Some(vec![PodIP {
-            ip: "10.1.0.9".into(),
+            ip: "192.0.2.29".into(),
         }]),
         ..PodStatus::default()
     });
-    assert_eq!(pod_ip(&p), Some("10.1.0.9"));
+    assert_eq!(pod_ip(&p), Some("192.0.2.29"));
 }

@@ -2,7 +2,7 @@
 //! convention (`go.etcd.io/etcd/client/v3/naming/endpoints`).
 //!
 //! The value is what Go's `json.Marshal` produces for `internal.Update{Op: Add, Addr, Metadata}`:
-//! `{"Op":0,"Addr":"10.1.0.5:50051","Metadata":null}`. We encode it by hand rather than through
+//! `{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}`. We encode it by hand rather than through
 //! serde so that the bytes are exactly Go's, which matters because the writer compares values
 //! byte for byte to find drift:
 //!
@@ -21,7 +21,7 @@
 use serde_json::{Map, Number, Value};
 
 /// The etcd key of endpoint `addr` in `target` (`<prefix>/<namespace>/<service>`):
-/// `<target>/<addr>`, e.g. `registrar/shop/greeter/10.1.0.5:50051`.
+/// `<target>/<addr>`, e.g. `registrar/shop/greeter/192.0.2.25:50051`.
 pub fn key(target: &str, addr: &str) -> String {
     format!("{target}/{addr}")
 }
@@ -151,8 +151,8 @@ mod tests {
     #[test]
     fn key_is_target_slash_addr() {
         assert_eq!(
-            key("registrar/shop/greeter", "10.1.0.5:50051"),
-            "registrar/shop/greeter/10.1.0.5:50051"
+            key("registrar/shop/greeter", "192.0.2.25:50051"),
+            "registrar/shop/greeter/192.0.2.25:50051"
         );
         assert_eq!(
             key("registrar/shop/greeter", "[fd00::5]:50051"),
@@ -163,12 +163,12 @@ mod tests {
     #[test]
     fn no_metadata_is_null() {
         assert_eq!(
-            encode("10.1.0.5:50051", None),
-            r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":null}"#
+            encode("192.0.2.25:50051", None),
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}"#
         );
         assert_eq!(
-            encode("10.1.0.5:50051", Some(&Map::new())),
-            r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":null}"#
+            encode("192.0.2.25:50051", Some(&Map::new())),
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}"#
         );
     }
 
@@ -185,8 +185,8 @@ mod tests {
         let m = map(json!({"tier": "gold", "pod": "greeter-0", "node": "n1",
                            "z": {"b": 1, "a": [true, null, "x"]}}));
         assert_eq!(
-            encode("10.1.0.5:50051", Some(&m)),
-            r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold","z":{"a":[true,null,"x"],"b":1}}}"#
+            encode("192.0.2.25:50051", Some(&m)),
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold","z":{"a":[true,null,"x"],"b":1}}}"#
         );
     }
 
@@ -236,7 +236,7 @@ mod tests {
     fn matches_go_json_marshal_golden() {
         let input = r#"{"back":"a\\b","ctl":"\u0001\b\f\n\r\t\u001f\u007f","html":"<a href=\"x\">&</a>","sep":"\u2028\u2029","uni":"ü😀","é":1,"a":2,"_":3,"Z":4,"c":1.5,"d":2.0,"e":1e21,"f":1e-7,"g":0.000001,"i":-0.0,"j":123456.789e3}"#;
         let go = concat!(
-            r#"{"Op":0,"Addr":"10.1.0.5:50051","Metadata":{"Z":4,"_":3,"a":2,"back":"a\\b","c":1.5,"#,
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"Z":4,"_":3,"a":2,"back":"a\\b","c":1.5,"#,
             r#""ctl":"\u0001\b\f\n\r\t\u001f"#,
             "\u{7f}",
             r#"","d":2,"e":1e+21,"f":1e-7,"g":0.000001,"#,
@@ -244,16 +244,16 @@ mod tests {
             r#""sep":"\u2028\u2029","uni":"ü😀","é":1}}"#
         );
         let m = map(serde_json::from_str(input).unwrap());
-        assert_eq!(encode("10.1.0.5:50051", Some(&m)), go);
+        assert_eq!(encode("192.0.2.25:50051", Some(&m)), go);
     }
 
     #[test]
     fn output_is_valid_json_with_go_field_names() {
         let m = map(json!({"tier": "<gold>", "n": [1, 2.5]}));
-        let v: Value = serde_json::from_str(&encode("10.0.0.1:80", Some(&m))).unwrap();
+        let v: Value = serde_json::from_str(&encode("192.0.2.11:80", Some(&m))).unwrap();
         assert_eq!(
             v,
-            json!({"Op": 0, "Addr": "10.0.0.1:80", "Metadata": {"tier": "<gold>", "n": [1, 2.5]}})
+            json!({"Op": 0, "Addr": "192.0.2.11:80", "Metadata": {"tier": "<gold>", "n": [1, 2.5]}})
         );
     }
 }

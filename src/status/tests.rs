@@ -62,7 +62,7 @@ fn port_not_found(pod: &str) -> Problem {
 
 #[test]
 fn reasons_table() {
-    let two = &["10.0.0.1:1", "10.0.0.2:1"][..];
+    let two = &["192.0.2.11:1", "192.0.2.12:1"][..];
     let cases: Vec<(&str, RegistrationOutcome, Publishing, &str, &str, &str)> = vec![
         (
             "published",
@@ -157,7 +157,7 @@ fn reasons_table() {
 fn status_fields() {
     let update = next_status(
         &registration(7, None),
-        &outcome(&["10.0.0.2:1", "10.0.0.1:1"], vec![]),
+        &outcome(&["192.0.2.12:1", "192.0.2.11:1"], vec![]),
         &Publishing::Ok,
         time(10),
     );
@@ -166,14 +166,14 @@ fn status_fields() {
     assert_eq!(s.service.as_deref(), Some("greeter"));
     assert_eq!(s.target.as_deref(), Some("registrar/shop/greeter"));
     assert_eq!(s.ready_endpoints, 2);
-    assert_eq!(s.endpoints, ["10.0.0.1:1", "10.0.0.2:1"]);
+    assert_eq!(s.endpoints, ["192.0.2.11:1", "192.0.2.12:1"]);
     assert_eq!(s.conditions.len(), 1);
 }
 
 #[test]
 fn endpoints_capped_sorted_count_authoritative() {
     let addrs: Vec<String> = (0..120)
-        .map(|i| format!("10.0.{}.{}:80", i / 100, i % 100))
+        .map(|i| format!("192.0.2.1:{}", 1000 + i))
         .collect();
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let update = next_status(
@@ -187,12 +187,12 @@ fn endpoints_capped_sorted_count_authoritative() {
     let mut sorted = update.status.endpoints.clone();
     sorted.sort();
     assert_eq!(update.status.endpoints, sorted);
-    assert_eq!(update.status.endpoints[0], "10.0.0.0:80");
+    assert_eq!(update.status.endpoints[0], "192.0.2.1:1000");
 }
 
 #[test]
 fn unchanged_status_is_not_rewritten() {
-    let o = outcome(&["10.0.0.1:1"], vec![]);
+    let o = outcome(&["192.0.2.11:1"], vec![]);
     let first = next_status(&registration(2, None), &o, &Publishing::Ok, time(10));
     let again = next_status(
         &registration(2, Some(first.status.clone())),
