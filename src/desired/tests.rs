@@ -201,7 +201,11 @@ fn pod_rules_table() {
         let mut p = pod("greeter-0", "192.0.2.25");
         mutate(&mut p);
         let outcome = registration_outcome(PREFIX, &reg, [&p]);
-        let expected: &[&str] = if *published { &["192.0.2.25:50051"] } else { &[] };
+        let expected: &[&str] = if *published {
+            &["192.0.2.25:50051"]
+        } else {
+            &[]
+        };
         assert_eq!(addrs(&outcome), expected, "case: {case}");
         assert!(
             outcome.problems.is_empty(),
