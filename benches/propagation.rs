@@ -18,6 +18,8 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "propagation/observe.rs"]
 mod observe;
 #[path = "propagation/report.rs"]
@@ -27,7 +29,6 @@ mod round;
 #[path = "propagation/world.rs"]
 mod world;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -80,19 +81,6 @@ fn plans() -> Result<Vec<round::Plan>> {
     Ok(plans)
 }
 
-/// `$REGISTRAR_BENCH_OUT`, else `<target>/bench/propagation.md` (the bench binary lives in
-/// `<target>/<profile>/deps/`).
-fn out_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("REGISTRAR_BENCH_OUT") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench").join("propagation.md")
-}
-
 async fn run() -> Result<()> {
     let plans = plans()?;
     let started = Instant::now();
@@ -107,12 +95,11 @@ async fn run() -> Result<()> {
         rounds.push(round::run(&mut world, index, plan).await?);
         world.check_alive()?;
     }
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
+    let date = common::report::when_and_where();
     let coalesce = std::env::var("REGISTRAR_COALESCE_MS").unwrap_or_else(|_| "50".into());
     let header = format!(
         "## Propagation: pod Ready → endpoint visible\n\n\
-         `cargo bench --bench propagation` — {date}, {cpus} CPUs, {versions}. registrar with \
+         `cargo bench --bench propagation` — {date}, {versions}. registrar with \
          {coalesce} ms coalescing (`REGISTRAR_COALESCE_MS`, default 50), kube-controller-manager at its defaults \
          (EndpointSlice controller only, client QPS 20). Everything (API server, both etcds, \
          controller, operator, bench) shares the machine.\n\n\
@@ -130,11 +117,7 @@ async fn run() -> Result<()> {
     );
     let md = report::markdown(&header, &rounds);
     println!("\n{md}");
-    let path = out_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    let path = common::report::write("propagation.md", &md)?;
     println!(
         "[bench] wrote {} ({:.0} s in all); cleaning up",
         path.display(),

@@ -1,8 +1,9 @@
 //! Figures of the propagation benchmark and their rendering as Markdown tables (aligned, so
 //! the same text reads well on a terminal).
 
-use std::fmt::Write as _;
 use std::time::Duration;
+
+use crate::common::report::table;
 
 /// Percentiles of a set of latencies (nearest-rank).
 #[derive(Clone, Copy, Debug)]
@@ -87,35 +88,6 @@ fn ratio(a: Duration, b: Duration) -> String {
 
 fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map_or_else(|| "n/a".into(), f)
-}
-
-/// An aligned Markdown table.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut s = String::from("|");
-        for (cell, w) in cells.zip(&widths) {
-            let pad = w - cell.chars().count();
-            let _ = write!(s, " {cell}{} |", " ".repeat(pad));
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = line(&mut headers.iter().copied());
-    out.push('|');
-    for w in &widths {
-        let _ = write!(out, "{}|", "-".repeat(w + 2));
-    }
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
-    }
-    out
 }
 
 /// The latency table: one row per system per round.

@@ -16,6 +16,7 @@ use registrar::crd::ServiceRegistration;
 use registrar_testenv::poll;
 use serde_json::{Value, json};
 
+use crate::common::objects::pod_status;
 use crate::observe::{Observer, Targets};
 use crate::report::{Round, Stats, SystemResult};
 use crate::world::{NODE, PREFIX, World};
@@ -277,7 +278,7 @@ async fn setup(client: &kube::Client, ns: &str, n: usize) -> Result<()> {
                 pods.patch_status(
                     &pod_name(i),
                     &PatchParams::default(),
-                    &Patch::Merge(status(&pod_ip(i), false)),
+                    &Patch::Merge(pod_status(&pod_ip(i), false)),
                 )
                 .await?;
                 anyhow::Ok(())
@@ -304,7 +305,7 @@ async fn settle(world: &World, observer: &mut Observer, ns: &str, n: usize) -> R
     pods.patch_status(
         "sentinel",
         &PatchParams::default(),
-        &Patch::Merge(status(&pod_ip(0), true)),
+        &Patch::Merge(pod_status(&pod_ip(0), true)),
     )
     .await?;
     let etcd = world.etcd.client().await?;
@@ -331,7 +332,7 @@ async fn flip(client: &kube::Client, ns: &str, range: std::ops::Range<usize>) ->
         .map(|i| {
             let pods = pods.clone();
             async move {
-                let body = status(&pod_ip(i), true);
+                let body = pod_status(&pod_ip(i), true);
                 let at = Instant::now();
                 pods.patch_status(&pod_name(i), &PatchParams::default(), &Patch::Merge(body))
                     .await?;
@@ -351,13 +352,6 @@ fn pod(name: &str, app: &str) -> Value {
         "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "example.invalid/app",
                  "ports": [{"name": "grpc", "containerPort": PORT}]}]},
     })
-}
-
-/// A kubelet-like status: Running with `ip`, Ready as given, transition time now.
-fn status(ip: &str, ready: bool) -> Value {
-    json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
-                        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}]}})
 }
 
 /// The Ready condition's `lastTransitionTime` of every pod in `ns`, as the API server stored it
@@ -401,7 +395,10 @@ async fn revision(etcd: &mut etcd_client::Client) -> Result<i64> {
 }
 
 fn counter_delta(before: &str, after: &str, series: &str) -> Option<f64> {
-    Some(crate::world::sample(after, series)? - crate::world::sample(before, series)?)
+    Some(
+        crate::common::operator::sample(after, series)?
+            - crate::common::operator::sample(before, series)?,
+    )
 }
 
 /// Mean of the operator's own propagation histogram over the round (etcd commit minus the

@@ -1,0 +1,131 @@
+//! Scale benchmark: N pods in R ServiceRegistrations (default 10,000 in 1,000), everything
+//! already in the API server; the `registrar` binary starts cold (empty etcd) and the bench
+//! measures the time until every key is in etcd and every registration reports Ready, the
+//! operator's RSS, the etcd txns it took and the leases it holds; then a warm restart
+//! (SIGTERM, start again): time until it is ready and has re-attached every key, and whether
+//! any key was deleted meanwhile.
+//!
+//! Run with `cargo bench --bench scale`. Everything runs on loopback: a kube-apiserver with
+//! its etcd, Registrar's own etcd and the operator; pod addresses are in 127.0.0.0/8 and never
+//! dialed.
+//!
+//! Environment:
+//! - `REGISTRAR_BENCH_SCALE`: `PODSxREGISTRATIONS` (default `10000x1000`; e.g. `1000x100` for a
+//!   quick check). Registrations must divide pods.
+//! - `REGISTRAR_BENCH_WARM_RESTART`: `0` skips the warm restart (default: measured).
+//! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/scale.md`).
+//! - `REGISTRAR_COALESCE_MS`, `REGISTRAR_LEASE_TTL`: passed on to the operator (its own flags).
+//!
+//! Under `cargo test --benches` (no `--bench` argument) it does nothing.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "scale/layout.rs"]
+mod layout;
+#[path = "scale/measure.rs"]
+mod measure;
+#[path = "scale/observe.rs"]
+mod observe;
+#[path = "scale/report.rs"]
+mod report;
+#[path = "scale/setup.rs"]
+mod setup;
+#[path = "scale/world.rs"]
+mod world;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::layout::Size;
+use crate::observe::{Observer, Targets};
+use crate::setup::say;
+use crate::world::{PREFIX, World};
+
+const DEFAULT_SCALE: &str = "10000x1000";
+
+fn main() -> std::process::ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale: a benchmark; run it with `cargo bench --bench scale`");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scale benchmark failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The operator's value of a numeric flag that the bench passes on through the environment.
+fn operator_setting(var: &str, default: u64) -> Result<u64> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn run() -> Result<()> {
+    let text = std::env::var("REGISTRAR_BENCH_SCALE").unwrap_or_else(|_| DEFAULT_SCALE.into());
+    let size = Size::parse(&text)?;
+    let warm = std::env::var("REGISTRAR_BENCH_WARM_RESTART").map_or(true, |v| v.trim() != "0");
+    let lease_ttl = operator_setting("REGISTRAR_LEASE_TTL", 30)?;
+    let coalesce = operator_setting("REGISTRAR_COALESCE_MS", 50)?;
+    let started = Instant::now();
+    say(&format!(
+        "{} pods in {} registrations; starting kube-apiserver and etcd",
+        size.pods, size.registrations
+    ));
+    let world = World::start().await?;
+    let setup = setup::populate(&world.client, size).await?;
+
+    let mut observer = Observer::start(Targets {
+        kubeconfig: world.cp.kubeconfig().to_path_buf(),
+        etcd_endpoint: world.etcd.endpoint(),
+        prefix: format!("{PREFIX}/"),
+        keys: size.pods,
+        registrations: size.registrations,
+        per_registration: i64::try_from(size.per_registration())?,
+    })
+    .await?;
+    let (operator, cold) = measure::cold_start(&world, &mut observer, size).await?;
+    let (operator, warm) = if warm {
+        let ttl = Duration::from_secs(lease_ttl);
+        let (op, w) = measure::warm_restart(&world, &mut observer, size, operator, ttl).await?;
+        (op, Some(w))
+    } else {
+        (operator, None)
+    };
+    drop(observer);
+    drop(operator);
+
+    let report = report::Report {
+        size,
+        when: common::report::when_and_where(),
+        versions: world.versions.clone(),
+        settings: format!("{coalesce} ms coalescing, {lease_ttl} s lease TTL"),
+        setup,
+        cold,
+        warm,
+        total: started.elapsed(),
+    };
+    let md = report::markdown(&report);
+    println!("\n{md}");
+    let path = common::report::write("scale.md", &md)?;
+    say(&format!(
+        "wrote {} ({:.0} s in all); cleaning up",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    drop(world);
+    Ok(())
+}
