@@ -80,6 +80,11 @@ impl Index {
         self.reg_kind.synced && self.pod_kind.synced
     }
 
+    /// Whether `key` changed since the last flush.
+    pub fn is_dirty(&self, key: &RegKey) -> bool {
+        self.dirty.contains(key)
+    }
+
     /// Whether a flush has work to do.
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()

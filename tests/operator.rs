@@ -64,9 +64,16 @@ async fn pod_readiness_drives_the_key_with_the_exact_value() {
         .await
         .unwrap();
     wait_keys(&g.kv, &g.prefix, &[]).await.unwrap();
-    wait_reason(&g.client, &g.ns, "greeter", "NoReadyPods")
+    let reg = wait_reason(&g.client, &g.ns, "greeter", "NoReadyPods")
         .await
         .unwrap();
+    let st = reg.status.unwrap();
+    assert_eq!(st.ready_endpoints, 0);
+    assert!(
+        st.endpoints.is_empty(),
+        "stale endpoints: {:?}",
+        st.endpoints
+    );
 
     // Ready again, then terminating (a pod bound to a node waits for its kubelet): removed.
     set_ready(&g.client, &g.ns, "p1", "127.0.0.11", true)

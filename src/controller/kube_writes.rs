@@ -74,7 +74,10 @@ impl KubeWriter {
         let api = self.api(ns);
         let n = name.to_string();
         self.spawn("status update", format!("{ns}/{name}"), async move {
-            let patch = json!({ "status": status });
+            let mut patch = json!({ "status": status });
+            // A merge patch leaves out what it omits: an empty endpoint list (skipped when
+            // serialized) must be sent explicitly or the old addresses would stay.
+            patch["status"]["endpoints"] = json!(status.endpoints);
             api.patch_status(&n, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
@@ -121,12 +124,36 @@ impl KubeWriter {
             { "op": "test", "path": "/metadata/finalizers", "value": current },
             { "op": "replace", "path": "/metadata/finalizers", "value": remaining }
         ]);
+        // A deleting registration gets no further watch event that would make the engine try
+        // again, so transient failures are retried here (a failed `test` means the object
+        // changed: the next watch event brings it back to the engine).
         self.spawn(
             "removing the finalizer",
             format!("{ns}/{name}"),
             async move {
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+                let mut delay = std::time::Duration::from_millis(500);
+                for _ in 0..5 {
+                    let res = api
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(patch.clone()),
+                        )
+                        .await;
+                    match ignore_conflict(res) {
+                        Err(kube::Error::Api(e)) if e.code < 500 && e.code != 429 => {
+                            return Err(kube::Error::Api(e));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "removing the finalizer failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                        ok => return ok,
+                    }
+                }
                 ignore_conflict(
                     api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
                         .await,

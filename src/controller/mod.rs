@@ -183,12 +183,16 @@ impl Engine {
                     if res.is_ok() {
                         let state = writer_state.borrow_and_update().clone();
                         st.on_writer_state(state);
+                    } else {
+                        st.restart_writer(&mut writer_state, &mut applied);
                     }
                 }
                 res = applied.changed(), if st.term.is_some() => {
                     if res.is_ok() {
                         let seq = *applied.borrow_and_update();
                         st.on_applied(seq);
+                    } else {
+                        st.restart_writer(&mut writer_state, &mut applied);
                     }
                 }
             }
@@ -244,6 +248,7 @@ impl State {
                         stop.subscribe(),
                     );
                     self.term = Some(Term { handle, stop });
+                    self.propagating.clear();
                     self.publishing = Publishing::Pending;
                 }
                 EtcdConnection::Connected(_) => {}
@@ -265,6 +270,7 @@ impl State {
             tracing::warn!("lost leadership: stopping the etcd writer");
             let _ = term.stop.send(true);
             self.releasing.clear();
+            self.propagating.clear();
         }
     }
 
@@ -297,7 +303,10 @@ impl State {
                 .filter(|(o, e)| !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr)))
                 .filter_map(|(_, e)| e.ready_since.clone())
                 .collect();
-            if !fresh.is_empty() && self.propagating.len() < 10_000 {
+            // Only changes seen while a writer runs and after the initial sync measure
+            // propagation; a cold start or a takeover would record pods' whole age.
+            let measuring = self.term.is_some() && self.desired_tx.borrow().complete;
+            if measuring && !fresh.is_empty() && self.propagating.len() < 10_000 {
                 self.propagating.push((self.seq, fresh));
             }
             self.metrics.set_published(keys.len());
@@ -320,11 +329,26 @@ impl State {
         published
     }
 
+    /// The writer task ended without being asked to (it only returns on shutdown, so this is a
+    /// panic): start a new term rather than spin on closed channels.
+    fn restart_writer(
+        &mut self,
+        writer_state: &mut watch::Receiver<WriterState>,
+        applied: &mut watch::Receiver<u64>,
+    ) {
+        tracing::error!("the etcd writer stopped unexpectedly; starting it again");
+        self.metrics.error(ErrorKind::Internal);
+        self.term = None;
+        let leading = self.leader;
+        self.leader = false;
+        self.set_leader(leading, writer_state, applied);
+    }
+
     /// Deleted registrations (of `only`, or all) still holding our finalizer: their keys leave
     /// etcd with the current seq, so the finalizer may go once the writer applied it. Only once
     /// both caches are synced: before that the writer deletes nothing.
     fn schedule_releases(&mut self, only: Option<&[RegKey]>) {
-        if !self.index.synced() {
+        if !self.leader || !self.index.synced() {
             return;
         }
         let deleting: Vec<RegKey> = self
@@ -332,6 +356,9 @@ impl State {
             .registrations()
             .filter(|(k, reg)| {
                 only.is_none_or(|keys| keys.contains(k))
+                    // A dirty one's removal is not in any published seq yet: the next flush
+                    // schedules it.
+                    && !self.index.is_dirty(k)
                     && reg.metadata.deletion_timestamp.is_some()
                     && has_finalizer(reg)
             })
@@ -380,9 +407,8 @@ impl State {
                 true
             }
         });
-        if !matches!(self.publishing, Publishing::Ok) {
-            return;
-        }
+        // `applied >= seq` of a desired state published with `complete` proves the deletes
+        // committed, whatever the writer reports about its keepalives right now.
         let done: Vec<RegKey> = self
             .releasing
             .iter()
@@ -403,7 +429,9 @@ impl State {
     /// Nothing is written before both caches are synced: a status computed from a partial pod
     /// list (e.g. `NoReadyPods` during a restart) would be a lie, and an Event about it noise.
     fn update_statuses(&mut self, only: Option<&[RegKey]>) {
-        if !self.leader || !self.index.synced() {
+        // While the writer is starting, the keys of the previous term are still in etcd: keep
+        // the statuses as they are rather than flip every registration to Unknown and back.
+        if !self.leader || !self.index.synced() || self.publishing == Publishing::Pending {
             return;
         }
         let keys: Vec<RegKey> = match only {

@@ -399,6 +399,11 @@ impl Writer {
         );
         let wrote = !ops.is_empty();
         for batch in plan::batches(ops, self.cfg.max_txn_ops, self.cfg.max_txn_bytes) {
+            // A stopped writer (leadership lost) must not go on writing the rest of a flush
+            // next to the new leader's writer.
+            if *self.shutdown.borrow() {
+                return Err(End::Shutdown);
+            }
             let txn = Txn::new()
                 .when([owner::still_ours(&self.owner_key, &self.cfg.cluster_id)])
                 .and_then(batch.iter().map(|op| txn_op(op, lease)).collect::<Vec<_>>());
