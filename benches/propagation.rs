@@ -36,22 +36,7 @@ use anyhow::{Context, Result};
 const DEFAULT_PODS: &str = "1x20,100x5,500,750";
 
 fn main() -> std::process::ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("propagation: a benchmark; run it with `cargo bench --bench propagation`");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run()));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("propagation benchmark failed: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::harness::main("propagation", run)
 }
 
 /// Round plans from `REGISTRAR_BENCH_PODS`: `N` (N pods at once) or `NxW` (W waves of N).

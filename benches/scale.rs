@@ -45,22 +45,7 @@ use crate::world::{PREFIX, World};
 const DEFAULT_SCALE: &str = "10000x1000";
 
 fn main() -> std::process::ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("scale: a benchmark; run it with `cargo bench --bench scale`");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run()));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("scale benchmark failed: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::harness::main("scale", run)
 }
 
 /// The operator's value of a numeric flag that the bench passes on through the environment.

@@ -160,6 +160,25 @@ async fn converged(
     .await
 }
 
+/// Starts a writer for `cluster-a` with `want` (complete), waits until it applied it and every
+/// key is on its lease; returns the run and that lease.
+async fn start_converged(
+    etcd: &Etcd,
+    client: &mut Client,
+    prefix: &str,
+    want: &BTreeMap<String, String>,
+) -> Result<(Running, i64)> {
+    let mut run = start(
+        etcd,
+        config(prefix, "cluster-a"),
+        desired(1, want.clone(), true),
+    )
+    .await?;
+    run.applied(1).await?;
+    let lease = converged(client, &run, prefix, want).await?;
+    Ok((run, lease))
+}
+
 #[tokio::test]
 async fn writes_exact_keys_and_values_under_one_lease() -> Result<()> {
     let etcd = Etcd::start().await?;
@@ -263,14 +282,7 @@ async fn drift_by_hand_is_repaired() -> Result<()> {
     let mut client = etcd.client().await?;
     let prefix = unique_name("drift");
     let want = endpoints(&prefix, 5);
-    let mut run = start(
-        &etcd,
-        config(&prefix, "cluster-a"),
-        desired(1, want.clone(), true),
-    )
-    .await?;
-    run.applied(1).await?;
-    let lease = converged(&mut client, &run, &prefix, &want).await?;
+    let (run, lease) = start_converged(&etcd, &mut client, &prefix, &want).await?;
 
     let keys: Vec<&String> = want.keys().collect();
     client.delete(keys[0].as_str(), None).await?;
@@ -441,14 +453,7 @@ async fn etcd_wiped_everything_comes_back_under_a_new_lease() -> Result<()> {
     let mut client = etcd.client().await?;
     let prefix = unique_name("wipe");
     let want = endpoints(&prefix, 10);
-    let mut run = start(
-        &etcd,
-        config(&prefix, "cluster-a"),
-        desired(1, want.clone(), true),
-    )
-    .await?;
-    run.applied(1).await?;
-    let old = converged(&mut client, &run, &prefix, &want).await?;
+    let (run, old) = start_converged(&etcd, &mut client, &prefix, &want).await?;
 
     etcd.wipe().await?;
     let mut client = etcd.client().await?;
@@ -473,14 +478,7 @@ async fn a_revoked_lease_is_replaced_and_every_key_put_again() -> Result<()> {
     let mut client = etcd.client().await?;
     let prefix = unique_name("revoke");
     let want = endpoints(&prefix, 10);
-    let mut run = start(
-        &etcd,
-        config(&prefix, "cluster-a"),
-        desired(1, want.clone(), true),
-    )
-    .await?;
-    run.applied(1).await?;
-    let old = converged(&mut client, &run, &prefix, &want).await?;
+    let (run, old) = start_converged(&etcd, &mut client, &prefix, &want).await?;
 
     client.lease_revoke(old).await?;
     let new = poll("a new lease", WAIT, || {
@@ -541,14 +539,7 @@ async fn a_claim_taken_over_mid_term_stops_all_writes() -> Result<()> {
     let mut client = etcd.client().await?;
     let prefix = unique_name("takeover");
     let want = endpoints(&prefix, 3);
-    let mut run = start(
-        &etcd,
-        config(&prefix, "cluster-a"),
-        desired(1, want.clone(), true),
-    )
-    .await?;
-    run.applied(1).await?;
-    converged(&mut client, &run, &prefix, &want).await?;
+    let (run, _) = start_converged(&etcd, &mut client, &prefix, &want).await?;
 
     let owner = format!("{prefix}/.owner");
     client.put(owner.as_str(), "cluster-b", None).await?;
@@ -580,14 +571,7 @@ async fn shutdown_leaves_the_keys_and_does_not_revoke() -> Result<()> {
     let mut client = etcd.client().await?;
     let prefix = unique_name("shutdown");
     let want = endpoints(&prefix, 3);
-    let mut run = start(
-        &etcd,
-        config(&prefix, "cluster-a"),
-        desired(1, want.clone(), true),
-    )
-    .await?;
-    run.applied(1).await?;
-    let lease = converged(&mut client, &run, &prefix, &want).await?;
+    let (run, lease) = start_converged(&etcd, &mut client, &prefix, &want).await?;
 
     run.shutdown.send_replace(true);
     tokio::time::timeout(WAIT, run.handle.join)

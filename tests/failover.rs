@@ -333,19 +333,7 @@ async fn partition(how: Link) {
     let b = Operator::start(&g.cp, &g.etcd, &replica(&g, "op-b"))
         .await
         .unwrap();
-    create_reg(
-        &g.client,
-        &g.ns,
-        "greeter",
-        json!({"selector": {"matchLabels": {"app": "g"}}, "port": 50051}),
-    )
-    .await
-    .unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.141")
-        .await
-        .unwrap();
-    let key = g.key("greeter", "127.0.0.141:50051");
-    wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
+    let key = g.publish_greeter(&[("p1", "127.0.0.141")]).await.unwrap()[0].clone();
     let old = poll("the key on a lease", DEADLINE, || async {
         let l = leases_under(&g.kv, &g.prefix).await.ok()?;
         (l.len() == 1 && l[0] != 0).then(|| l[0])

@@ -170,19 +170,7 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         .unwrap();
 
     // Keys, status, finalizer.
-    create_reg(
-        &g.client,
-        &g.ns,
-        "greeter",
-        json!({"selector": {"matchLabels": {"app": "g"}}, "port": 50051}),
-    )
-    .await
-    .unwrap();
-    ready_pod(&g.client, &g.ns, "p1", json!({"app": "g"}), "127.0.0.151")
-        .await
-        .unwrap();
-    let key = g.key("greeter", "127.0.0.151:50051");
-    wait_keys(&g.kv, &g.prefix, &[&key]).await.unwrap();
+    g.publish_greeter(&[("p1", "127.0.0.151")]).await.unwrap();
     let reg = wait_reason(&g.client, &g.ns, "greeter", "Published")
         .await
         .unwrap();

@@ -6,6 +6,8 @@
 //! allowance.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod objects;
+pub mod observer;
 pub mod operator;
 pub mod report;

@@ -61,88 +61,22 @@ pub struct Targets {
 }
 
 /// The running observers of one round.
-pub struct Observer {
-    stop: Option<oneshot::Sender<()>>,
-    progress: watch::Receiver<Progress>,
-    thread: Option<std::thread::JoinHandle<Result<Seen>>>,
-}
+pub type Observer = crate::common::observer::Observer<Progress, Seen>;
 
 impl Observer {
     /// Starts both watches on a new thread and waits until they are established.
     pub async fn start(targets: Targets) -> Result<Observer> {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (progress_tx, progress) = watch::channel(Progress::default());
-        let thread = std::thread::Builder::new()
-            .name("bench-observer".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(observe(targets, stop_rx, progress_tx))
-            })?;
-        let mut observer = Observer {
-            stop: Some(stop_tx),
-            progress,
-            thread: Some(thread),
-        };
+        let mut observer = Observer::spawn(
+            "bench-observer",
+            |p| format!("{p:?}"),
+            move |stop, progress| observe(targets, stop, progress),
+        )?;
         observer
             .wait("watches established", Duration::from_secs(30), |p| {
                 p.established
             })
             .await?;
         Ok(observer)
-    }
-
-    /// Waits until `done` holds for the progress, failing after `deadline` (or when the
-    /// observer thread failed) with the last progress in the message.
-    pub async fn wait(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        done: impl Fn(&Progress) -> bool,
-    ) -> Result<Progress> {
-        let res = tokio::time::timeout(deadline, self.progress.wait_for(|p| done(p)))
-            .await
-            .map(|r| r.map(|p| p.clone()));
-        match res {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => {
-                // The thread ended: surface its error.
-                let err = match self.join().await {
-                    Err(e) => e,
-                    Ok(_) => anyhow::anyhow!("observer stopped"),
-                };
-                Err(err.context(format!("waiting for {what}")))
-            }
-            Err(_) => anyhow::bail!(
-                "timed out after {deadline:?} waiting for {what}; progress: {:?}",
-                *self.progress.borrow()
-            ),
-        }
-    }
-
-    /// Stops the observers and returns what they saw.
-    pub async fn finish(mut self) -> Result<Seen> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.join().await
-    }
-
-    async fn join(&mut self) -> Result<Seen> {
-        let thread = self.thread.take().context("observer already joined")?;
-        tokio::task::spawn_blocking(move || thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("observer thread panicked"))?
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        // The thread ends on its own once told to stop; nothing waits for it here.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

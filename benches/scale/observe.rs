@@ -55,108 +55,20 @@ pub struct Progress {
 }
 
 /// The running observer.
-pub struct Observer {
-    stop: Option<oneshot::Sender<()>>,
-    progress: watch::Receiver<Progress>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-}
+pub type Observer = crate::common::observer::Observer<Progress, ()>;
 
 impl Observer {
     /// Starts both watches on a new thread and waits until they are established.
     pub async fn start(targets: Targets) -> Result<Observer> {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (progress_tx, progress) = watch::channel(Progress::default());
-        let thread = std::thread::Builder::new()
-            .name("scale-observer".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(observe(targets, stop_rx, progress_tx))
-            })?;
-        let mut observer = Observer {
-            stop: Some(stop_tx),
-            progress,
-            thread: Some(thread),
-        };
+        let mut observer = Observer::spawn("scale-observer", summary, move |stop, progress| {
+            observe(targets, stop, progress)
+        })?;
         observer
             .wait("watches established", Duration::from_secs(60), |p| {
                 p.established
             })
             .await?;
         Ok(observer)
-    }
-
-    /// The latest progress.
-    pub fn now(&self) -> Progress {
-        self.progress.borrow().clone()
-    }
-
-    /// Waits until `done` holds, failing after `deadline` (with the last progress) or when the
-    /// observer thread failed (with its error).
-    pub async fn wait(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        done: impl Fn(&Progress) -> bool,
-    ) -> Result<Progress> {
-        self.wait_ticking(what, deadline, done, |_| Ok(())).await
-    }
-
-    /// Like [`Observer::wait`], calling `tick` with the progress about once a second while
-    /// waiting (to print it, or to fail early when the operator died).
-    pub async fn wait_ticking(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        done: impl Fn(&Progress) -> bool,
-        mut tick: impl FnMut(&Progress) -> Result<()>,
-    ) -> Result<Progress> {
-        let end = Instant::now() + deadline;
-        loop {
-            let slice = end
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1));
-            let res = tokio::time::timeout(slice, self.progress.wait_for(|p| done(p)))
-                .await
-                .map(|r| r.map(|p| p.clone()));
-            match res {
-                Ok(Ok(p)) => return Ok(p),
-                Ok(Err(_)) => {
-                    let err = match self.join().await {
-                        Err(e) => e,
-                        Ok(()) => anyhow::anyhow!("observer stopped"),
-                    };
-                    return Err(err.context(format!("waiting for {what}")));
-                }
-                Err(_) => {
-                    let now = self.now();
-                    tick(&now).with_context(|| format!("waiting for {what}"))?;
-                    if Instant::now() >= end {
-                        anyhow::bail!(
-                            "timed out after {deadline:?} waiting for {what}; progress: {}",
-                            summary(&now)
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    async fn join(&mut self) -> Result<()> {
-        let thread = self.thread.take().context("observer already joined")?;
-        tokio::task::spawn_blocking(move || thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("observer thread panicked"))?
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        // The thread ends on its own once told to stop; nothing waits for it here.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

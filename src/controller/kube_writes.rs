@@ -134,7 +134,7 @@ impl KubeWriter {
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
                 let mut delay = std::time::Duration::from_millis(500);
-                for _ in 0..5 {
+                for attempt in 0.. {
                     let res = api
                         .patch(
                             &name,
@@ -146,18 +146,15 @@ impl KubeWriter {
                         Err(kube::Error::Api(e)) if e.code < 500 && e.code != 429 => {
                             return Err(kube::Error::Api(e));
                         }
-                        Err(e) => {
+                        Err(e) if attempt < 5 => {
                             tracing::debug!(error = %e, "removing the finalizer failed; retrying");
                             tokio::time::sleep(delay).await;
                             delay *= 2;
                         }
-                        ok => return ok,
+                        other => return other,
                     }
                 }
-                ignore_conflict(
-                    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                        .await,
-                )
+                Ok(())
             },
         );
     }

@@ -351,18 +351,20 @@ impl State {
         if !self.leader || !self.index.synced() {
             return;
         }
-        let deleting: Vec<RegKey> = self
-            .index
-            .registrations()
-            .filter(|(k, reg)| {
-                only.is_none_or(|keys| keys.contains(k))
-                    // A dirty one's removal is not in any published seq yet: the next flush
-                    // schedules it.
-                    && !self.index.is_dirty(k)
-                    && reg.metadata.deletion_timestamp.is_some()
-                    && has_finalizer(reg)
+        let candidates: Vec<RegKey> = match only {
+            Some(keys) => keys.to_vec(),
+            None => self.index.registrations().map(|(k, _)| k.clone()).collect(),
+        };
+        let deleting: Vec<RegKey> = candidates
+            .into_iter()
+            .filter(|k| {
+                // A dirty one's removal is not in any published seq yet: the next flush
+                // schedules it.
+                !self.index.is_dirty(k)
+                    && self.index.registration(k).is_some_and(|reg| {
+                        reg.metadata.deletion_timestamp.is_some() && has_finalizer(reg)
+                    })
             })
-            .map(|(k, _)| k.clone())
             .collect();
         for key in deleting {
             self.releasing.entry(key).or_insert(self.seq);

@@ -53,39 +53,21 @@ impl OperatorOptions {
 impl Operator {
     /// Starts the operator binary against `cp` and `etcd`.
     pub async fn start(cp: &ControlPlane, etcd: &Etcd, opts: &OperatorOptions) -> Result<Operator> {
-        let dir = tempfile::Builder::new().prefix("registrar-op-").tempdir()?;
-        let port = free_port()?;
-        let admin = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrar"));
-        cmd.arg("run")
-            .arg("--kubeconfig")
-            .arg(opts.kubeconfig.as_deref().unwrap_or(cp.kubeconfig()))
-            .arg("--etcd-endpoints")
-            .arg(etcd.endpoint())
-            .arg("--prefix")
-            .arg(&opts.prefix)
-            .arg("--cluster-id")
-            .arg(&opts.cluster_id)
-            .arg("--lease-ttl")
-            .arg(opts.lease_ttl.to_string())
-            .arg("--admin-addr")
-            .arg(&admin)
-            .args(&opts.extra)
-            .env("RUST_LOG", "info,registrar=debug")
-            .env_remove("KUBECONFIG");
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let log = dir.path().join("registrar.log");
-        let process = Process::spawn("registrar", cmd, &log)?;
-        let mut op = Operator {
-            process,
-            admin,
-            log,
-            _dir: dir,
-        };
-        op.wait_ready().await?;
-        Ok(op)
+        let kubeconfig = opts.kubeconfig.as_deref().unwrap_or(cp.kubeconfig());
+        let mut args: Vec<String> = vec![
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--etcd-endpoints".into(),
+            etcd.endpoint(),
+            "--prefix".into(),
+            opts.prefix.clone(),
+            "--cluster-id".into(),
+            opts.cluster_id.clone(),
+            "--lease-ttl".into(),
+            opts.lease_ttl.to_string(),
+        ];
+        args.extend(opts.extra.iter().cloned());
+        start_operator_with(&args, &opts.env).await
     }
 
     /// Waits until `/readyz` answers 200.
@@ -378,11 +360,17 @@ impl Ground {
 }
 
 impl Ground {
-    /// Starts the operator, registers `greeter` (pods labelled `app: g`, port 50051), makes
-    /// `pods` (name, IP) Ready and waits until exactly their keys are in etcd. Returns the
-    /// operator and the keys, in the order of `pods`.
+    /// Starts the operator, then [`Ground::publish_greeter`]. Returns the operator and the keys.
     pub async fn greeter_with(&self, pods: &[(&str, &str)]) -> Result<(Operator, Vec<String>)> {
         let op = self.operator().await?;
+        let keys = self.publish_greeter(pods).await?;
+        Ok((op, keys))
+    }
+
+    /// Registers `greeter` (pods labelled `app: g`, port 50051), makes `pods` (name, IP) Ready
+    /// and waits until exactly their keys are in etcd (an operator must be running). Returns
+    /// the keys, in the order of `pods`.
+    pub async fn publish_greeter(&self, pods: &[(&str, &str)]) -> Result<Vec<String>> {
         create_reg(
             &self.client,
             &self.ns,
@@ -397,7 +385,7 @@ impl Ground {
         }
         let want: Vec<&str> = keys.iter().map(String::as_str).collect();
         wait_keys(&self.kv, &self.prefix, &want).await?;
-        Ok((op, keys))
+        Ok(keys)
     }
 }
 
