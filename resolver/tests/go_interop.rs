@@ -28,50 +28,16 @@ fn interop_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
-/// FNV-1a over the module's sources: the cache key of the built binary.
-fn source_hash(dir: &Path) -> Result<u64> {
-    let mut hash = 0xcbf29ce484222325u64;
-    for name in ["go.mod", "go.sum", "main.go"] {
-        let bytes = std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))?;
-        for b in name.bytes().chain(bytes) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x100000001b3);
-        }
-    }
-    Ok(hash)
-}
-
 /// Builds (once per source version) and returns the Go interop binary.
 fn interop_binary() -> Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = BIN.get_or_init(|| {
-        let src = interop_source();
-        let hash = source_hash(&src).map_err(|e| format!("{e:#}"))?;
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("go-interop-{hash:016x}"));
-        let bin = dir.join("interop");
-        if bin.is_file() {
-            return Ok(bin);
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let tmp = dir.join(format!("interop.{}", std::process::id()));
-        let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
-        let out = Command::new(&go)
-            .args(["build", "-o"])
-            .arg(&tmp)
-            .arg(".")
-            .current_dir(&src)
-            .env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "-mod=readonly")
-            .output()
-            .map_err(|e| format!("running {go} (set $GO to the Go binary): {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "go build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        std::fs::rename(&tmp, &bin).map_err(|e| format!("installing {}: {e}", bin.display()))?;
-        Ok(bin)
+        registrar_testenv::go_build(
+            &interop_source(),
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "interop",
+        )
+        .map_err(|e| format!("{e:#}"))
     });
     built.clone().map_err(|e| anyhow::anyhow!("{e}"))
 }

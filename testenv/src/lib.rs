@@ -14,6 +14,7 @@
 mod cluster;
 mod control_plane;
 mod etcd;
+mod go;
 pub mod greeter;
 mod pki;
 mod process;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub use cluster::{Cluster, node_pod_cidr};
 pub use control_plane::{ControlPlane, client_from_kubeconfig};
 pub use etcd::{Etcd, EtcdOptions, EtcdTls};
+pub use go::go_build;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
 pub use tools::{run_tool, tool, workspace_root};

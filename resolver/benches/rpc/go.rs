@@ -1,10 +1,9 @@
 //! The grpc-go round_robin client: the Go module in `tests/interop`, built with the machine's
-//! Go (`GOTOOLCHAIN=local`, `$GO` or `go` on `PATH`) into the same cached place as the interop
-//! tests' build (keyed by a hash of its sources), and run in its `bench` mode.
+//! Go (`GOTOOLCHAIN=local`, `$GO` or `go` on `PATH`) by the test ground's `go_build`, into the
+//! same cached place as the interop tests' build, and run in its `bench` mode.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,45 +15,14 @@ fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
-/// FNV-1a over the module's sources (the same key as `tests/go_interop.rs` uses).
-fn source_hash(dir: &Path) -> Result<u64> {
-    let mut hash = 0xcbf29ce484222325u64;
-    for name in ["go.mod", "go.sum", "main.go"] {
-        let bytes = std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))?;
-        for b in name.bytes().chain(bytes) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x100000001b3);
-        }
-    }
-    Ok(hash)
-}
-
-/// The built interop binary, building it if its sources changed.
+/// The built interop binary (shared with the interop tests' build), building it if its
+/// sources changed.
 pub fn binary() -> Result<PathBuf> {
-    let src = source_dir();
-    let hash = source_hash(&src)?;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("go-interop-{hash:016x}"));
-    let bin = dir.join("interop");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!("interop.{}", std::process::id()));
-    let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
-    let out = Command::new(&go)
-        .args(["build", "-o"])
-        .arg(&tmp)
-        .arg(".")
-        .current_dir(&src)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=readonly")
-        .output()
-        .with_context(|| format!("running {go} (set $GO to the Go binary)"))?;
-    if !out.status.success() {
-        bail!("go build failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    std::fs::rename(&tmp, &bin).with_context(|| format!("installing {}", bin.display()))?;
-    Ok(bin)
+    registrar_testenv::go_build(
+        &source_dir(),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "interop",
+    )
 }
 
 /// `interop bench` output.
