@@ -65,10 +65,12 @@ build_k8s() {
 
 build_etcd() {
   local dir; dir=$(wrapper etcd)
-  printf 'module registrar.dev/tools/etcd\n\ngo 1.26.0\n\nrequire (\n\tgo.etcd.io/etcd/server/v3 %s\n\tgo.etcd.io/etcd/etcdctl/v3 %s\n)\n' "$ETCD_VERSION" "$ETCD_VERSION" >"$dir/go.mod"
-  printf 'package tools\n\nimport (\n\t_ "go.etcd.io/etcd/server/v3"\n\t_ "go.etcd.io/etcd/etcdctl/v3"\n)\n' >"$dir/tools.go"
-  (cd "$dir" && go mod tidy >&2 && timed "build etcd, etcdctl" go build -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 \
-    && go build -ldflags "-s -w" -o "$bin/etcdctl" go.etcd.io/etcd/etcdctl/v3)
+  printf 'module registrar.dev/tools/etcd\n\ngo 1.26.0\n\nrequire (\n\tgo.etcd.io/etcd/server/v3 %s\n\tgo.etcd.io/etcd/etcdctl/v3 %s\n\tgo.etcd.io/etcd/etcdutl/v3 %s\n)\n' "$ETCD_VERSION" "$ETCD_VERSION" "$ETCD_VERSION" >"$dir/go.mod"
+  printf 'package tools\n\nimport (\n\t_ "go.etcd.io/etcd/server/v3"\n\t_ "go.etcd.io/etcd/etcdctl/v3"\n\t_ "go.etcd.io/etcd/etcdutl/v3"\n)\n' >"$dir/tools.go"
+  # etcdutl restores snapshots (the restore tests); etcdctl takes them.
+  (cd "$dir" && go mod tidy >&2 && timed "build etcd, etcdctl, etcdutl" go build -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 \
+    && go build -ldflags "-s -w" -o "$bin/etcdctl" go.etcd.io/etcd/etcdctl/v3 \
+    && go build -ldflags "-s -w" -o "$bin/etcdutl" go.etcd.io/etcd/etcdutl/v3)
 }
 
 build_helm() {
@@ -96,7 +98,7 @@ need() { for b in "$@"; do [ -x "$bin/$b" ] || return 0; done; return 1; }
 want=${*:-etcd k8s helm kwok}
 for t in $want; do
   case $t in
-    etcd) need etcd etcdctl && { log "building etcd $ETCD_VERSION"; build_etcd; } ;;
+    etcd) need etcd etcdctl etcdutl && { log "building etcd $ETCD_VERSION"; build_etcd; } ;;
     k8s) need kube-apiserver kube-controller-manager kube-scheduler && { log "building Kubernetes $K8S_VERSION (cold: tens of minutes)"; build_k8s; } ;;
     helm) need helm && { log "building helm $HELM_VERSION"; build_helm; } ;;
     kwok) need kwok && { log "building kwok $KWOK_VERSION"; build_kwok; } ;;

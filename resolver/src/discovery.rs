@@ -1,8 +1,11 @@
 //! Discovery: keeps the endpoint set of one target in sync with etcd.
 //!
-//! A [`Resolver`] lists `<target>/` at a revision, then watches from that revision + 1. A broken
-//! stream is resumed from the last seen revision + 1; a compacted start revision makes it relist
-//! and diff. While etcd is unreachable the last known set stays published (fail-static) and the
+//! A [`Resolver`] follows `<target>/` through the shared etcd reflector
+//! ([`registrar_etcd::Reflector`]): a paginated list at a revision, then a watch from that
+//! revision + 1. A broken stream is resumed from the last seen revision + 1; a compacted start
+//! revision, or etcd's history going back (data wiped or restored from an older snapshot,
+//! checked on every reconnect and every [`ResolverBuilder::history_check`]), makes it list
+//! again and diff. While etcd is unreachable the last known set stays published (fail-static) and the
 //! resolver reconnects with backoff. Consumers read [`Snapshot`]s through a
 //! [`tokio::sync::watch`] channel, so a slow consumer never blocks the watcher: it just sees the
 //! latest set when it looks again.
@@ -12,17 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::Client;
+use registrar_etcd::{Kv, KvEvent, ListReason, Reflector, Update};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::backoff::{Backoff, BackoffState};
-use crate::error::{Error, etcd_call};
+use crate::error::Error;
 use crate::value::Endpoint;
-
-/// Largest etcd response this crate decodes (a range over many big values can exceed tonic's
-/// 4 MiB default; etcd's own per-value limit is 1.5 MiB by default).
-const MAX_DECODING_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
 /// The endpoint set of a target at one point in time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +65,7 @@ pub struct ResolverBuilder {
     target: String,
     backoff: Backoff,
     request_timeout: Duration,
+    history_check: Duration,
 }
 
 impl std::fmt::Debug for ResolverBuilder {
@@ -73,6 +74,7 @@ impl std::fmt::Debug for ResolverBuilder {
             .field("target", &self.target)
             .field("backoff", &self.backoff)
             .field("request_timeout", &self.request_timeout)
+            .field("history_check", &self.history_check)
             .finish_non_exhaustive()
     }
 }
@@ -90,27 +92,44 @@ impl ResolverBuilder {
         self
     }
 
+    /// How often a live watch checks that etcd's history did not go back (default 5 s). After
+    /// etcd's data is wiped or restored from an older snapshot, a watch resumed from the last
+    /// revision seen would wait for revisions the new store has not reached; the resolver
+    /// notices within this interval (at once when it reconnects), lists again and diffs.
+    pub fn history_check(mut self, every: Duration) -> Self {
+        self.history_check = every;
+        self
+    }
+
     /// Lists the target once (failing if etcd cannot be read) and starts watching it in a
     /// background task, which stops when the last clone of the [`Resolver`] is dropped.
     pub async fn build(self) -> Result<Resolver, Error> {
         let target = normalize_target(&self.target)?;
-        let mut task = Discovery {
-            client: self.client,
-            prefix: format!("{target}/"),
-            request_timeout: self.request_timeout,
-            connected: Arc::new(AtomicBool::new(false)),
+        let mut reflector = Reflector::builder(self.client, format!("{target}/"))
+            .request_timeout(self.request_timeout)
+            .history_check(self.history_check)
+            .build();
+        let (revision, endpoints) = match reflector.next().await? {
+            Update::Listed { kvs, revision, .. } => (revision, Discovery::decode_all(&kvs)),
+            // The first update of a reflector is its listing.
+            other => {
+                return Err(Error::Config(format!(
+                    "unexpected first update from etcd: {other:?}"
+                )));
+            }
         };
-        let (revision, endpoints) = task.list().await?;
-        task.connected.store(true, Ordering::Relaxed);
         tracing::debug!(target = %target, revision, endpoints = endpoints.len(), "initial list");
         let snapshot = Snapshot {
             revision,
-            endpoints,
+            endpoints: endpoints.clone(),
         };
         let (tx, rx) = watch::channel(Arc::new(snapshot));
-        let connected = task.connected.clone();
-        let backoff = self.backoff;
-        let handle = tokio::spawn(task.run(tx, backoff));
+        let connected = Arc::new(AtomicBool::new(true));
+        let task = Discovery {
+            reflector,
+            connected: connected.clone(),
+        };
+        let handle = tokio::spawn(task.run(tx, self.backoff, endpoints));
         Ok(Resolver {
             inner: Arc::new(ResolverInner {
                 target,
@@ -152,6 +171,7 @@ impl Resolver {
             target: target.into(),
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             request_timeout: Duration::from_secs(10),
+            history_check: Duration::from_secs(5),
         }
     }
 
@@ -199,214 +219,108 @@ pub(crate) fn normalize_target(target: &str) -> Result<String, Error> {
     Ok(trimmed.to_owned())
 }
 
-/// How a watch ended.
-enum WatchEnd {
-    /// The start revision was compacted: relist.
-    Compacted(i64),
-    /// Anything else: resume from the last revision after a backoff.
-    Broken(String),
-}
-
+/// The background task: applies the reflector's updates to the endpoint set and publishes it.
 struct Discovery {
-    client: Client,
-    prefix: String,
-    request_timeout: Duration,
+    reflector: Reflector,
     connected: Arc<AtomicBool>,
 }
 
 impl Discovery {
-    async fn list(&mut self) -> Result<(i64, BTreeMap<String, Endpoint>), Error> {
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE);
-        let resp = etcd_call(
-            self.request_timeout,
-            kv.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut endpoints = BTreeMap::new();
-        for kv in resp.kvs() {
-            if let Some((key, endpoint)) = self.decode(kv) {
-                endpoints.insert(key, endpoint);
-            }
-        }
-        Ok((revision, endpoints))
+    /// Decodes a listing into the endpoint set, skipping (and logging) invalid values.
+    fn decode_all(kvs: &[Kv]) -> BTreeMap<String, Endpoint> {
+        kvs.iter()
+            .filter_map(|kv| decode(&kv.key, &kv.value).map(|e| (kv.key.clone(), e)))
+            .collect()
     }
 
-    /// Decodes a key-value, logging (once per value) and skipping what is invalid.
-    fn decode(&self, kv: &KeyValue) -> Option<(String, Endpoint)> {
-        let Ok(key) = kv.key_str() else {
-            tracing::warn!(
-                prefix = %self.prefix,
-                key = ?String::from_utf8_lossy(&kv.key()[..kv.key().len().min(200)]),
-                "skipping endpoint: key is not UTF-8"
-            );
-            return None;
-        };
-        match Endpoint::decode(kv.value()) {
-            Ok(endpoint) => Some((key.to_owned(), endpoint)),
-            Err(e) => {
-                tracing::warn!(
-                    key = ?truncate(key, 200),
-                    value_len = kv.value().len(),
-                    value_start = ?String::from_utf8_lossy(&kv.value()[..kv.value().len().min(64)]),
-                    error = %e,
-                    "skipping invalid endpoint value"
-                );
-                None
-            }
-        }
-    }
-
-    async fn run(mut self, tx: watch::Sender<Arc<Snapshot>>, backoff: Backoff) {
+    async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Snapshot>>,
+        backoff: Backoff,
+        mut endpoints: BTreeMap<String, Endpoint>,
+    ) {
         let mut backoff = BackoffState::new(backoff);
-        let mut revision = tx.borrow().revision;
-        let mut endpoints = tx.borrow().endpoints.clone();
-        let mut relist = false;
+        let prefix = self.reflector.dir().to_owned();
         loop {
-            if relist {
-                match self.list().await {
-                    Ok((rev, fresh)) => {
-                        log_diff(&self.prefix, &endpoints, &fresh);
-                        revision = rev;
-                        endpoints = fresh;
-                        publish(&tx, revision, &endpoints);
-                        relist = false;
-                    }
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(prefix = %self.prefix, error = %e, ?delay, "relisting failed; keeping the last known endpoints");
-                        tokio::time::sleep(delay).await;
-                        continue;
+            match self.reflector.next().await {
+                Ok(Update::Listed {
+                    kvs,
+                    revision,
+                    reason,
+                }) => {
+                    let fresh = Self::decode_all(&kvs);
+                    log_diff(&prefix, &reason, &endpoints, &fresh);
+                    endpoints = fresh;
+                    publish(&tx, revision, &endpoints);
+                }
+                Ok(Update::Watching { from }) => {
+                    self.connected.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    tracing::debug!(prefix = %prefix, from, "watching");
+                }
+                Ok(Update::Changes { events, upto }) => {
+                    if apply(&events, &mut endpoints) {
+                        publish(&tx, upto, &endpoints);
                     }
                 }
-            }
-            let end = self
-                .watch(&tx, &mut revision, &mut endpoints, &mut backoff)
-                .await;
-            self.connected.store(false, Ordering::Relaxed);
-            match end {
-                WatchEnd::Compacted(compact_revision) => {
-                    tracing::warn!(
-                        prefix = %self.prefix,
-                        resume_revision = revision + 1,
-                        compact_revision,
-                        "watch start revision compacted; relisting"
-                    );
-                    relist = true;
-                }
-                WatchEnd::Broken(reason) => {
+                Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        prefix = %self.prefix,
-                        %reason,
-                        resume_revision = revision + 1,
+                        prefix = %prefix,
+                        error = %e,
+                        resume_revision = self.reflector.revision() + 1,
                         ?delay,
-                        "etcd watch broken; keeping the last known endpoints and retrying"
+                        "etcd unavailable; keeping the last known endpoints and retrying"
                     );
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
+}
 
-    /// Watches from `revision + 1`, applying events to `endpoints` and publishing snapshots,
-    /// until the watch ends.
-    async fn watch(
-        &mut self,
-        tx: &watch::Sender<Arc<Snapshot>>,
-        revision: &mut i64,
-        endpoints: &mut BTreeMap<String, Endpoint>,
-        backoff: &mut BackoffState,
-    ) -> WatchEnd {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(*revision + 1)
-            .with_progress_notify();
-        let mut client = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE);
-        let mut stream = match etcd_call(
-            self.request_timeout,
-            client.watch(self.prefix.as_str(), Some(options)),
-        )
-        .await
-        {
-            Ok(stream) => stream,
-            Err(e) => return WatchEnd::Broken(e.to_string()),
-        };
-        loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return WatchEnd::Broken("watch stream closed by etcd".into()),
-                Err(e) => return WatchEnd::Broken(e.to_string()),
-            };
-            if resp.compact_revision() > 0 {
-                return WatchEnd::Compacted(resp.compact_revision());
-            }
-            if resp.canceled() {
-                return WatchEnd::Broken(format!("watch canceled: {}", resp.cancel_reason()));
-            }
-            if resp.created() {
-                self.connected.store(true, Ordering::Relaxed);
-                backoff.reset();
-                tracing::debug!(prefix = %self.prefix, from = *revision + 1, "watching");
-            }
-            if self.apply(&resp, revision, endpoints) {
-                publish(tx, *revision, endpoints);
-            }
+/// Decodes one value, logging and skipping what is invalid.
+fn decode(key: &str, value: &[u8]) -> Option<Endpoint> {
+    match Endpoint::decode(value) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            tracing::warn!(
+                key = ?truncate(key, 200),
+                value_len = value.len(),
+                value_start = ?String::from_utf8_lossy(&value[..value.len().min(64)]),
+                error = %e,
+                "skipping invalid endpoint value"
+            );
+            None
         }
     }
+}
 
-    /// Applies a watch response; returns whether the endpoint set changed.
-    fn apply(
-        &self,
-        resp: &WatchResponse,
-        revision: &mut i64,
-        endpoints: &mut BTreeMap<String, Endpoint>,
-    ) -> bool {
-        let mut changed = false;
-        if resp.events().is_empty() && !resp.created() {
-            // A progress notification: everything up to its header revision was delivered.
-            if let Some(h) = resp.header() {
-                *revision = (*revision).max(h.revision());
-            }
-            return false;
-        }
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            *revision = (*revision).max(kv.mod_revision());
-            // A deletion carries the key with version 0 (classified this way rather than through
-            // `event_type()`, which panics on event types it does not know).
-            let update = if kv.version() == 0 {
-                None
-            } else {
-                self.decode(kv)
-            };
-            let Ok(key) = kv.key_str() else { continue };
-            match update {
-                Some((key, endpoint)) => {
-                    if endpoints.get(&key) != Some(&endpoint) {
-                        tracing::info!(?key, addr = %endpoint.addr, "endpoint added or updated");
-                        endpoints.insert(key, endpoint);
-                        changed = true;
-                    }
+/// Applies watch events; returns whether the endpoint set changed.
+fn apply(events: &[KvEvent], endpoints: &mut BTreeMap<String, Endpoint>) -> bool {
+    let mut changed = false;
+    for event in events {
+        let update = event.value.as_deref().and_then(|v| decode(&event.key, v));
+        match update {
+            Some(endpoint) => {
+                if endpoints.get(&event.key) != Some(&endpoint) {
+                    tracing::info!(key = ?event.key, addr = %endpoint.addr, "endpoint added or updated");
+                    endpoints.insert(event.key.clone(), endpoint);
+                    changed = true;
                 }
-                None => {
-                    // A delete, or a put of an invalid value: the key no longer names a valid
-                    // endpoint (as a relist would find).
-                    if let Some(old) = endpoints.remove(key) {
-                        tracing::info!(?key, addr = %old.addr, "endpoint removed");
-                        changed = true;
-                    }
+            }
+            None => {
+                // A delete, or a put of an invalid value: the key no longer names a valid
+                // endpoint (as a relist would find).
+                if let Some(old) = endpoints.remove(&event.key) {
+                    tracing::info!(key = ?event.key, addr = %old.addr, "endpoint removed");
+                    changed = true;
                 }
             }
         }
-        changed
     }
+    changed
 }
 
 fn publish(
@@ -426,7 +340,15 @@ fn publish(
     });
 }
 
-fn log_diff(prefix: &str, old: &BTreeMap<String, Endpoint>, new: &BTreeMap<String, Endpoint>) {
+fn log_diff(
+    prefix: &str,
+    reason: &ListReason,
+    old: &BTreeMap<String, Endpoint>,
+    new: &BTreeMap<String, Endpoint>,
+) {
+    if *reason == ListReason::Initial {
+        return;
+    }
     let added = new.keys().filter(|k| !old.contains_key(*k)).count();
     let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
     let updated = new
@@ -439,6 +361,7 @@ fn log_diff(prefix: &str, old: &BTreeMap<String, Endpoint>, new: &BTreeMap<Strin
         removed,
         updated,
         total = new.len(),
+        ?reason,
         "relisted endpoints"
     );
 }

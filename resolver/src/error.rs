@@ -50,6 +50,19 @@ pub enum Error {
     /// The background task serving this handle has stopped (the runtime is shutting down).
     #[error("the background task has stopped")]
     Stopped,
+    /// A watch ended or another etcd failure that carries no client error.
+    #[error("etcd: {0}")]
+    EtcdOther(String),
+}
+
+impl From<registrar_etcd::EtcdError> for Error {
+    fn from(e: registrar_etcd::EtcdError) -> Self {
+        match e {
+            registrar_etcd::EtcdError::Etcd { source, .. } => Error::Etcd(source),
+            registrar_etcd::EtcdError::Timeout { after, .. } => Error::Timeout(after),
+            other => Error::EtcdOther(other.to_string()),
+        }
+    }
 }
 
 /// Runs an etcd call with a timeout, mapping both failures to [`Error`].

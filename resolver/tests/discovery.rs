@@ -288,3 +288,226 @@ async fn a_slow_consumer_never_blocks_the_watcher() -> Result<()> {
     assert_eq!(stalled.borrow_and_update().len(), 200);
     Ok(())
 }
+
+/// How long a resolver may take to notice that etcd's history went back and list again, once
+/// etcd answers: one history check interval (the default, 5 s) plus a listing and a reconnect
+/// with the fast backoff these tests use. On a reconnect the check is immediate, so the
+/// figures printed are far below it.
+const HISTORY_RECOVERY_BOUND: Duration = Duration::from_secs(7);
+
+/// The balancer's backend addresses, when every one of them is READY.
+fn ready_addrs(balancer: &Balancer) -> Option<BTreeSet<String>> {
+    let backends = balancer.backends();
+    let all_ready = backends
+        .iter()
+        .all(|b| b.state == registrar_resolver::ConnectivityState::Ready);
+    all_ready.then(|| backends.into_iter().map(|b| b.addr).collect())
+}
+
+/// Waits until the balancer's backends are exactly `want`, all READY; returns how long it took.
+async fn converge(balancer: &Balancer, want: &[std::net::SocketAddr]) -> Result<Duration> {
+    let want: BTreeSet<String> = want.iter().map(ToString::to_string).collect();
+    let started = tokio::time::Instant::now();
+    poll(
+        &format!("the balancer to converge on {want:?}"),
+        Duration::from_secs(30),
+        || async { (ready_addrs(balancer).as_ref() == Some(&want)).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; backends {:?}", balancer.backends()))?;
+    Ok(started.elapsed())
+}
+
+/// Writes unrelated keys so that etcd's revision moves well past what a fresh store reaches.
+async fn advance_revision(kv: &mut Client, n: usize) -> Result<i64> {
+    let mut rev = 0;
+    for i in 0..n {
+        rev = kv
+            .put(format!("unrelated/{i}"), "x", None)
+            .await?
+            .header()
+            .map_or(0, |h| h.revision());
+    }
+    Ok(rev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_etcd_is_wiped_and_the_set_changes() -> Result<()> {
+    capture_logs();
+    let mut etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let t = target("wipe");
+    let old = [
+        greeter::serve(loopback(60), "old-a".into()).await,
+        greeter::serve(loopback(61), "old-b".into()).await,
+    ];
+    let new = [
+        greeter::serve(loopback(62), "new-a".into()).await,
+        greeter::serve(loopback(63), "new-b".into()).await,
+    ];
+    for s in &old {
+        put_endpoint(&mut kv, &t, s.addr()).await?;
+    }
+    let seen = advance_revision(&mut kv, 30).await?;
+    let balancer = Balancer::builder(etcd.client().await?, &t)
+        .etcd_backoff(fast_etcd_backoff())
+        .etcd_request_timeout(Duration::from_secs(2))
+        .build()
+        .await?;
+    wait_ready(&balancer, 2).await?;
+    let mut client = GreeterClient::new(balancer.clone());
+    spread(&mut client, 10).await?;
+
+    // The data is gone; etcd comes back empty on the same address, and the set is rewritten
+    // (as an operator re-puts its keys) with a rolling update on top: new addresses only.
+    etcd.wipe().await?;
+    let mut kv = etcd.client().await?;
+    for s in &new {
+        put_endpoint(&mut kv, &t, s.addr()).await?;
+    }
+    let now = kv
+        .get("x", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    assert!(
+        now < seen,
+        "the fresh store (revision {now}) must be behind {seen}"
+    );
+    let recovered = converge(&balancer, &[new[0].addr(), new[1].addr()]).await?;
+    let counts = spread(&mut client, 100).await?;
+    println!(
+        "etcd wiped: revision {seen} -> {now}; resolver on the new set {recovered:?} after it \
+         was written; 100 calls after: {counts:?}"
+    );
+    assert_eq!(counts.get("new-a"), Some(&50), "{counts:?}");
+    assert_eq!(counts.get("new-b"), Some(&50), "{counts:?}");
+    assert!(
+        recovered < HISTORY_RECOVERY_BOUND,
+        "recovery took {recovered:?}"
+    );
+    assert!(
+        logs().contains("etcd's history went back"),
+        "the resolver did not report the wipe"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_etcd_is_restored_from_an_older_snapshot() -> Result<()> {
+    capture_logs();
+    let mut etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let t = target("restore");
+    let s = [
+        greeter::serve(loopback(64), "a".into()).await,
+        greeter::serve(loopback(65), "b".into()).await,
+        greeter::serve(loopback(66), "c".into()).await,
+        greeter::serve(loopback(67), "d".into()).await,
+    ];
+    let addr = |i: usize| s[i].addr();
+    put_endpoint(&mut kv, &t, addr(0)).await?;
+    put_endpoint(&mut kv, &t, addr(1)).await?;
+    let backup = tempfile::tempdir()?;
+    let snapshot = backup.path().join("etcd.db");
+    etcd.snapshot_save(&snapshot).await?;
+
+    let balancer = Balancer::builder(etcd.client().await?, &t)
+        .etcd_backoff(fast_etcd_backoff())
+        .etcd_request_timeout(Duration::from_secs(2))
+        .build()
+        .await?;
+    let mut client = GreeterClient::new(balancer.clone());
+    converge(&balancer, &[addr(0), addr(1)]).await?;
+    // Life goes on after the backup: a replaced, c added, many unrelated writes.
+    delete_endpoint(&mut kv, &t, addr(0)).await?;
+    put_endpoint(&mut kv, &t, addr(2)).await?;
+    let seen = advance_revision(&mut kv, 30).await?;
+    converge(&balancer, &[addr(1), addr(2)]).await?;
+
+    // Disaster recovery from the older backup, then a change on the restored store.
+    etcd.restore_snapshot(&snapshot).await?;
+    let mut kv = etcd.client().await?;
+    delete_endpoint(&mut kv, &t, addr(1)).await?;
+    put_endpoint(&mut kv, &t, addr(3)).await?;
+    let now = kv
+        .get("x", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    assert!(
+        now < seen,
+        "the restored store ({now}) must be behind {seen}"
+    );
+    let recovered = converge(&balancer, &[addr(0), addr(3)]).await?;
+    let counts = spread(&mut client, 100).await?;
+    println!(
+        "etcd restored from a snapshot: revision {seen} -> {now}; resolver on the restored \
+         set {recovered:?} after the change; 100 calls after: {counts:?}"
+    );
+    assert_eq!(counts.get("a"), Some(&50), "{counts:?}");
+    assert_eq!(counts.get("d"), Some(&50), "{counts:?}");
+    assert!(
+        recovered < HISTORY_RECOVERY_BOUND,
+        "recovery took {recovered:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_a_restore_even_when_the_revision_has_caught_up() -> Result<()> {
+    capture_logs();
+    let mut etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let t = target("caught-up");
+    let k = |s: &str| format!("{t}/{s}");
+    kv.put(k("a"), value("127.0.0.70:1"), None).await?;
+    let backup = tempfile::tempdir()?;
+    let snapshot = backup.path().join("etcd.db");
+    etcd.snapshot_save(&snapshot).await?;
+    kv.put(k("b"), value("127.0.0.71:1"), None).await?;
+
+    // The resolver reaches etcd through a proxy, so it is away during the whole restore.
+    let proxy = Proxy::start(etcd_addr(&etcd.endpoint())?).await?;
+    let resolver = Resolver::builder(Client::connect([proxy.endpoint()], None).await?, &t)
+        .backoff(fast_etcd_backoff())
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await?;
+    wait_keys(&resolver, &[k("a"), k("b")]).await?;
+    let seen = kv
+        .get("x", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    proxy.cut().await;
+    poll("the watch to break", Duration::from_secs(20), || async {
+        (!resolver.is_connected()).then_some(())
+    })
+    .await?;
+
+    // Restored to the backup ({a}), then so many writes that the revision passes what the
+    // resolver saw: only the content of the history can tell.
+    etcd.restore_snapshot(&snapshot).await?;
+    let mut kv = etcd.client().await?;
+    let now = advance_revision(&mut kv, 20).await?;
+    kv.put(k("c"), value("127.0.0.72:1"), None).await?;
+    assert!(
+        now > seen,
+        "the restored store ({now}) must have passed {seen}"
+    );
+
+    proxy.restore();
+    let started = tokio::time::Instant::now();
+    wait_keys(&resolver, &[k("a"), k("c")]).await?;
+    println!(
+        "etcd restored and written past the revision seen ({seen} -> {now}); resolver on the \
+         restored set {:?} after reconnecting",
+        started.elapsed()
+    );
+    assert!(
+        logs().contains("is not in etcd's history"),
+        "the resolver did not detect the restore from the last change it saw"
+    );
+    Ok(())
+}

@@ -9,18 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::plan::{KnownKv, Op};
+use registrar_etcd::KvEvent;
 
-/// One change seen by the watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KvEvent {
-    pub(crate) key: String,
-    /// The new value, `None` for a deletion.
-    pub(crate) value: Option<String>,
-    pub(crate) lease: i64,
-    /// The revision of the change.
-    pub(crate) revision: i64,
-}
+use super::plan::{KnownKv, Op};
 
 /// How an event relates to our own writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +78,9 @@ impl Known {
         };
         match ev.value {
             Some(value) => {
+                // Our values are UTF-8; anything else differs from every value we write and is
+                // repaired as drift.
+                let value = String::from_utf8_lossy(&value).into_owned();
                 self.kvs.insert(
                     ev.key,
                     KnownKv {
@@ -117,7 +111,7 @@ mod tests {
     fn ev(key: &str, value: Option<&str>, lease: i64, revision: i64) -> KvEvent {
         KvEvent {
             key: key.into(),
-            value: value.map(Into::into),
+            value: value.map(|v| v.as_bytes().to_vec()),
             lease,
             revision,
         }

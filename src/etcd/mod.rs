@@ -22,7 +22,6 @@ mod known;
 mod lease;
 mod owner;
 pub mod plan;
-mod prefix;
 mod stats;
 pub mod value;
 mod writer;

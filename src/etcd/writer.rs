@@ -10,7 +10,8 @@
 //! watch reports compaction, when the lease is lost, and when etcd's revision went backwards
 //! (its data was wiped or restored from a backup).
 
-use etcd_client::{Client, KvClient, PutOptions, Txn, TxnOp, WatchStream};
+use etcd_client::{Client, KvClient, PutOptions, Txn, TxnOp};
+use registrar_etcd::{Reflector, Update};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,8 +26,8 @@ use super::error::{EtcdError, is_lease_not_found, timed};
 use super::known::{Known, Seen};
 use super::lease::{KeepaliveTiming, Lease, LeaseHealth};
 use super::owner::{self, Claim};
+use super::plan::KnownKv;
 use super::plan::{self, Op};
-use super::prefix::{self, WatchNews};
 use super::stats::WriterStats;
 use super::{Desired, WriterState};
 
@@ -57,10 +58,16 @@ pub fn spawn_writer(
     let (applied_tx, applied) = watch::channel(0);
     let stats = Arc::new(WriterStats::default());
     let prefix = cfg.prefix.trim_end_matches('/').to_owned();
+    let dir = format!("{prefix}/");
+    let reflector = Reflector::builder(client.clone(), dir.clone())
+        .page_size(cfg.list_page)
+        .request_timeout(cfg.request_timeout)
+        .build();
     let writer = Writer {
         kv: client.kv_client(),
         client,
-        dir: format!("{prefix}/"),
+        reflector,
+        listed: false,
         owner_key: plan::owner_key(&prefix),
         prefix,
         cfg,
@@ -94,10 +101,13 @@ enum End {
 struct Writer {
     client: Client,
     kv: KvClient,
+    /// Lists and watches the prefix (resumes across sessions; lists again after compaction or
+    /// when etcd's history went back).
+    reflector: Reflector,
+    /// A listing came since the last watch was established.
+    listed: bool,
     cfg: WriterConfig,
     prefix: String,
-    /// `<prefix>/`
-    dir: String,
     /// `<prefix>/.owner`
     owner_key: String,
     desired: watch::Receiver<Desired>,
@@ -176,18 +186,11 @@ impl Writer {
         let timeout = self.cfg.request_timeout;
 
         // 1. The claim.
-        let claim_rev = match owner::claim(
-            &mut self.kv,
-            &self.owner_key,
-            &self.cfg.cluster_id,
-            timeout,
-        )
-        .await
-        {
-            Ok(Claim::Ours { revision }) => revision,
+        match owner::claim(&mut self.kv, &self.owner_key, &self.cfg.cluster_id, timeout).await {
+            Ok(Claim::Ours { .. }) => {}
             Ok(Claim::Elsewhere { owner }) => return End::OwnedElsewhere(owner),
             Err(e) => return End::Failed(e),
-        };
+        }
 
         // 2. The lease.
         if self.lease.as_ref().is_some_and(Lease::is_lost) {
@@ -219,18 +222,11 @@ impl Writer {
             }
         };
 
-        // 3. The known state and the watch.
-        if self.known.as_ref().is_some_and(|k| k.revision > claim_rev) {
-            tracing::warn!(
-                claim_rev,
-                "etcd's revision went backwards (data wiped or restored); listing again"
-            );
-            self.known = None;
+        // 3. The known state and the watch (the reflector lists again instead of resuming
+        // when etcd's history went back: data wiped or restored from a backup).
+        if let Err(e) = self.list_and_watch().await {
+            return End::Failed(e);
         }
-        let mut watch = match self.list_and_watch().await {
-            Ok(w) => w,
-            Err(e) => return End::Failed(e),
-        };
 
         // 4. Ready (unless the keepalives are failing right now).
         match &*health.borrow_and_update() {
@@ -272,28 +268,17 @@ impl Writer {
                     }
                     flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
                 }
-                msg = watch.message() => {
-                    let resp = match msg {
-                        Ok(Some(resp)) => resp,
-                        Ok(None) => {
-                            return End::Failed(EtcdError::Watch("watch stream closed".into()));
-                        }
-                        Err(e) => return End::Failed(EtcdError::etcd("watch the prefix")(e)),
+                update = self.reflector.next() => {
+                    let update = match update {
+                        Ok(update) => update,
+                        Err(e) => return End::Failed(e),
                     };
-                    match self.on_watch(prefix::news(&resp)) {
+                    match self.on_update(update) {
                         Ok(false) => {}
                         Ok(true) => {
                             flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
                         }
-                        Err(WatchTrouble::Relist) => {
-                            self.known = None;
-                            watch = match self.list_and_watch().await {
-                                Ok(w) => w,
-                                Err(e) => return End::Failed(e),
-                            };
-                            flush_at = Some(Instant::now());
-                        }
-                        Err(WatchTrouble::End(end)) => return end,
+                        Err(end) => return end,
                     }
                 }
                 () = sleep_until_opt(flush_at) => {
@@ -319,53 +304,71 @@ impl Writer {
         self.known = None;
     }
 
-    /// Lists the prefix if the known state is gone, then watches from the next revision.
-    async fn list_and_watch(&mut self) -> Result<WatchStream, EtcdError> {
-        let timeout = self.cfg.request_timeout;
-        let known = match self.known.take() {
-            Some(k) => {
-                WriterStats::add(&self.stats.watch_resumes, 1);
-                k
+    /// Lists the prefix if the known state is gone (or etcd's history went back), then
+    /// watches from the next revision.
+    async fn list_and_watch(&mut self) -> Result<(), EtcdError> {
+        if self.known.is_none() {
+            self.reflector.relist();
+        }
+        loop {
+            match self.reflector.next().await? {
+                update @ Update::Watching { .. } => {
+                    let _ = self.on_update(update);
+                    return Ok(());
+                }
+                update => {
+                    // A listing, or changes delivered before the watch was (re)created: the
+                    // next flush writes whatever they call for.
+                    let _ = self.on_update(update);
+                }
             }
-            None => {
-                WriterStats::add(&self.stats.relists, 1);
-                prefix::list(
-                    &mut self.kv,
-                    &self.dir,
-                    &self.owner_key,
-                    self.cfg.list_page,
-                    timeout,
-                )
-                .await?
-            }
-        };
-        let from = known.revision + 1;
-        self.known = Some(known);
-        prefix::watch(&mut self.client.watch_client(), &self.dir, from, timeout).await
+        }
     }
 
-    /// Applies watch news to the known state; `Ok(true)` if someone else changed something.
-    fn on_watch(&mut self, news: WatchNews) -> Result<bool, WatchTrouble> {
-        let (events, upto) = match news {
-            WatchNews::Changes { events, upto } => (events, upto),
-            WatchNews::Compacted { revision } => {
-                tracing::info!(revision, "prefix watch compacted away; listing again");
-                return Err(WatchTrouble::Relist);
+    /// Applies an update of the reflector to the known state; `Ok(true)` if someone else
+    /// changed something (or the state was listed again) and a flush is due.
+    fn on_update(&mut self, update: Update) -> Result<bool, End> {
+        let (events, upto) = match update {
+            Update::Changes { events, upto } => (events, upto),
+            Update::Watching { .. } => {
+                // A watch not preceded by a listing resumed at the next revision.
+                if !std::mem::take(&mut self.listed) {
+                    WriterStats::add(&self.stats.watch_resumes, 1);
+                }
+                return Ok(false);
             }
-            WatchNews::Canceled(reason) => {
-                return Err(WatchTrouble::End(End::Failed(EtcdError::Watch(format!(
-                    "canceled by etcd: {reason}"
-                )))));
+            Update::Listed {
+                kvs,
+                revision,
+                reason,
+            } => {
+                tracing::info!(?reason, revision, keys = kvs.len(), "listed the prefix");
+                WriterStats::add(&self.stats.relists, 1);
+                self.listed = true;
+                let kvs = kvs
+                    .into_iter()
+                    .filter(|kv| kv.key != self.owner_key)
+                    .map(|kv| {
+                        let value = String::from_utf8_lossy(&kv.value).into_owned();
+                        let known = KnownKv {
+                            value,
+                            lease: kv.lease,
+                        };
+                        (kv.key, known)
+                    })
+                    .collect();
+                self.known = Some(Known::listed(kvs, revision));
+                return Ok(true);
             }
         };
         let Some(known) = self.known.as_mut() else {
-            return Err(WatchTrouble::Relist);
+            return Err(End::Restart("no known state".into()));
         };
         let mut foreign = 0;
         let mut claim_changed = false;
         for ev in events {
             if ev.key == self.owner_key {
-                claim_changed |= ev.value.as_deref() != Some(self.cfg.cluster_id.as_str());
+                claim_changed |= ev.value.as_deref() != Some(self.cfg.cluster_id.as_bytes());
                 continue;
             }
             if known.apply(ev) == Seen::Foreign {
@@ -375,9 +378,9 @@ impl Writer {
         known.progress(upto);
         WriterStats::add(&self.stats.foreign_changes, foreign);
         if claim_changed {
-            return Err(WatchTrouble::End(End::Restart(
+            return Err(End::Restart(
                 "the prefix claim was changed or deleted".into(),
-            )));
+            ));
         }
         Ok(foreign > 0)
     }
@@ -454,12 +457,6 @@ impl Writer {
         });
         Ok(wrote)
     }
-}
-
-/// Why the watch loop cannot simply go on.
-enum WatchTrouble {
-    Relist,
-    End(End),
 }
 
 fn txn_op(op: &Op, lease: i64) -> TxnOp {

@@ -191,6 +191,52 @@ impl Etcd {
         self.launch().await
     }
 
+    /// Saves a snapshot of etcd's data to `path` (`etcdctl snapshot save`).
+    pub async fn snapshot_save(&self, path: &Path) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(tool("etcdctl")?);
+        cmd.arg(format!("--endpoints={}", self.endpoint()));
+        if let Some((pki, _, server)) = &self.tls {
+            cmd.arg(format!("--cacert={}", pki.ca.display()))
+                .arg(format!("--cert={}", server.cert.display()))
+                .arg(format!("--key={}", server.key.display()));
+        }
+        let out = cmd.arg("snapshot").arg("save").arg(path).output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl snapshot save failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Stops etcd, replaces its data with the snapshot at `path` (`etcdutl snapshot restore`,
+    /// keeping the snapshot's revision, as a disaster recovery from an older backup does) and
+    /// starts it again.
+    pub async fn restore_snapshot(&mut self, path: &Path) -> Result<()> {
+        self.stop().await?;
+        let data = self.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = tokio::process::Command::new(tool("etcdutl")?)
+            .arg("snapshot")
+            .arg("restore")
+            .arg(path)
+            .arg(format!("--data-dir={}", data.display()))
+            .arg("--name=default")
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdutl snapshot restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.launch().await
+    }
+
     /// Whether the etcd process is running.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| p.exited().is_none())

@@ -147,6 +147,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// How often a live watch checks that etcd's history did not go back (see
+    /// [`ResolverBuilder::history_check`]; default 5 s).
+    pub fn etcd_history_check(mut self, every: Duration) -> Self {
+        self.resolver = self.resolver.history_check(every);
+        self
+    }
+
     /// Reads the target's endpoints from etcd (failing if etcd cannot be read), starts watching
     /// them and connecting to the backends. Returns without waiting for connections: calls wait
     /// for the first READY backend. Background tasks stop when the last clone is dropped.

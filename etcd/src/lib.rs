@@ -1,0 +1,21 @@
+//! The etcd layer shared by the Registrar operator (`registrar`) and the client resolver
+//! (`registrar-resolver`). It knows nothing of Kubernetes.
+//!
+//! - [`Reflector`]: follows every key under a prefix: a paginated list at one revision, a
+//!   watch from the next revision, resumption after a broken stream, and a fresh list when the
+//!   watch start revision was compacted or when etcd's history went backwards (its data was
+//!   wiped or restored from an older snapshot). Both the operator's writer and the resolver's
+//!   discovery read etcd through it, so a recovery path exists once, for both.
+//! - [`EtcdError`] and [`timed`]: what went wrong talking to etcd, with the operation named.
+//!
+//! See `docs/architecture.md` for where this sits in the data path.
+
+#![deny(missing_docs)]
+
+mod error;
+mod history;
+mod reflector;
+
+pub use error::{EtcdError, is_lease_not_found, timed};
+pub use history::{History, HistoryCheck};
+pub use reflector::{Kv, KvEvent, ListReason, Reflector, ReflectorBuilder, Update, range_end};
