@@ -287,16 +287,18 @@ async fn a_flapping_etcd_makes_one_status_change_per_stable_change() {
     .unwrap();
     watch.abort();
 
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(g.client.clone(), &g.ns);
+    // Events as published (events.k8s.io): a repeated Event is one object with a series count.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(g.client.clone(), &g.ns);
     let list = events.list(&Default::default()).await.unwrap();
     let count = |reason: &str| -> i32 {
         list.items
             .iter()
             .filter(|e| {
                 e.reason.as_deref() == Some(reason)
-                    && e.involved_object.name.as_deref() == Some("greeter")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("greeter")
             })
-            .map(|e| e.count.unwrap_or(1).max(1))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count.max(1)))
             .sum()
     };
     let reasons = reasons.lock().unwrap().clone();
