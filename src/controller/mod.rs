@@ -306,7 +306,11 @@ impl State {
                 }
                 EtcdConnection::Connected(_) => {}
                 EtcdConnection::Connecting(why) => {
-                    self.settle_publishing(Publishing::EtcdUnavailable(why.clone()));
+                    // Each failed connection attempt says why: show the latest reason.
+                    let state = Publishing::EtcdUnavailable(why.clone());
+                    self.settle
+                        .observe_with_text(state, tokio::time::Instant::now());
+                    self.publishing = self.settle.shown().clone();
                 }
             }
             // Another leader may have written statuses meanwhile: start from what the watch shows.

@@ -59,6 +59,17 @@ impl Settled {
         self.tick(now)
     }
 
+    /// Like [`Settled::observe`], but a state of the shown kind replaces the shown one's text
+    /// (a connection attempt that failed for a new reason).
+    pub fn observe_with_text(&mut self, state: Publishing, now: Instant) -> bool {
+        if same_kind(&state, &self.shown) {
+            self.candidate = None;
+            self.shown = state;
+            return false;
+        }
+        self.observe(state, now)
+    }
+
     /// When the candidate would be shown, if there is one.
     pub fn due(&self) -> Option<Instant> {
         self.candidate.as_ref().map(|(_, since)| *since + self.hold)
@@ -118,5 +129,11 @@ mod tests {
         // A writer restart is shown at once.
         assert!(st.observe(Publishing::Pending, s(70_000)));
         assert!(st.observe(down(), s(70_001)));
+        // A new reason of the shown kind: the text follows only when asked.
+        let why = Publishing::EtcdUnavailable("authentication failed".into());
+        assert!(!st.observe(why.clone(), s(70_002)));
+        assert_eq!(st.shown(), &down());
+        assert!(!st.observe_with_text(why.clone(), s(70_003)));
+        assert_eq!(st.shown(), &why);
     }
 }
