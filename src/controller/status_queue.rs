@@ -66,6 +66,8 @@ struct Entry<V> {
     failures: u32,
     /// No write before this instant (backoff).
     not_before: Option<Instant>,
+    /// Forgotten while a write was in flight: dropped once it ends (unless set again).
+    forgotten: bool,
 }
 
 impl<V> Default for Entry<V> {
@@ -76,7 +78,21 @@ impl<V> Default for Entry<V> {
             in_flight: None,
             failures: 0,
             not_before: None,
+            forgotten: false,
         }
+    }
+}
+
+impl<V> Entry<V> {
+    /// Forgets everything but a write in flight (which must still end before the next one
+    /// starts); whether the entry can go at once.
+    fn forget(&mut self) -> bool {
+        self.confirmed = None;
+        self.wanted = None;
+        self.failures = 0;
+        self.not_before = None;
+        self.forgotten = true;
+        self.in_flight.is_none()
     }
 }
 
@@ -146,6 +162,7 @@ where
     fn put(&self, key: K, value: V, force: bool) {
         let mut shared = self.lock();
         let e = shared.entries.entry(key.clone()).or_default();
+        e.forgotten = false;
         let in_flight_or_confirmed = e.in_flight.as_ref().or(e.confirmed.as_ref());
         if !force && e.in_flight.is_none() && e.confirmed.as_ref() == Some(&value) {
             e.wanted = None;
@@ -163,17 +180,20 @@ where
         self.notify();
     }
 
-    /// Forgets `key` (the object is gone); a write in flight still ends.
+    /// Forgets `key` (the object is gone); a write in flight still ends first.
     pub fn forget(&self, key: &K) {
         let mut shared = self.lock();
-        shared.entries.remove(key);
+        if shared.entries.get_mut(key).is_some_and(Entry::forget) {
+            shared.entries.remove(key);
+        }
         shared.ready.remove(key);
     }
 
-    /// Forgets every key (leadership lost: someone else writes now).
+    /// Forgets every key (leadership changed: someone else may have written); writes in
+    /// flight still end first.
     pub fn clear(&self) {
         let mut shared = self.lock();
-        shared.entries.clear();
+        shared.entries.retain(|_, e| !e.forget());
         shared.ready.clear();
     }
 
@@ -311,13 +331,15 @@ async fn worker<K, V, F, Fut>(
                     WriteResult::Failed => {
                         e.failures = e.failures.saturating_add(1);
                         e.not_before = Some(Instant::now() + backoff(&cfg, e.failures));
-                        if e.wanted.is_none() {
+                        if e.wanted.is_none() && !e.forgotten {
                             e.wanted = Some(value);
                         }
                     }
                 }
                 if e.wanted.is_some() {
                     sh.ready.insert(key);
+                } else if e.forgotten {
+                    sh.entries.remove(&key);
                 }
             }
             () = retry => {}

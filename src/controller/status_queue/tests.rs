@@ -230,3 +230,30 @@ async fn at_most_the_concurrency_limit_is_in_flight() {
     gate.add_permits(10);
     until("all written", || fake.count() == 10 && q.busy() == 0).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_in_flight_ends_before_the_next_even_across_a_clear() {
+    let (fake, gate) = Fake::gated();
+    let q = fake.queue(fast());
+    q.set(1, 1);
+    until("in flight", || fake.count() == 1).await;
+    // Leadership changed: forget everything, then decide again at once.
+    q.clear();
+    q.set(1, 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fake.count(), 1, "a second write started beside the first");
+    gate.add_permits(2);
+    until("idle", || q.busy() == 0).await;
+    assert_eq!(fake.values(1), vec![1, 2]);
+    assert_eq!(fake.max_in_flight_per_key.load(Ordering::SeqCst), 1);
+    // Forgotten with nothing new: the entry goes once its write ends, and a failure of it is
+    // not retried.
+    *fake.script.lock().unwrap() = vec![WriteResult::Failed];
+    q.set(1, 3);
+    until("in flight", || fake.count() == 3).await;
+    q.forget(&1);
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fake.count(), 3);
+    assert_eq!(q.latest(&1), None);
+}
