@@ -288,8 +288,7 @@ async fn a_flapping_etcd_makes_one_status_change_per_stable_change() {
     watch.abort();
 
     // Events as published (events.k8s.io): a repeated Event is one object with a series count.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(g.client.clone(), &g.ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(g.client.clone(), &g.ns);
     let list = events.list(&Default::default()).await.unwrap();
     let count = |reason: &str| -> i32 {
         list.items
@@ -303,7 +302,7 @@ async fn a_flapping_etcd_makes_one_status_change_per_stable_change() {
     };
     let reasons = reasons.lock().unwrap().clone();
     println!(
-        "{flaps} link flaps: the writer reported etcd unavailable {writer_flaps} times; \
+        "{flaps} link flaps: {writer_flaps} log lines of the operator say etcd unavailable; \
          Ready reasons shown: {reasons:?}; Events: {} EtcdUnavailable, {} Published",
         count("EtcdUnavailable"),
         count("Published")
