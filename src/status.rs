@@ -17,6 +17,11 @@
 //! published (`readyEndpoints` still counts them): a half-working registration is a
 //! misconfiguration to surface, not a success. `lastTransitionTime` changes only when the
 //! condition's status changes, like `meta.SetStatusCondition`.
+//!
+//! `readyEndpoints`, `endpoints`, and the choice between `NoReadyPods` and `Published`
+//! describe what etcd holds ([`InEtcd`]: the registration's endpoints as of the last desired
+//! state the writer applied, see [`published`]), not what is about to be written: during an
+//! outage a pod that turns Ready is counted only in the message ("waiting to be published").
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -25,6 +30,8 @@ use crate::crd::{
     ServiceRegistrationStatus,
 };
 use crate::desired::{Problem, RegistrationOutcome};
+
+pub mod published;
 
 /// Reasons of the `Ready` condition.
 pub mod reason {
@@ -81,17 +88,75 @@ impl StatusUpdate {
     }
 }
 
-/// The status `reg` should have given `outcome` (its endpoints and problems) and `publishing`.
-/// `now` becomes `lastTransitionTime` when the Ready condition's status changes.
+/// A registration's endpoints that etcd holds: their number and the first
+/// [`MAX_STATUS_ENDPOINTS`] addresses (sorted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InEtcd {
+    /// How many.
+    pub count: usize,
+    /// The first addresses, sorted.
+    pub endpoints: Vec<String>,
+}
+
+impl InEtcd {
+    /// All endpoints of `outcome` (once the writer applied it).
+    pub fn of(outcome: &RegistrationOutcome) -> Self {
+        InEtcd {
+            count: outcome.endpoints.len(),
+            endpoints: outcome
+                .endpoints
+                .keys()
+                .take(MAX_STATUS_ENDPOINTS)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// What a status says etcd holds.
+    fn shown_in(status: &ServiceRegistrationStatus) -> Self {
+        InEtcd {
+            count: usize::try_from(status.ready_endpoints).unwrap_or(0),
+            endpoints: status.endpoints.clone(),
+        }
+    }
+}
+
+/// The status `reg` should have given `outcome` (its endpoints and problems) and `publishing`,
+/// when etcd holds exactly the endpoints of `outcome`. `now` becomes `lastTransitionTime` when
+/// the Ready condition's status changes.
 pub fn next_status(
     reg: &ServiceRegistration,
     outcome: &RegistrationOutcome,
     publishing: &Publishing,
     now: Time,
 ) -> StatusUpdate {
-    let previous = reg.status.as_ref();
+    next_status_from(
+        reg,
+        reg.status.as_ref(),
+        outcome,
+        Some(&InEtcd::of(outcome)),
+        publishing,
+        now,
+    )
+}
+
+/// The status `reg` should have, replacing `previous` (the status it has or is about to have),
+/// given what it wants published (`outcome`), what etcd holds of it (`in_etcd`; None when not
+/// known yet: `previous` stays right about that) and `publishing`.
+pub fn next_status_from(
+    reg: &ServiceRegistration,
+    previous: Option<&ServiceRegistrationStatus>,
+    outcome: &RegistrationOutcome,
+    in_etcd: Option<&InEtcd>,
+    publishing: &Publishing,
+    now: Time,
+) -> StatusUpdate {
+    let in_etcd = match in_etcd {
+        Some(e) => e.clone(),
+        None => previous.map(InEtcd::shown_in).unwrap_or_default(),
+    };
     let generation = reg.metadata.generation;
-    let (status, reason, message) = ready(outcome, publishing);
+    let (status, reason, message) = ready(outcome, &in_etcd, publishing);
     let previous_ready = previous.and_then(ready_condition);
     let last_transition_time = match previous_ready {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -116,13 +181,8 @@ pub fn next_status(
         observed_generation: generation,
         service: Some(reg.service_name().to_string()),
         target: Some(outcome.target.clone()),
-        ready_endpoints: i64::try_from(outcome.endpoints.len()).unwrap_or(i64::MAX),
-        endpoints: outcome
-            .endpoints
-            .keys()
-            .take(MAX_STATUS_ENDPOINTS)
-            .cloned()
-            .collect(),
+        ready_endpoints: i64::try_from(in_etcd.count).unwrap_or(i64::MAX),
+        endpoints: in_etcd.endpoints,
         conditions,
     };
     StatusUpdate {
@@ -139,12 +199,15 @@ fn ready_condition(status: &ServiceRegistrationStatus) -> Option<&Condition> {
         .find(|c| c.type_ == READY_CONDITION)
 }
 
-/// (status, reason, message) of the Ready condition.
+/// (status, reason, message) of the Ready condition. While etcd cannot be written, the message
+/// counts what waits to be published; otherwise what etcd holds.
 fn ready(
     outcome: &RegistrationOutcome,
+    in_etcd: &InEtcd,
     publishing: &Publishing,
 ) -> (&'static str, &'static str, String) {
-    let count = outcome.endpoints.len();
+    let waiting = plural(outcome.endpoints.len(), "endpoint", "endpoints");
+    let count = in_etcd.count;
     let endpoints = plural(count, "endpoint", "endpoints");
     match publishing {
         Publishing::PrefixOwnedElsewhere(owner) => {
@@ -163,7 +226,7 @@ fn ready(
                 "False",
                 reason::ETCD_UNAVAILABLE,
                 format!(
-                    "etcd is unavailable ({}); {endpoints} waiting to be published to {}",
+                    "etcd is unavailable ({}); {waiting} waiting to be published to {}",
                     clip(why),
                     outcome.target
                 ),
@@ -173,7 +236,7 @@ fn ready(
             return (
                 "Unknown",
                 reason::PENDING,
-                format!("waiting for the connection to etcd; {endpoints} to publish"),
+                format!("waiting for the connection to etcd; {waiting} to publish"),
             );
         }
         Publishing::Ok => {}

@@ -1,7 +1,11 @@
-//! Writes to the Kubernetes API on behalf of the engine: status patches, finalizers and Events.
-//! Each runs in its own task, bounded by a semaphore, so the engine never waits on the API.
+//! Writes to the Kubernetes API on behalf of the engine: finalizers and Events, each in its own
+//! task bounded by a semaphore so the engine never waits on the API, and the status write that
+//! the status queue ([`super::status_queue`]) calls, one at a time per registration.
 
 use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
@@ -10,7 +14,9 @@ use kube::{Client, Resource};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::status_queue::WriteResult;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
 
 /// The finalizer that keeps a registration until its keys are gone from etcd.
@@ -66,21 +72,6 @@ impl KubeWriter {
                     tracing::warn!(registration = %name, error = %e, "{what} failed");
                 }
             }
-        });
-    }
-
-    /// Replaces the status of `ns/name`.
-    pub fn patch_status(&self, ns: &str, name: &str, status: ServiceRegistrationStatus) {
-        let api = self.api(ns);
-        let n = name.to_string();
-        self.spawn("status update", format!("{ns}/{name}"), async move {
-            let mut patch = json!({ "status": status });
-            // A merge patch leaves out what it omits: an empty endpoint list (skipped when
-            // serialized) must be sent explicitly or the old addresses would stay.
-            patch["status"]["endpoints"] = json!(status.endpoints);
-            api.patch_status(&n, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
         });
     }
 
@@ -192,5 +183,42 @@ fn ignore_conflict<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// The status write of the status queue: replaces the status of a registration with a merge
+/// patch and sorts the outcome into what the queue does next.
+pub fn status_writer(
+    client: Client,
+    metrics: Metrics,
+) -> impl Fn(RegKey, ServiceRegistrationStatus) -> BoxFuture<'static, WriteResult> + Send + 'static
+{
+    move |(ns, name), status| {
+        let api: Api<ServiceRegistration> = Api::namespaced(client.clone(), &ns);
+        let metrics = metrics.clone();
+        async move {
+            let mut patch = json!({ "status": status });
+            // A merge patch leaves out what it omits: an empty endpoint list (skipped when
+            // serialized) must be sent explicitly or the old addresses would stay.
+            patch["status"]["endpoints"] = json!(status.endpoints);
+            let res = api
+                .patch_status(&name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+                .await;
+            match res {
+                Ok(_) => WriteResult::Written,
+                Err(kube::Error::Api(e)) if e.code == 404 => WriteResult::Gone,
+                Err(kube::Error::Api(e)) if e.code < 500 && e.code != 429 && e.code != 409 => {
+                    metrics.error(ErrorKind::KubeApi);
+                    tracing::warn!(registration = %format!("{ns}/{name}"), error = %e, "the status update was refused");
+                    WriteResult::Rejected
+                }
+                Err(e) => {
+                    metrics.error(ErrorKind::KubeApi);
+                    tracing::warn!(registration = %format!("{ns}/{name}"), error = %e, "status update failed; retrying");
+                    WriteResult::Failed
+                }
+            }
+        }
+        .boxed()
     }
 }

@@ -4,12 +4,19 @@
 //! One task owns all state and reacts to: watcher events (debounced by the coalescing window),
 //! leadership changes (only the leader runs an etcd writer and writes to the API), writer state
 //! changes (status conditions) and writer progress (finalizers are released only after the keys
-//! of a deleted registration are gone from etcd).
+//! of a deleted registration are gone from etcd; statuses count what the writer applied).
+//!
+//! Statuses go through a keyed, latest-wins queue ([`status_queue`]): one write in flight per
+//! registration, failures retried. Every [`DEFAULT_STATUS_RESYNC`] (or
+//! `REGISTRAR_STATUS_RESYNC_SECONDS`), statuses that differ from what the API server shows are
+//! written again.
 
 mod kube_writes;
+mod settle;
+mod status_queue;
 mod writer_metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +35,27 @@ use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{Desired, WriterConfig, WriterHandle, WriterState, spawn_writer};
 use crate::index::{Index, RegKey, trim_pod};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::status::{self, Publishing};
+use crate::status::published::PublishedLog;
+use crate::status::{self, InEtcd, Publishing};
+use settle::Settled;
+use status_queue::{QueueConfig, StatusQueue};
+
+/// How often statuses are compared with what the API server shows.
+pub const DEFAULT_STATUS_RESYNC: Duration = Duration::from_secs(60);
+
+/// The status resync period: `REGISTRAR_STATUS_RESYNC_SECONDS` if set to a positive number.
+fn status_resync() -> Duration {
+    match std::env::var("REGISTRAR_STATUS_RESYNC_SECONDS") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => {
+                tracing::warn!(value = %v, "REGISTRAR_STATUS_RESYNC_SECONDS is not a positive number of seconds; using the default");
+                DEFAULT_STATUS_RESYNC
+            }
+        },
+        Err(_) => DEFAULT_STATUS_RESYNC,
+    }
+}
 
 /// What the engine needs to run.
 pub struct Engine {
@@ -65,12 +92,19 @@ struct State {
     seq: u64,
     desired_tx: watch::Sender<Desired>,
     term: Option<Term>,
+    /// The writer's state as statuses show it (settled, see [`settle`]).
     publishing: Publishing,
+    /// The writer's latest state, for logs.
+    raw_publishing: Publishing,
+    settle: Settled,
     leader: bool,
     kube: KubeWriter,
     metrics: Metrics,
-    /// The last status sent per registration (the watch may lag behind our own patch).
-    sent: HashMap<RegKey, ServiceRegistrationStatus>,
+    /// Status writes, latest wins; also what each status is or is about to be from our writes
+    /// (the watch may lag behind them).
+    statuses: StatusQueue<RegKey, ServiceRegistrationStatus>,
+    /// What etcd holds of each registration, by the seq the writer applied.
+    published: PublishedLog<RegKey>,
     /// Deleted registrations waiting for their keys to leave etcd: the seq that removed them.
     releasing: BTreeMap<RegKey, u64>,
     /// New endpoints waiting for their commit, for the propagation-latency metric.
@@ -109,6 +143,8 @@ impl Engine {
             desired_tx,
             term: None,
             publishing: Publishing::Pending,
+            raw_publishing: Publishing::Pending,
+            settle: Settled::new(settle::DEFAULT_HOLD),
             leader: false,
             kube: KubeWriter::new(
                 self.client.clone(),
@@ -117,7 +153,11 @@ impl Engine {
                 16,
             ),
             metrics: self.metrics.clone(),
-            sent: HashMap::new(),
+            statuses: StatusQueue::spawn(
+                QueueConfig::default(),
+                kube_writes::status_writer(self.client.clone(), self.metrics.clone()),
+            ),
+            published: PublishedLog::default(),
             releasing: BTreeMap::new(),
             propagating: Vec::new(),
             writer_cfg: self.writer.clone(),
@@ -129,11 +169,22 @@ impl Engine {
         let mut last_flush: Option<tokio::time::Instant> = None;
         let mut writer_state = watch::channel(WriterState::Starting).1;
         let mut applied = watch::channel(0u64).1;
+        let resync_every = status_resync();
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         st.set_leader(*leader.borrow_and_update(), &mut writer_state, &mut applied);
 
         loop {
             let debounce = async {
                 match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let settle_at = st.settle.due();
+            let settled = async {
+                match settle_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -187,6 +238,8 @@ impl Engine {
                         st.restart_writer(&mut writer_state, &mut applied);
                     }
                 }
+                _ = resync.tick() => st.resync_statuses(),
+                () = settled => st.on_settled(),
                 res = applied.changed(), if st.term.is_some() => {
                     if res.is_ok() {
                         let seq = *applied.borrow_and_update();
@@ -249,14 +302,19 @@ impl State {
                     );
                     self.term = Some(Term { handle, stop });
                     self.propagating.clear();
-                    self.publishing = Publishing::Pending;
+                    self.settle_publishing(Publishing::Pending);
                 }
                 EtcdConnection::Connected(_) => {}
                 EtcdConnection::Connecting(why) => {
-                    self.publishing = Publishing::EtcdUnavailable(why.clone());
+                    // Each failed connection attempt says why: show the latest reason.
+                    let state = Publishing::EtcdUnavailable(why.clone());
+                    self.settle
+                        .observe_with_text(state, tokio::time::Instant::now());
+                    self.publishing = self.settle.shown().clone();
                 }
             }
-            self.sent.clear();
+            // Another leader may have written statuses meanwhile: start from what the watch shows.
+            self.statuses.clear();
             let regs: Vec<Arc<ServiceRegistration>> =
                 self.index.registrations().map(|(_, r)| r.clone()).collect();
             for reg in regs {
@@ -269,6 +327,7 @@ impl State {
         } else if let Some(term) = self.term.take() {
             tracing::warn!("lost leadership: stopping the etcd writer");
             let _ = term.stop.send(true);
+            self.statuses.clear();
             self.releasing.clear();
             self.propagating.clear();
         }
@@ -308,6 +367,10 @@ impl State {
             let measuring = self.term.is_some() && self.desired_tx.borrow().complete;
             if measuring && !fresh.is_empty() && self.propagating.len() < 10_000 {
                 self.propagating.push((self.seq, fresh));
+            }
+            for key in &flushed.changed {
+                let endpoints = self.index.outcome(key).map(InEtcd::of);
+                self.published.record(key.clone(), self.seq, endpoints);
             }
             self.metrics.set_published(keys.len());
             self.desired_tx.send_replace(Desired {
@@ -379,7 +442,7 @@ impl State {
             WriterState::PrefixOwnedElsewhere { owner } => Publishing::PrefixOwnedElsewhere(owner),
         };
         // Keep the reason text from flapping every retry: compare the kind only.
-        if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.publishing) {
+        if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.raw_publishing) {
             match &publishing {
                 Publishing::EtcdUnavailable(r) => tracing::warn!(reason = %r, "etcd unavailable"),
                 Publishing::PrefixOwnedElsewhere(o) => {
@@ -389,7 +452,25 @@ impl State {
                 Publishing::Ok => tracing::info!("publishing to etcd"),
                 Publishing::Pending => {}
             }
-            self.publishing = publishing;
+        }
+        self.raw_publishing = publishing.clone();
+        if self.settle_publishing(publishing) {
+            self.update_statuses(None);
+        }
+    }
+
+    /// Tells the hysteresis the writer's state; whether what statuses show changed.
+    fn settle_publishing(&mut self, state: Publishing) -> bool {
+        let changed = self.settle.observe(state, tokio::time::Instant::now());
+        self.publishing = self.settle.shown().clone();
+        changed
+    }
+
+    /// The settling time of a writer state change ended.
+    fn on_settled(&mut self) {
+        if self.settle.tick(tokio::time::Instant::now()) {
+            self.publishing = self.settle.shown().clone();
+            tracing::info!(state = ?self.publishing, "the etcd writer's state held: statuses follow");
             self.update_statuses(None);
         }
     }
@@ -397,6 +478,10 @@ impl State {
     fn on_applied(&mut self, seq: u64) {
         if seq == 0 {
             return;
+        }
+        let shown = self.published.applied(seq);
+        if !shown.is_empty() {
+            self.update_statuses(Some(&shown));
         }
         let now = SystemTime::now();
         self.propagating.retain(|(s, times)| {
@@ -431,33 +516,41 @@ impl State {
     /// Nothing is written before both caches are synced: a status computed from a partial pod
     /// list (e.g. `NoReadyPods` during a restart) would be a lie, and an Event about it noise.
     fn update_statuses(&mut self, only: Option<&[RegKey]>) {
-        // While the writer is starting, the keys of the previous term are still in etcd: keep
-        // the statuses as they are rather than flip every registration to Unknown and back.
-        if !self.leader || !self.index.synced() || self.publishing == Publishing::Pending {
+        if !self.may_write_statuses() {
             return;
         }
         let keys: Vec<RegKey> = match only {
             Some(keys) => keys.to_vec(),
             None => self.index.registrations().map(|(k, _)| k.clone()).collect(),
         };
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let now = now_in_seconds();
         for key in keys {
             let (Some(reg), Some(outcome)) =
                 (self.index.registration(&key), self.index.outcome(&key))
             else {
-                self.sent.remove(&key);
+                self.statuses.forget(&key);
                 continue;
             };
             if reg.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let update = status::next_status(reg, outcome, &self.publishing, now.clone());
+            // Decide against what the status is about to be from our own writes, else what
+            // the watch shows.
+            let latest = self.statuses.latest(&key);
+            let update = status::next_status_from(
+                reg,
+                latest.as_ref().or(reg.status.as_ref()),
+                outcome,
+                self.published.in_etcd(&key),
+                &self.publishing,
+                now.clone(),
+            );
             let ok = matches!(self.publishing, Publishing::Ok) && outcome.problems.is_empty();
             self.metrics.reconciled(ok);
             if !outcome.problems.is_empty() {
                 self.metrics.error(ErrorKind::PortNotFound);
             }
-            if !update.changed || self.sent.get(&key) == Some(&update.status) {
+            if !update.changed {
                 continue;
             }
             if update.reason_changed
@@ -469,11 +562,49 @@ impl State {
                         .event(reg, warning, &cond.reason, cond.message.clone());
                 }
             }
-            self.kube
-                .patch_status(&key.0, &key.1, update.status.clone());
-            self.sent.insert(key, update.status);
+            self.statuses.set(key, update.status);
         }
     }
+
+    /// While the writer is starting, the keys of the previous term are still in etcd: keep the
+    /// statuses as they are rather than flip every registration to Unknown and back.
+    fn may_write_statuses(&self) -> bool {
+        self.leader && self.index.synced() && self.publishing != Publishing::Pending
+    }
+
+    /// The periodic resync: every status that differs from what the API server shows (as the
+    /// watch last saw it) and has no write under way is written again.
+    fn resync_statuses(&mut self) {
+        if !self.may_write_statuses() {
+            return;
+        }
+        self.update_statuses(None);
+        let mut rewritten = 0usize;
+        for (key, reg) in self.index.registrations() {
+            if reg.metadata.deletion_timestamp.is_some() || self.statuses.is_busy(key) {
+                continue;
+            }
+            if let Some(latest) = self.statuses.latest(key)
+                && reg.status.as_ref() != Some(&latest)
+            {
+                self.statuses.force(key.clone(), latest);
+                rewritten += 1;
+            }
+        }
+        if rewritten > 0 {
+            tracing::info!(
+                rewritten,
+                "status resync: rewrote statuses that differ from the API server's"
+            );
+        }
+    }
+}
+
+/// The current time as the API server stores it (whole seconds), so that a status we keep in
+/// memory equals the one the watch brings back.
+fn now_in_seconds() -> Time {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 fn has_finalizer(reg: &ServiceRegistration) -> bool {

@@ -315,3 +315,193 @@ fn long_external_text_is_clipped() {
     );
     assert!(update.ready().unwrap().message.len() < 700);
 }
+
+fn in_etcd(addrs: &[&str]) -> InEtcd {
+    InEtcd {
+        count: addrs.len(),
+        endpoints: addrs.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// Issue 10 §3: `readyEndpoints`, `endpoints` and NoReadyPods/Published describe what etcd
+/// holds; the message counts what waits while etcd cannot be written.
+#[test]
+fn counts_describe_what_etcd_holds() {
+    let prev = next_status(
+        &registration(1, None),
+        &outcome(&["a:1"], vec![]),
+        &Publishing::Ok,
+        time(10),
+    )
+    .status;
+    let down = Publishing::EtcdUnavailable("no quorum".into());
+    // (case, wanted, in etcd (None: not known yet), publishing, count, endpoints, reason, message)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Option<InEtcd>,
+        Publishing,
+        i64,
+        &'a [&'a str],
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "outage: a new pod waits",
+            &["a:1", "b:1"],
+            Some(in_etcd(&["a:1"])),
+            down.clone(),
+            1,
+            &["a:1"],
+            reason::ETCD_UNAVAILABLE,
+            "etcd is unavailable (no quorum); 2 endpoints waiting to be published to registrar/shop/greeter",
+        ),
+        (
+            "outage: a removed pod is still in etcd",
+            &[],
+            Some(in_etcd(&["a:1"])),
+            down.clone(),
+            1,
+            &["a:1"],
+            reason::ETCD_UNAVAILABLE,
+            "etcd is unavailable (no quorum); 0 endpoints waiting to be published to registrar/shop/greeter",
+        ),
+        (
+            "applied",
+            &["a:1", "b:1"],
+            Some(in_etcd(&["a:1", "b:1"])),
+            Publishing::Ok,
+            2,
+            &["a:1", "b:1"],
+            reason::PUBLISHED,
+            "2 endpoints published to registrar/shop/greeter",
+        ),
+        (
+            "being written: the count follows the writer",
+            &["a:1", "b:1"],
+            Some(in_etcd(&["a:1"])),
+            Publishing::Ok,
+            1,
+            &["a:1"],
+            reason::PUBLISHED,
+            "1 endpoint published to registrar/shop/greeter",
+        ),
+        (
+            "last pod gone, delete not applied yet",
+            &[],
+            Some(in_etcd(&["a:1"])),
+            Publishing::Ok,
+            1,
+            &["a:1"],
+            reason::PUBLISHED,
+            "1 endpoint published to registrar/shop/greeter",
+        ),
+        (
+            "delete applied",
+            &[],
+            Some(in_etcd(&[])),
+            Publishing::Ok,
+            0,
+            &[],
+            reason::NO_READY_PODS,
+            "no ready pod with an IP matches the selector",
+        ),
+        (
+            "nothing applied yet by this replica: the previous status stays right",
+            &["a:1", "b:1"],
+            None,
+            down.clone(),
+            1,
+            &["a:1"],
+            reason::ETCD_UNAVAILABLE,
+            "etcd is unavailable (no quorum); 2 endpoints waiting to be published to registrar/shop/greeter",
+        ),
+    ];
+    for (case, wanted, etcd, publishing, count, endpoints, why, message) in cases {
+        let update = next_status_from(
+            &registration(1, None),
+            Some(&prev),
+            &outcome(wanted, vec![]),
+            etcd.as_ref(),
+            &publishing,
+            time(20),
+        );
+        let ready = update.ready().unwrap();
+        assert_eq!(update.status.ready_endpoints, count, "case: {case}");
+        assert_eq!(update.status.endpoints, endpoints, "case: {case}");
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            (why, message),
+            "case: {case}"
+        );
+    }
+}
+
+#[test]
+fn published_log_reports_the_newest_applied_seq() {
+    use published::PublishedLog;
+    let mut log = PublishedLog::default();
+    let k = "greeter";
+    assert_eq!(log.in_etcd(&k), None);
+    log.record(k, 1, Some(in_etcd(&["a:1"])));
+    assert_eq!(log.in_etcd(&k), None, "seq 1 not applied yet");
+    assert_eq!(log.applied(1), vec![k]);
+    assert_eq!(log.in_etcd(&k), Some(&in_etcd(&["a:1"])));
+
+    // An outage: seqs 2 and 3 wait; the status keeps seq 1.
+    log.record(k, 2, Some(in_etcd(&["a:1", "b:1"])));
+    log.record(k, 3, Some(in_etcd(&["a:1", "b:1", "c:1"])));
+    assert_eq!(log.applied(1), Vec::<&str>::new());
+    assert_eq!(log.in_etcd(&k), Some(&in_etcd(&["a:1"])));
+    // The writer skips to 3 (it writes the newest desired state).
+    assert_eq!(log.applied(3), vec![k]);
+    assert_eq!(log.in_etcd(&k), Some(&in_etcd(&["a:1", "b:1", "c:1"])));
+
+    // A seq that applied some other registration's change does not disturb this one.
+    log.record("other", 4, Some(in_etcd(&["x:1"])));
+    assert_eq!(log.applied(4), vec!["other"]);
+    assert_eq!(log.in_etcd(&k), Some(&in_etcd(&["a:1", "b:1", "c:1"])));
+
+    // Gone: forgotten once the removal is applied.
+    log.record(k, 5, None);
+    assert!(log.in_etcd(&k).is_some());
+    log.applied(5);
+    assert_eq!(log.in_etcd(&k), None);
+    assert_eq!(log.len(), 1);
+}
+
+#[test]
+fn published_log_is_bounded_and_ends_on_the_newest() {
+    use published::{MAX_PENDING, PublishedLog};
+    let mut log = PublishedLog::default();
+    for seq in 1..=1000u64 {
+        log.record(
+            1,
+            seq,
+            Some(InEtcd {
+                count: seq as usize,
+                endpoints: vec![],
+            }),
+        );
+    }
+    // Only the oldest and the newest are certain to be kept.
+    log.applied(1);
+    assert_eq!(log.in_etcd(&1).map(|e| e.count), Some(1));
+    log.applied(1000);
+    assert_eq!(log.in_etcd(&1).map(|e| e.count), Some(1000));
+    // An intermediate seq dropped from the middle shows an older applied entry, never a newer one.
+    let mut log = PublishedLog::default();
+    for seq in 1..=(MAX_PENDING as u64 + 10) {
+        log.record(
+            1,
+            seq,
+            Some(InEtcd {
+                count: seq as usize,
+                endpoints: vec![],
+            }),
+        );
+    }
+    log.applied(5);
+    assert!(log.in_etcd(&1).unwrap().count <= 5);
+}

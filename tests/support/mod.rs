@@ -3,6 +3,8 @@
 //! and to read etcd.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
