@@ -6,6 +6,8 @@
 //!   watch start revision was compacted or when etcd's history went backwards (its data was
 //!   wiped or restored from an older snapshot). Both the operator's writer and the resolver's
 //!   discovery read etcd through it, so a recovery path exists once, for both.
+//! - [`value`]: the key and the value of an endpoint, exactly as Go's naming library writes
+//!   them (one encoder for the operator and the resolver).
 //! - [`EtcdError`] and [`timed`]: what went wrong talking to etcd, with the operation named.
 //!
 //! See `docs/architecture.md` for where this sits in the data path.
@@ -15,6 +17,7 @@
 mod error;
 mod history;
 mod reflector;
+pub mod value;
 
 pub use error::{EtcdError, is_lease_not_found, timed};
 pub use history::{History, HistoryCheck};

@@ -8,15 +8,16 @@
 //! without an `Addr`, or whose `Addr` is not `host:port`, are rejected (Go would hand them to
 //! gRPC, which could not dial them).
 //!
-//! Encoding writes exactly the Go field names and order with `Op` 0 and `Metadata` `null` when
-//! there is none.
+//! Encoding is the project's one encoder ([`registrar_etcd::value`]): exactly the Go field names
+//! and order with `Op` 0, `Metadata` `null` when there is none, metadata made from a value
+//! written as Go's `json.Marshal` writes it, and decoded metadata written back verbatim.
 
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// One endpoint as stored under `<target>/<addr>`: the address to dial and opaque metadata.
@@ -50,16 +51,11 @@ impl Endpoint {
         })
     }
 
-    /// Encodes the value to store in etcd: `{"Op":0,"Addr":...,"Metadata":...}`.
+    /// Encodes the value to store in etcd: `{"Op":0,"Addr":...,"Metadata":...}`, with the
+    /// address escaped as Go escapes it and the metadata verbatim (the shared encoder
+    /// [`registrar_etcd::value::encode_raw`]).
     pub fn encode(&self) -> String {
-        let wire = WireOut {
-            op: 0,
-            addr: &self.addr,
-            metadata: self.metadata.raw(),
-        };
-        // Serializing a struct of an integer, a string and already-valid raw JSON into a String
-        // cannot fail (no maps with non-string keys, no I/O).
-        serde_json::to_string(&wire).unwrap_or_default()
+        registrar_etcd::value::encode_raw(&self.addr, self.metadata.0.as_deref().map(RawValue::get))
     }
 }
 
@@ -73,13 +69,14 @@ impl Metadata {
         Metadata(None)
     }
 
-    /// Metadata from a JSON value (`Value::Null` gives [`Metadata::null`]).
+    /// Metadata from a JSON value (`Value::Null` gives [`Metadata::null`]), written as Go's
+    /// `json.Marshal` writes it (sorted keys, HTML-safe escapes), as the operator does.
     pub fn from_value(value: &serde_json::Value) -> Self {
         if value.is_null() {
             return Metadata(None);
         }
-        // A `Value` always serializes to valid JSON.
-        match serde_json::value::to_raw_value(value) {
+        // Go's JSON of a `Value` is always valid JSON.
+        match RawValue::from_string(registrar_etcd::value::to_go_json(value)) {
             Ok(raw) => Metadata(Some(Arc::from(raw))),
             Err(_) => Metadata(None),
         }
@@ -113,13 +110,6 @@ impl Metadata {
     /// Deserializes the metadata into `T`.
     pub fn deserialize<T: de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.as_json())
-    }
-
-    fn raw(&self) -> &RawValue {
-        match self.0.as_deref() {
-            Some(raw) => raw,
-            None => RawValue::NULL,
-        }
     }
 }
 
@@ -258,16 +248,6 @@ impl<'de> Visitor<'de> for WireVisitor {
     }
 }
 
-#[derive(Serialize)]
-struct WireOut<'a> {
-    #[serde(rename = "Op")]
-    op: u8,
-    #[serde(rename = "Addr")]
-    addr: &'a str,
-    #[serde(rename = "Metadata")]
-    metadata: &'a RawValue,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +362,17 @@ mod tests {
         assert!(Endpoint::decode(deep.as_bytes()).is_err());
         let deep_meta = format!(r#"{{"Addr":"a:1","Metadata":{}}}"#, "[".repeat(100_000));
         assert!(Endpoint::decode(deep_meta.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn same_bytes_as_the_operator_for_the_same_metadata() {
+        let meta = json!({"zone": "a<b>&c", "tier": "gold", "w": 1.0, "u": "\u{2028}"});
+        let ours = Endpoint::new("192.0.2.7:50051", meta.clone().into())
+            .unwrap()
+            .encode();
+        let operator = registrar_etcd::value::encode("192.0.2.7:50051", meta.as_object());
+        assert_eq!(ours, operator);
+        assert!(ours.contains(r"a\u003cb\u003e\u0026c"), "{ours}");
     }
 
     #[test]

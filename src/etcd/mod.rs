@@ -23,11 +23,11 @@ mod lease;
 mod owner;
 pub mod plan;
 mod stats;
-pub mod value;
 mod writer;
 
 pub use config::WriterConfig;
 pub use error::EtcdError;
+pub use registrar_etcd::value;
 pub use stats::{StatsSnapshot, WriterStats};
 pub use writer::{WriterHandle, spawn_writer};
 

@@ -1,5 +1,8 @@
-//! The etcd key and value of one published endpoint, byte-compatible with etcd's gRPC naming
-//! convention (`go.etcd.io/etcd/client/v3/naming/endpoints`).
+//! The etcd key and value of one endpoint, byte-compatible with etcd's gRPC naming convention
+//! (`go.etcd.io/etcd/client/v3/naming/endpoints`): the one encoder of the project. The operator
+//! writes its values with [`encode`]; the resolver's `Registration` with [`encode_raw`] around
+//! metadata it made with [`to_go_json`], so the same metadata gives the same bytes whoever
+//! writes it.
 //!
 //! The value is what Go's `json.Marshal` produces for `internal.Update{Op: Add, Addr, Metadata}`:
 //! `{"Op":0,"Addr":"192.0.2.25:50051","Metadata":null}`. We encode it by hand rather than through
@@ -37,6 +40,28 @@ pub fn encode(addr: &str, metadata: Option<&Map<String, Value>>) -> String {
         _ => out.push_str("null"),
     }
     out.push('}');
+    out
+}
+
+/// The etcd value of endpoint `addr` with metadata that is already JSON text (`None` or
+/// `"null"` for none), written verbatim: what a reader decoded stays byte for byte. Metadata made
+/// from a value should come from [`to_go_json`].
+pub fn encode_raw(addr: &str, metadata: Option<&str>) -> String {
+    let metadata = metadata.unwrap_or("null");
+    let mut out = String::with_capacity(40 + addr.len() + metadata.len());
+    out.push_str(r#"{"Op":0,"Addr":"#);
+    write_string(&mut out, addr);
+    out.push_str(r#","Metadata":"#);
+    out.push_str(metadata);
+    out.push('}');
+    out
+}
+
+/// A JSON value as Go's `json.Marshal` writes it (sorted keys, HTML-safe escapes, Go's number
+/// format; see the module docs).
+pub fn to_go_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
     out
 }
 
@@ -254,6 +279,22 @@ mod tests {
         assert_eq!(
             v,
             json!({"Op": 0, "Addr": "192.0.2.11:80", "Metadata": {"tier": "<gold>", "n": [1, 2.5]}})
+        );
+    }
+
+    #[test]
+    fn raw_and_structured_encoders_agree() {
+        let meta = map(json!({"z": "<b>", "a": [1, 2.5], "m": {"y": 1, "x": null}}));
+        let raw = to_go_json(&Value::Object(meta.clone()));
+        assert_eq!(
+            encode_raw("192.0.2.1:1", Some(&raw)),
+            encode("192.0.2.1:1", Some(&meta))
+        );
+        assert_eq!(encode_raw("h:1", None), encode("h:1", None));
+        assert_eq!(
+            encode_raw("h:1", Some(r#"{"keep":1.50}"#)),
+            r#"{"Op":0,"Addr":"h:1","Metadata":{"keep":1.50}}"#,
+            "raw metadata is written verbatim"
         );
     }
 }
