@@ -21,7 +21,10 @@ pub(crate) type EndpointFactory =
 /// A backend picked for one call.
 #[derive(Clone, Debug)]
 pub(crate) struct Picked {
+    pub(crate) addr: Arc<str>,
     pub(crate) channel: Channel,
+    /// The liveness of the channel's connection (cleared when it turns out unusable).
+    pub(crate) alive: Arc<Liveness>,
 }
 
 struct Entry {
@@ -116,13 +119,22 @@ impl Pool {
         alive: Arc<Liveness>,
     ) {
         let mut table = self.table();
-        let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {
+        let Some((addr, entry)) = table
+            .get_key_value(addr)
+            .filter(|(_, e)| e.generation == generation)
+            .map(|(a, _)| a.clone())
+            .and_then(|a| table.get_mut(&a).map(|e| (a, e)))
+        else {
             return;
         };
         entry.state = ConnectivityState::Ready;
         entry.last_error = None;
         entry.ready = Some(PickEntry {
-            value: Picked { channel },
+            value: Picked {
+                addr,
+                channel,
+                alive: alive.clone(),
+            },
             alive,
         });
         self.rebuild(&table);
