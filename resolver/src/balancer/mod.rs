@@ -15,6 +15,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod connector;
+mod manager;
 mod picker;
 mod pool;
 mod replay;
@@ -37,7 +38,8 @@ use tower::ServiceExt;
 use crate::backoff::Backoff;
 use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
-use pool::{AbortOnDrop, EndpointFactory, Picked, Pool};
+use manager::EndpointFactory;
+use pool::{AbortOnDrop, Picked, Pool};
 use replay::{REPLAY_LIMIT, Replay};
 use subchannel::ConnectPolicy;
 use unsent::unsent;
@@ -179,7 +181,7 @@ impl BalancerBuilder {
             backoff: self.backoff,
             min_connect_timeout: self.min_connect_timeout,
         };
-        let manager = tokio::spawn(pool::manage(
+        let manager = tokio::spawn(manager::manage(
             resolver.clone(),
             pool.clone(),
             factory,
