@@ -321,7 +321,10 @@ async fn send(
         };
         let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
         let error: tower::BoxError = match backend.channel.oneshot(request).await {
-            Ok(response) => return Ok(response),
+            Ok(response) => {
+                body.commit();
+                return Ok(response);
+            }
             Err(e) => e.into(),
         };
         let Some(why) = unsent(&*error) else {

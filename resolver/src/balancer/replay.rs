@@ -4,9 +4,10 @@
 //!
 //! The caller's body is pulled lazily, as the transport asks for it; each attempt gets an
 //! [`Attempt`] body that first replays what earlier attempts pulled, then continues pulling.
-//! Only the newest attempt may read: a superseded attempt's body fails. Once more than the limit
-//! has been pulled (a large or long-lived stream), the kept frames are dropped and the call can
-//! no longer be retried; it goes on unchanged.
+//! Only the newest attempt may read: a superseded attempt's body fails. Once the call has its
+//! response (it is committed, as gRPC says), or once more than the limit has been pulled (a
+//! large stream), nothing more is kept and the call can no longer be retried; it goes on
+//! unchanged.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,14 +38,27 @@ impl Kept {
 struct Shared {
     /// The caller's body; `None` once it ended or failed.
     source: Option<Body>,
-    /// Everything pulled from `source` so far, while `replayable`.
+    /// What was pulled from `source` and may have to be sent (again).
     kept: Vec<Kept>,
-    kept_bytes: usize,
-    /// False once the limit was passed or the source failed.
+    /// How many of `kept` the current attempt has sent.
+    pos: usize,
+    /// Bytes pulled from `source` so far.
+    pulled: usize,
+    /// Whether the call may still be sent again (pulled frames are kept): false once committed,
+    /// past the limit, or after the source failed.
     replayable: bool,
     /// The attempt allowed to read.
     current: u64,
     limit: usize,
+}
+
+impl Shared {
+    /// Stops keeping frames: drops those the current attempt already sent.
+    fn stop_keeping(&mut self) {
+        self.replayable = false;
+        self.kept.drain(..self.pos);
+        self.pos = 0;
+    }
 }
 
 /// The body of one call, shared by its attempts.
@@ -56,7 +70,8 @@ impl Replay {
         Replay(Arc::new(Mutex::new(Shared {
             source: Some(body),
             kept: Vec::new(),
-            kept_bytes: 0,
+            pos: 0,
+            pulled: 0,
             replayable: true,
             current: 0,
             limit,
@@ -74,7 +89,6 @@ impl Replay {
         Attempt {
             shared: self.clone(),
             id: self.lock().current,
-            pos: 0,
         }
     }
 
@@ -86,11 +100,17 @@ impl Replay {
             return None;
         }
         shared.current += 1;
+        shared.pos = 0;
         Some(Attempt {
             shared: self.clone(),
             id: shared.current,
-            pos: 0,
         })
+    }
+
+    /// The call got its response: it will not be sent again, so what the current attempt has
+    /// sent is dropped and nothing more is kept (a long stream holds no copy of its body).
+    pub(crate) fn commit(&self) {
+        self.lock().stop_keeping();
     }
 }
 
@@ -98,8 +118,6 @@ impl Replay {
 pub(crate) struct Attempt {
     shared: Replay,
     id: u64,
-    /// Frames of `kept` already sent by this attempt.
-    pos: usize,
 }
 
 impl http_body::Body for Attempt {
@@ -107,19 +125,21 @@ impl http_body::Body for Attempt {
     type Error = tonic::Status;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let this = &mut *self;
-        let mut shared = this.shared.lock();
-        if shared.current != this.id {
+        let mut shared = self.shared.lock();
+        if shared.current != self.id {
             return Poll::Ready(Some(Err(tonic::Status::cancelled(
                 "request body superseded by a retry of the call",
             ))));
         }
-        if shared.replayable && this.pos < shared.kept.len() {
-            let frame = shared.kept[this.pos].frame();
-            this.pos += 1;
+        if shared.pos < shared.kept.len() {
+            let frame = shared.kept[shared.pos].frame();
+            shared.pos += 1;
+            if !shared.replayable {
+                shared.stop_keeping();
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         let Some(source) = shared.source.as_mut() else {
@@ -134,24 +154,24 @@ impl http_body::Body for Attempt {
             }
             Poll::Ready(Some(Err(e))) => {
                 shared.source = None;
-                shared.replayable = false;
-                shared.kept = Vec::new();
+                shared.stop_keeping();
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    shared.pulled += data.len();
+                }
+                if shared.replayable && shared.pulled > shared.limit {
+                    shared.stop_keeping();
+                }
                 if shared.replayable {
-                    let kept = if let Some(data) = frame.data_ref() {
-                        shared.kept_bytes += data.len();
-                        Some(Kept::Data(data.clone()))
-                    } else {
-                        frame.trailers_ref().cloned().map(Kept::Trailers)
+                    let kept = match frame.data_ref() {
+                        Some(data) => Some(Kept::Data(data.clone())),
+                        None => frame.trailers_ref().cloned().map(Kept::Trailers),
                     };
-                    if shared.kept_bytes > shared.limit {
-                        shared.replayable = false;
-                        shared.kept = Vec::new();
-                    } else if let Some(kept) = kept {
+                    if let Some(kept) = kept {
                         shared.kept.push(kept);
-                        this.pos = shared.kept.len();
+                        shared.pos = shared.kept.len();
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -164,7 +184,7 @@ impl http_body::Body for Attempt {
         if shared.current != self.id {
             return false;
         }
-        if shared.replayable && self.pos < shared.kept.len() {
+        if shared.pos < shared.kept.len() {
             return false;
         }
         shared.source.as_ref().is_none_or(|s| s.is_end_stream())
@@ -224,6 +244,23 @@ mod tests {
         let replay = Replay::new(source(&["abc", "def"]), 5);
         let _unused = replay.first();
         assert_eq!(read(replay.again().unwrap()).await.unwrap(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_committed_call_keeps_nothing_but_still_sends_its_whole_body() {
+        let replay = Replay::new(source(&["ab", "cd", "ef"]), 1024);
+        let mut first = replay.first();
+        first.frame().await.unwrap().unwrap();
+        let mut second = replay.again().unwrap();
+        // Committed while the retry had replayed nothing yet: it still sends everything.
+        replay.commit();
+        assert!(replay.again().is_none());
+        assert_eq!(replay.lock().kept.len(), 1);
+        let frame = second.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ab");
+        assert!(replay.lock().kept.is_empty());
+        assert_eq!(read(second).await.unwrap(), "cdef");
+        assert!(replay.lock().kept.is_empty());
     }
 
     #[tokio::test]
