@@ -51,10 +51,15 @@ async fn load(balancer: Balancer, stop: Arc<AtomicBool>) -> Result<Vec<Call>> {
                 name: format!("sleep:{HOLD_MS}"),
             });
             request.set_timeout(Duration::from_secs(10));
-            let result = client
-                .say_hello(request)
-                .await
-                .map(|r| r.into_inner().backend);
+            // The reply must echo the request: a call sent again carries its body intact.
+            let result = client.say_hello(request).await.and_then(|r| {
+                let reply = r.into_inner();
+                if reply.message == format!("Hello sleep:{HOLD_MS}") {
+                    Ok(reply.backend)
+                } else {
+                    Err(tonic::Status::data_loss(format!("wrong reply {reply:?}")))
+                }
+            });
             Call { sent, result }
         });
         while let Some(done) = running.try_join_next() {

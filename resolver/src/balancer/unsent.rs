@@ -6,6 +6,11 @@
 //! stream: the call then fails without ever leaving the client. A stream that did leave but is
 //! numbered above the GOAWAY's last stream id, or is reset with `REFUSED_STREAM`, was not
 //! processed either (RFC 9113 §6.8, §8.7).
+//!
+//! One caveat, from hyper: it reports the same GOAWAY error for a stream it opened an instant
+//! before the GOAWAY was processed and then abandoned (a window of a few instructions between
+//! opening the stream and re-checking the connection). Such a stream is reset by the client but
+//! its headers may have reached the backend, which then sees a cancelled call.
 
 use std::error::Error as StdError;
 
