@@ -39,7 +39,11 @@ impl ReadyPool {
                 let port = 1 + i % usize::from(u16::MAX);
                 let channel =
                     Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
-                Ok(live(Picked { channel }))
+                Ok(live(Picked {
+                    addr: Arc::from(format!("127.0.0.1:{port}")),
+                    channel,
+                    alive: Arc::new(Liveness::new()),
+                }))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(ReadyPool(Pool::with_ready(entries)))

@@ -8,13 +8,19 @@
 //! - With no READY backend a call waits up to the configured time (and never past its own
 //!   `grpc-timeout`), then fails with `Unavailable`.
 //! - A backend removed from etcd leaves the picker at once; calls already sent to it finish.
+//! - A call that fails without having reached a backend's application (its connection got
+//!   GOAWAY or closed between the pick and the opening of the HTTP/2 stream, or the stream was
+//!   refused) is sent again to another backend, as gRPC's transparent retry does.
 
 #[doc(hidden)]
 pub mod bench;
 mod connector;
+mod manager;
 mod picker;
 mod pool;
+mod replay;
 mod subchannel;
+mod unsent;
 
 use std::fmt;
 use std::future::Future;
@@ -32,8 +38,11 @@ use tower::ServiceExt;
 use crate::backoff::Backoff;
 use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
-use pool::{AbortOnDrop, EndpointFactory, Picked, Pool};
+use manager::EndpointFactory;
+use pool::{AbortOnDrop, Picked, Pool};
+use replay::{REPLAY_LIMIT, Replay};
 use subchannel::ConnectPolicy;
+use unsent::unsent;
 
 /// Connectivity of one backend, as in gRPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,7 +188,7 @@ impl BalancerBuilder {
             backoff: self.backoff,
             min_connect_timeout: self.min_connect_timeout,
         };
-        let manager = tokio::spawn(pool::manage(
+        let manager = tokio::spawn(manager::manage(
             resolver.clone(),
             pool.clone(),
             factory,
@@ -282,34 +291,90 @@ impl tower::Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The first pick is made now, in call order, so that round-robin follows the calls.
         let picked = self.inner.pool.pick();
-        let inner = match picked {
-            Some(picked) => Box::pin(send(picked, request)) as BoxFuture<'static, _>,
-            None => {
-                let pool = self.inner.pool.clone();
-                let wait = grpc_timeout(request.headers()).map_or(self.inner.wait_for_ready, |t| {
-                    t.min(self.inner.wait_for_ready)
-                });
-                Box::pin(async move {
-                    let picked = wait_for_ready(&pool, wait).await?;
-                    send(picked, request).await
-                })
-            }
-        };
-        ResponseFuture { inner }
+        let wait = grpc_timeout(request.headers()).map_or(self.inner.wait_for_ready, |t| {
+            t.min(self.inner.wait_for_ready)
+        });
+        ResponseFuture {
+            inner: Box::pin(send(self.inner.pool.clone(), picked, wait, request)),
+        }
     }
 }
 
+/// How many times one call is sent again after failing without reaching a backend. Each such
+/// failure (but a refused stream) also takes its connection out of the picker, so retries land
+/// on other connections; the bound only guards against a backend that keeps refusing.
+const MAX_TRANSPARENT_RETRIES: usize = 8;
+
+/// Sends `request` to `picked` (or the first backend READY within `wait`); a call that fails
+/// without having reached the backend's application is sent again, to another backend when the
+/// failure took its connection out, waiting for one within what is left of `wait`.
 async fn send(
-    picked: Picked,
+    pool: Arc<Pool>,
+    mut picked: Option<Picked>,
+    wait: Duration,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
-    picked.channel.oneshot(request).await.map_err(Into::into)
+    let deadline = tokio::time::Instant::now() + wait;
+    let (parts, body) = request.into_parts();
+    let body = Replay::new(body, REPLAY_LIMIT);
+    let mut attempt = body.first();
+    let mut retries = 0;
+    loop {
+        let backend = match picked.take() {
+            Some(p) => p,
+            None => wait_until(&pool, deadline, wait).await?,
+        };
+        let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
+        let error: tower::BoxError = match backend.channel.oneshot(request).await {
+            Ok(response) => {
+                body.commit();
+                return Ok(response);
+            }
+            Err(e) => e.into(),
+        };
+        let Some(why) = unsent(&*error) else {
+            return Err(error);
+        };
+        if why.connection_unusable() {
+            backend.alive.kill("a call failed on it before being sent");
+        }
+        let next = (retries < MAX_TRANSPARENT_RETRIES)
+            .then(|| body.again())
+            .flatten();
+        let Some(next) = next else {
+            tracing::debug!(
+                addr = %backend.addr,
+                ?why,
+                retries,
+                "call failed before reaching the backend; not retried"
+            );
+            return Err(error);
+        };
+        retries += 1;
+        tracing::debug!(
+            addr = %backend.addr,
+            ?why,
+            error = %error,
+            "call failed before reaching the backend; sending it again"
+        );
+        attempt = next;
+    }
 }
 
 /// Waits until a backend can be picked, at most `wait`.
+#[cfg(test)]
 async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Picked, tower::BoxError> {
-    let deadline = tokio::time::Instant::now() + wait;
+    wait_until(pool, tokio::time::Instant::now() + wait, wait).await
+}
+
+/// Waits until a backend can be picked, at most until `deadline` (`wait` after the call began).
+async fn wait_until(
+    pool: &Pool,
+    deadline: tokio::time::Instant,
+    wait: Duration,
+) -> Result<Picked, tower::BoxError> {
     let mut pickers = pool.subscribe();
     loop {
         if let Some(picked) = pickers.borrow_and_update().pick().cloned() {

@@ -1,38 +1,39 @@
-//! The set of backend connections: one subchannel per distinct address of the resolver's
-//! snapshot, their connectivity states, and the picker rebuilt whenever the READY set changes.
+//! The set of backends, one entry per distinct address: its connectivity, its subchannel task
+//! and, while READY, its channel; plus the picker, rebuilt whenever the READY set changes.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::connector::Liveness;
 use super::picker::{PickEntry, Picker};
-use super::subchannel::{self, ConnectPolicy};
 use super::{BackendStatus, ConnectivityState};
-use crate::discovery::Resolver;
-
-/// Builds the tonic endpoint of an address (scheme, TLS and the user's settings).
-pub(crate) type EndpointFactory =
-    dyn Fn(&str) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
 
 /// A backend picked for one call.
 #[derive(Clone, Debug)]
 pub(crate) struct Picked {
+    pub(crate) addr: Arc<str>,
     pub(crate) channel: Channel,
+    /// The liveness of the channel's connection (cleared when it turns out unusable).
+    pub(crate) alive: Arc<Liveness>,
 }
 
+/// Everything known about one backend address.
 struct Entry {
     generation: u64,
     state: ConnectivityState,
     last_error: Option<String>,
     ready: Option<PickEntry<Picked>>,
+    /// The subchannel task keeping it connected; `None` while starting, or if its endpoint
+    /// could not be configured. Dropping the entry aborts it.
+    task: Option<AbortOnDrop>,
 }
 
-/// Connectivity of every backend and the current picker, shared by the subchannel tasks, the
-/// manager task and the balancer handles.
+/// Every backend (its connectivity and its subchannel task) and the current picker, shared by
+/// the subchannels (through their [`Sink`]), the manager task and the balancer handles.
 pub(crate) struct Pool {
     table: Mutex<BTreeMap<Arc<str>, Entry>>,
     picker: watch::Sender<Arc<Picker<Picked>>>,
@@ -85,7 +86,7 @@ impl Pool {
             .collect()
     }
 
-    pub(crate) fn set_state(
+    fn set_state(
         &self,
         addr: &str,
         generation: u64,
@@ -108,52 +109,77 @@ impl Pool {
         }
     }
 
-    pub(crate) fn set_ready(
-        &self,
-        addr: &str,
-        generation: u64,
-        channel: Channel,
-        alive: Arc<Liveness>,
-    ) {
+    fn set_ready(&self, addr: &str, generation: u64, channel: Channel, alive: Arc<Liveness>) {
         let mut table = self.table();
-        let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {
+        let Some((addr, entry)) = table
+            .get_key_value(addr)
+            .filter(|(_, e)| e.generation == generation)
+            .map(|(a, _)| a.clone())
+            .and_then(|a| table.get_mut(&a).map(|e| (a, e)))
+        else {
             return;
         };
         entry.state = ConnectivityState::Ready;
         entry.last_error = None;
         entry.ready = Some(PickEntry {
-            value: Picked { channel },
+            value: Picked {
+                addr,
+                channel,
+                alive: alive.clone(),
+            },
             alive,
         });
         self.rebuild(&table);
     }
 
-    fn insert(&self, addr: Arc<str>, generation: u64) {
-        self.table().insert(
-            addr,
+    /// The addresses of every backend.
+    pub(crate) fn addrs(&self) -> Vec<Arc<str>> {
+        self.table().keys().cloned().collect()
+    }
+
+    /// Adds (or replaces) the backend `addr` as IDLE under `generation`; its reporting sink.
+    pub(crate) fn add(self: &Arc<Self>, addr: Arc<str>, generation: u64) -> Sink {
+        let replaced = self.table().insert(
+            addr.clone(),
             Entry {
                 generation,
                 state: ConnectivityState::Idle,
                 last_error: None,
                 ready: None,
+                task: None,
             },
         );
-    }
-
-    fn set_failed(&self, addr: &str, error: String) {
-        if let Some(entry) = self.table().get_mut(addr) {
-            entry.state = ConnectivityState::TransientFailure;
-            entry.last_error = Some(error);
+        drop(replaced);
+        Sink {
+            pool: Arc::downgrade(self),
+            addr,
+            generation,
         }
     }
 
-    fn remove(&self, addr: &str) {
+    /// Gives the backend of `sink` its subchannel task (aborted if the backend is gone).
+    pub(crate) fn attach(&self, sink: &Sink, task: AbortOnDrop) {
         let mut table = self.table();
-        if let Some(entry) = table.remove(addr)
-            && entry.ready.is_some()
+        if let Some(entry) = table
+            .get_mut(&*sink.addr)
+            .filter(|e| e.generation == sink.generation)
         {
-            self.rebuild(&table);
+            entry.task = Some(task);
         }
+    }
+
+    /// Removes a backend: out of the picker at once, its subchannel task aborted. Calls already
+    /// sent on its channel keep their own handle to it and finish.
+    pub(crate) fn remove(&self, addr: &str) {
+        let removed = {
+            let mut table = self.table();
+            let removed = table.remove(addr);
+            if removed.as_ref().is_some_and(|e| e.ready.is_some()) {
+                self.rebuild(&table);
+            }
+            removed
+        };
+        drop(removed);
     }
 
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
@@ -173,56 +199,86 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keeps one subchannel per distinct address of the resolver's snapshots, until aborted.
-pub(crate) async fn manage(
-    resolver: Resolver,
-    pool: Arc<Pool>,
-    factory: Arc<EndpointFactory>,
-    policy: ConnectPolicy,
-) {
-    let mut snapshots = resolver.subscribe();
-    let mut subchannels: HashMap<Arc<str>, Option<AbortOnDrop>> = HashMap::new();
-    let mut generation = 0u64;
-    loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        let desired = snapshot.addrs();
-        let removed: Vec<Arc<str>> = subchannels
-            .keys()
-            .filter(|a| !desired.contains(&***a))
-            .cloned()
-            .collect();
-        for addr in removed {
-            tracing::info!(%addr, "backend removed");
-            // Out of the picker first; in-flight calls keep their channel and finish.
-            pool.remove(&addr);
-            subchannels.remove(&addr);
+/// Where one subchannel reports its connectivity: its pool entry, named by address and
+/// generation, so that a stale subchannel of a removed address cannot touch a newer entry.
+///
+/// It holds the pool weakly: the pool owns the subchannel tasks, and dropping the pool (with
+/// the last balancer handle) must abort them.
+#[derive(Clone, Debug)]
+pub(crate) struct Sink {
+    pool: Weak<Pool>,
+    addr: Arc<str>,
+    generation: u64,
+}
+
+impl Sink {
+    /// The backend's `host:port`.
+    pub(crate) fn addr(&self) -> &Arc<str> {
+        &self.addr
+    }
+
+    /// Reports a state other than READY (and why the last attempt failed, if it did).
+    pub(crate) fn state(&self, state: ConnectivityState, error: Option<String>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.set_state(&self.addr, self.generation, state, error);
         }
-        for addr in desired {
-            if subchannels.contains_key(addr) {
-                continue;
+    }
+
+    /// Reports READY: calls may be sent on `channel` while `alive` holds.
+    pub(crate) fn ready(&self, channel: Channel, alive: Arc<Liveness>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.set_ready(&self.addr, self.generation, channel, alive);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_sink_cannot_touch_a_newer_entry() {
+        let pool = Arc::new(Pool::new());
+        let old = pool.add(Arc::from("127.0.0.1:1"), 1);
+        let new = pool.add(Arc::from("127.0.0.1:1"), 2);
+        old.state(ConnectivityState::TransientFailure, Some("old".into()));
+        assert_eq!(pool.statuses()[0].state, ConnectivityState::Idle);
+        new.state(ConnectivityState::Connecting, None);
+        assert_eq!(pool.statuses()[0].state, ConnectivityState::Connecting);
+        pool.remove("127.0.0.1:1");
+        new.state(ConnectivityState::Connecting, None);
+        assert!(pool.statuses().is_empty());
+    }
+
+    #[tokio::test]
+    async fn removing_a_backend_or_dropping_the_pool_aborts_its_task() {
+        let pool = Arc::new(Pool::new());
+        let mut handles = Vec::new();
+        for (i, addr) in ["127.0.0.1:1", "127.0.0.1:2"].into_iter().enumerate() {
+            let sink = pool.add(Arc::from(addr), i as u64);
+            // The task holds its sink, as a subchannel does: it must not keep the pool alive.
+            let reporter = sink.clone();
+            let task = tokio::spawn(async move {
+                let _sink = reporter;
+                std::future::pending::<()>().await
+            });
+            handles.push(task.abort_handle());
+            pool.attach(&sink, AbortOnDrop(task));
+        }
+        pool.remove("127.0.0.1:1");
+        finished(&handles[0]).await;
+        assert!(!handles[1].is_finished());
+        drop(pool);
+        finished(&handles[1]).await;
+    }
+
+    async fn finished(task: &tokio::task::AbortHandle) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !task.is_finished() {
+                tokio::task::yield_now().await;
             }
-            generation += 1;
-            let addr: Arc<str> = Arc::from(addr);
-            tracing::info!(%addr, "backend added");
-            pool.insert(addr.clone(), generation);
-            let task = match factory(&addr) {
-                Ok(endpoint) => Some(AbortOnDrop(tokio::spawn(subchannel::run(
-                    addr.clone(),
-                    generation,
-                    endpoint,
-                    policy,
-                    pool.clone(),
-                )))),
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot configure backend endpoint");
-                    pool.set_failed(&addr, format!("endpoint configuration: {e}"));
-                    None
-                }
-            };
-            subchannels.insert(addr, task);
-        }
-        if snapshots.changed().await.is_err() {
-            return;
-        }
+        })
+        .await
+        .expect("the task was not aborted");
     }
 }

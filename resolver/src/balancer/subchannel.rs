@@ -6,7 +6,6 @@
 //! `max(backoff window, min_connect_timeout)`; the next one starts when the window ends; the
 //! window grows ×multiplier with jitter up to its maximum and resets once connected.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,7 +13,7 @@ use tonic::transport::Endpoint;
 
 use super::ConnectivityState;
 use super::connector::{OneShotConnector, TcpSettings};
-use super::pool::Pool;
+use super::pool::Sink;
 use crate::backoff::{Backoff, BackoffState};
 
 /// When and how long to try connecting.
@@ -24,21 +23,17 @@ pub(crate) struct ConnectPolicy {
     pub(crate) min_connect_timeout: Duration,
 }
 
-/// Runs the connection of `addr` through `endpoint` until aborted by the pool.
-pub(crate) async fn run(
-    addr: Arc<str>,
-    generation: u64,
-    endpoint: Endpoint,
-    policy: ConnectPolicy,
-    pool: Arc<Pool>,
-) {
+/// Runs the connection of one backend through `endpoint`, reporting to `sink`, until aborted
+/// by the pool.
+pub(crate) async fn run(endpoint: Endpoint, policy: ConnectPolicy, sink: Sink) {
+    let addr = sink.addr().clone();
     let tcp = TcpSettings::from_endpoint(&endpoint);
     // Under TLS the HTTP/2 frames cannot be read off the socket.
     let plaintext = endpoint.uri().scheme_str() != Some("https");
     let mut backoff = BackoffState::new(policy.backoff);
     let mut window_end = Instant::now() + backoff.current();
     loop {
-        pool.set_state(&addr, generation, ConnectivityState::Connecting, None);
+        sink.state(ConnectivityState::Connecting, None);
         let timeout = window_end
             .saturating_duration_since(Instant::now())
             .max(policy.min_connect_timeout);
@@ -49,10 +44,10 @@ pub(crate) async fn run(
                     let ready_at = Instant::now();
                     backoff.reset();
                     tracing::debug!(%addr, "backend connected");
-                    pool.set_ready(&addr, generation, channel, live.clone());
+                    sink.ready(channel, live.clone());
                     live.gone().await;
                     tracing::info!(%addr, "backend connection lost or draining; reconnecting");
-                    pool.set_state(&addr, generation, ConnectivityState::Idle, None);
+                    sink.state(ConnectivityState::Idle, None);
                     // A connection that dies right after connecting must not make us redial in a
                     // tight loop: space attempts by at least the initial backoff.
                     let earliest = ready_at + backoff.current();
@@ -64,12 +59,7 @@ pub(crate) async fn run(
                 Err(_) => format!("connect timed out after {timeout:?}"),
             };
         tracing::debug!(%addr, %error, "backend connection attempt failed");
-        pool.set_state(
-            &addr,
-            generation,
-            ConnectivityState::TransientFailure,
-            Some(error),
-        );
+        sink.state(ConnectivityState::TransientFailure, Some(error));
         tokio::time::sleep_until(window_end).await;
         window_end = Instant::now() + backoff.next_window();
     }
