@@ -147,6 +147,8 @@ func main() {
 		err = list(cli, *target)
 	case "write":
 		err = write(cli, *target, *in)
+	case "follow":
+		err = follow(cli, *target, *authority, *duration)
 	case "bench":
 		err = bench(cli, *target, *authority, *expect, *concurrency, *warmup, *duration, *limit)
 	default:
@@ -155,6 +157,33 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+}
+
+// follow calls the target every 20 ms for duration (each call waits at most 1 s) and prints one
+// line per call, "<unix ms> OK <backend>" or "<unix ms> ERR <error>", for a test to read while it
+// changes etcd underneath.
+func follow(cli *clientv3.Client, target, authority string, duration time.Duration) error {
+	conn, err := dial(cli, target, authority)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	out := bufio.NewWriter(os.Stdout)
+	deadline := time.Now().Add(duration)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		var reply helloReply
+		err := conn.Invoke(ctx, sayHello, &helloRequest{Name: "follow"}, &reply)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(out, "%d ERR %v\n", time.Now().UnixMilli(), err)
+		} else {
+			fmt.Fprintf(out, "%d OK %s\n", time.Now().UnixMilli(), reply.Backend)
+		}
+		out.Flush()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
 }
 
 func fail(err error) {
