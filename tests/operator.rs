@@ -1,4 +1,4 @@
-//! The operator against a real kube-apiserver and a real etcd: each behaviour of DESIGN.md §2–§5,
+//! The operator against a real kube-apiserver and a real etcd: each behaviour of the README contract (resource, endpoints, etcd layout, leases and writes),
 //! asserted on the exact keys and values in etcd and on the registration's status.
 
 mod support;

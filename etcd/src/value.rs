@@ -11,7 +11,7 @@
 //!
 //! - fields in the order `Op`, `Addr`, `Metadata`; `Op` is always `0` (an add; removal is a
 //!   deletion of the key, never `"Op":1`);
-//! - `Metadata` is `null` when there is none, *and* when the map is empty (DESIGN: "null when
+//! - `Metadata` is `null` when there is none, *and* when the map is empty (the contract: "null when
 //!   there is nothing");
 //! - object keys are sorted by their UTF-8 bytes at every depth, like Go sorts map keys;
 //! - strings are escaped like Go's default (HTML-safe) encoder: `"` `\\` `\b` `\f` `\n` `\r`

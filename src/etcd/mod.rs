@@ -1,6 +1,6 @@
 //! The operator's etcd writer: it makes etcd hold exactly the desired endpoint keys under the
 //! operator's prefix, and keeps it so through etcd restarts, data loss, lease expiry and hand
-//! edits (DESIGN §4-§5).
+//! edits (see `docs/architecture.md`).
 //!
 //! The controller publishes the whole desired state as a [`Desired`] on a `watch` channel;
 //! [`spawn_writer`] starts a task that claims the prefix ([`owner`]), writes under one lease per
