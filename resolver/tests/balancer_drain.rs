@@ -1,7 +1,7 @@
 //! Backends leaving under load: several keys deleted from etcd in one revision while the same
 //! backends' servers drain (GOAWAY) at that instant, with calls in flight on them and new calls
-//! arriving about every millisecond. The contract (docs/architecture.md): a removed or draining backend finishes its
-//! in-flight calls and new calls go elsewhere, so no call may fail.
+//! arriving about every millisecond. The contract (docs/architecture.md): a removed or draining
+//! backend finishes its in-flight calls and new calls go elsewhere, so no call may fail.
 
 mod common;
 
