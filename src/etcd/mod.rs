@@ -23,6 +23,7 @@ mod lease;
 mod owner;
 pub mod plan;
 mod prefix;
+mod reachable;
 mod stats;
 pub mod value;
 mod writer;
