@@ -76,6 +76,7 @@ mod balancer;
 mod connect;
 mod discovery;
 mod error;
+pub mod members;
 mod registration;
 pub mod value;
 
