@@ -8,6 +8,8 @@
 //!   discovery read etcd through it, so a recovery path exists once, for both.
 //! - [`value`]: the key and the value of an endpoint, exactly as Go's naming library writes
 //!   them (one encoder for the operator and the resolver).
+//! - [`members`]: an etcd client whose balanced endpoint set a guard keeps free of dead or
+//!   frozen members (etcd-client alone keeps sending requests to a dead member).
 //! - [`EtcdError`] and [`timed`]: what went wrong talking to etcd, with the operation named.
 //!
 //! See `docs/architecture.md` for where this sits in the data path.
@@ -16,6 +18,7 @@
 
 mod error;
 mod history;
+pub mod members;
 mod reflector;
 pub mod value;
 

@@ -1,6 +1,7 @@
 //! Building an etcd client from the usual settings: several endpoints, TLS (CA, client
 //! certificate and key, server name) and user/password, with keepalive defaults that let a
-//! watch notice a dead etcd member.
+//! watch notice a dead etcd member, and a guard that keeps dead or frozen members out of the
+//! client's balanced endpoint set ([`registrar_etcd::members`]).
 
 use std::fmt;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::error::Error;
+use registrar_etcd::members::{self, MemberHealth, ProbeSettings};
 
 /// etcd connection settings; [`options`](Self::options) gives the
 /// [`etcd_client::ConnectOptions`], [`connect`](Self::connect) a client.
@@ -34,6 +36,7 @@ pub struct EtcdConnect {
     connect_timeout: Duration,
     keep_alive: Option<(Duration, Duration)>,
     request_timeout: Option<Duration>,
+    member_probe: Option<ProbeSettings>,
 }
 
 impl fmt::Debug for EtcdConnect {
@@ -47,6 +50,7 @@ impl fmt::Debug for EtcdConnect {
             .field("connect_timeout", &self.connect_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("request_timeout", &self.request_timeout)
+            .field("member_probe", &self.member_probe)
             .finish()
     }
 }
@@ -54,7 +58,8 @@ impl fmt::Debug for EtcdConnect {
 impl EtcdConnect {
     /// Settings for the given endpoints (`http://host:port`, `https://host:port`, or
     /// `host:port`, which gets `https://` when TLS is configured). Defaults: 5 s connect timeout,
-    /// HTTP/2 keepalive every 10 s with a 5 s timeout, no per-request timeout.
+    /// HTTP/2 keepalive every 10 s with a 5 s timeout, no per-request timeout, members probed
+    /// with [`ProbeSettings::default`].
     pub fn new<I, S>(endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -69,6 +74,7 @@ impl EtcdConnect {
             connect_timeout: Duration::from_secs(5),
             keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
             request_timeout: None,
+            member_probe: Some(ProbeSettings::default()),
         }
     }
 
@@ -134,6 +140,13 @@ impl EtcdConnect {
         self
     }
 
+    /// How the members are probed to keep dead or frozen ones out of the balanced set
+    /// ([`registrar_etcd::members`]); `None` balances over all endpoints blindly, as etcd-client does.
+    pub fn member_probe(mut self, probe: Option<ProbeSettings>) -> Self {
+        self.member_probe = probe;
+        self
+    }
+
     /// The endpoints.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
@@ -174,8 +187,16 @@ impl EtcdConnect {
         options
     }
 
-    /// Checks the settings and connects (authenticating when a user is set).
+    /// Checks the settings and connects (authenticating when a user is set). Unless
+    /// [`member_probe`](Self::member_probe) is `None`, a background task keeps unhealthy members
+    /// out of the client's balanced set for as long as a clone of the client lives.
     pub async fn connect(&self) -> Result<Client, Error> {
+        Ok(self.connect_with_health().await?.0)
+    }
+
+    /// Like [`connect`](Self::connect), also returning a view of the members' health (`None`
+    /// when member probing is off).
+    pub async fn connect_with_health(&self) -> Result<(Client, Option<MemberHealth>), Error> {
         if self.endpoints.is_empty() {
             return Err(Error::Config("no etcd endpoints".into()));
         }
@@ -186,7 +207,17 @@ impl EtcdConnect {
                 "TLS is configured but endpoint {plain} is http://"
             )));
         }
-        Ok(Client::connect(&self.endpoints, Some(self.options())).await?)
+        Ok(match self.member_probe {
+            Some(probe) => {
+                let (client, health) =
+                    members::connect(&self.endpoints, self.options(), probe).await?;
+                (client, Some(health))
+            }
+            None => (
+                Client::connect(&self.endpoints, Some(self.options())).await?,
+                None,
+            ),
+        })
     }
 }
 

@@ -14,7 +14,8 @@
 //!   backoff for failing ones, bounded wait then `Unavailable` when none is ready.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
-//! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password.
+//! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password; its
+//!   [`members`] guard keeps dead or frozen etcd members out of the client's balanced set.
 //!
 //! # Example
 //!
@@ -76,6 +77,7 @@ mod balancer;
 mod connect;
 mod discovery;
 mod error;
+pub use registrar_etcd::members;
 mod registration;
 pub mod value;
 

@@ -22,6 +22,7 @@ mod known;
 mod lease;
 mod owner;
 pub mod plan;
+mod reachable;
 mod stats;
 mod writer;
 

@@ -28,6 +28,7 @@ use super::lease::{KeepaliveTiming, Lease, LeaseHealth};
 use super::owner::{self, Claim};
 use super::plan::KnownKv;
 use super::plan::{self, Op};
+use super::reachable;
 use super::stats::WriterStats;
 use super::{Desired, WriterState};
 
@@ -126,6 +127,8 @@ impl Writer {
             if *self.shutdown.borrow() {
                 break;
             }
+            // Whether the wait may end early as soon as etcd answers a probe.
+            let mut probe = false;
             let delay = match self.session(&mut backoff).await {
                 End::Shutdown => break,
                 End::OwnedElsewhere(owner) => {
@@ -146,13 +149,14 @@ impl Writer {
                 }
                 End::Failed(e) => {
                     tracing::warn!(error = %e, "etcd unavailable, retrying");
+                    probe = reachable::is_unreachable(&e);
                     self.set_state(WriterState::EtcdUnavailable {
                         reason: e.to_string(),
                     });
                     backoff.next_delay()
                 }
             };
-            if self.sleep_or_shutdown(delay).await {
+            if self.sleep_or_shutdown(delay, probe).await {
                 break;
             }
         }
@@ -164,10 +168,24 @@ impl Writer {
         }
     }
 
-    /// Sleeps for `d`; true if shutdown was asked meanwhile.
-    async fn sleep_or_shutdown(&mut self, d: Duration) -> bool {
+    /// Sleeps for `d`, or with `probe` only until etcd answers a probe (see [`reachable`]);
+    /// true if shutdown was asked meanwhile.
+    async fn sleep_or_shutdown(&mut self, d: Duration, probe: bool) -> bool {
+        let (kv, key, timeout) = (
+            self.kv.clone(),
+            self.owner_key.clone(),
+            self.cfg.request_timeout,
+        );
+        let answered = async move {
+            if probe {
+                reachable::until_etcd_answers(kv, key, timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let asked = tokio::select! {
             () = tokio::time::sleep(d) => false,
+            () = answered => false,
             // Err: the sender is gone, which also means stop.
             _ = self.shutdown.wait_for(|s| *s) => true,
         };

@@ -3,6 +3,8 @@
 //! by the tests themselves on loopback, envtest-style.
 //!
 //! - [`Etcd`]: etcd on random free ports in a temp data dir; stop/restart/wipe for fault tests.
+//! - [`EtcdCluster`]: a multi-member etcd (3 by default) whose members can be killed, stopped,
+//!   frozen and restarted.
 //! - [`ControlPlane`]: etcd + kube-apiserver with TLS, an admin client certificate, RBAC and
 //!   service-account keys; the project's CRDs (`crds/`) installed and established.
 //! - [`Cluster`]: a control plane plus controllers and kwok; pod IPs are in 127.0.0.0/8.
@@ -14,6 +16,7 @@
 mod cluster;
 mod control_plane;
 mod etcd;
+mod etcd_cluster;
 mod go;
 pub mod greeter;
 mod pki;
@@ -26,6 +29,7 @@ use std::time::Duration;
 pub use cluster::{Cluster, node_pod_cidr};
 pub use control_plane::{ControlPlane, client_from_kubeconfig};
 pub use etcd::{Etcd, EtcdOptions, EtcdTls};
+pub use etcd_cluster::EtcdCluster;
 pub use go::go_build;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
