@@ -4,11 +4,13 @@
 //! whatever the watch shows drifting.
 //!
 //! A failed session ends in `EtcdUnavailable` and is retried after a capped exponential backoff
-//! with jitter, forever. What survives between sessions: the lease (unless etcd says it is
-//! lost) and the known state with its revision, so a broken watch resumes at the next revision
-//! instead of listing again. The known state is dropped (and the prefix listed again) when the
-//! watch reports compaction, when the lease is lost, and when etcd's revision went backwards
-//! (its data was wiped or restored from a backup).
+//! with jitter, forever; when etcd could not be reached, the wait ends as soon as a probe finds
+//! it answering again (`reachable.rs`), so publishing resumes within a probe interval of etcd's
+//! return. What survives between sessions: the lease (unless etcd says it is lost) and the
+//! known state with its revision, so a broken watch resumes at the next revision instead of
+//! listing again. The prefix is read through the shared [`Reflector`], which lists again when
+//! the watch reports compaction or when etcd's history went back (its data was wiped or
+//! restored from a backup); the known state is also dropped when the lease is lost.
 
 use etcd_client::{Client, KvClient, PutOptions, Txn, TxnOp};
 use registrar_etcd::{Reflector, Update};

@@ -21,6 +21,7 @@ mod go;
 pub mod greeter;
 mod pki;
 mod process;
+mod proxy;
 mod tools;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub use etcd_cluster::EtcdCluster;
 pub use go::go_build;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
+pub use proxy::DelayProxy;
 pub use tools::{run_tool, tool, workspace_root};
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `deadline` with a message that
