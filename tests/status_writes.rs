@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use registrar::crd::ServiceRegistration;
+use registrar_testenv::DelayProxy;
 use registrar_testenv::poll;
 use serde_json::json;
-use support::proxy::{DelayProxy, kubeconfig_via};
+use support::proxy::kubeconfig_via;
 use support::*;
 
 /// `(readyEndpoints, endpoints)` of the registration as the API server shows it.

@@ -1,6 +1,4 @@
-//! Test-only proxy helpers: the proxy itself lives in the test ground.
-
-pub use registrar_testenv::DelayProxy;
+//! Pointing an API client at a proxy (the proxy itself, `DelayProxy`, is in the test ground).
 
 /// A copy of `kubeconfig` (in `dir`) whose server URL points at `port` instead of the API
 /// server's `api_port`.
