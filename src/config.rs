@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use registrar_etcd::EtcdConnect;
 
 /// Registrar mirrors the ready endpoints of ServiceRegistrations into etcd.
 #[derive(Debug, Parser)]
@@ -226,19 +226,17 @@ impl RunArgs {
             .unwrap_or_else(|| "default".to_string())
     }
 
-    /// etcd connect options from the TLS and auth flags (reads the files now, so a missing
-    /// file fails at start).
-    pub fn etcd_connect_options(&self) -> Result<ConnectOptions, ConfigError> {
+    /// The etcd connection from the endpoint, TLS and auth flags (reads the files now, so a
+    /// missing file fails at start). The shared builder's timeout policy applies: no deadline on
+    /// the channel; every unary request is timed by its caller, streams never.
+    pub fn etcd_connect(&self) -> Result<EtcdConnect, ConfigError> {
         if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err(ConfigError::Invalid {
                 flag: "--etcd-endpoints",
                 reason: "at least one endpoint is required".into(),
             });
         }
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let mut connect = EtcdConnect::new(&self.etcd_endpoints);
         let password = match (&self.etcd_password_file, &self.etcd_password) {
             (Some(path), _) => {
                 let bytes = read("--etcd-password-file", path)?;
@@ -252,7 +250,7 @@ impl RunArgs {
             (None, None) => None,
         };
         match (&self.etcd_username, password) {
-            (Some(user), Some(password)) => opts = opts.with_user(user.clone(), password),
+            (Some(user), Some(password)) => connect = connect.user(user.clone(), password),
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {
                     flag: "--etcd-username",
@@ -279,22 +277,20 @@ impl RunArgs {
                     reason: format!("{e} is http:// but TLS is configured; use https://"),
                 });
             }
-            let mut tls = TlsOptions::new();
             if let Some(ca) = &self.etcd_ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-ca-file", ca)?));
+                connect = connect.ca_pem(read("--etcd-ca-file", ca)?);
             }
             if let (Some(cert), Some(key)) = (&self.etcd_cert_file, &self.etcd_key_file) {
-                tls = tls.identity(Identity::from_pem(
+                connect = connect.identity_pem(
                     read("--etcd-cert-file", cert)?,
                     read("--etcd-key-file", key)?,
-                ));
+                );
             }
             if let Some(name) = &self.etcd_tls_server_name {
-                tls = tls.domain_name(name.clone());
+                connect = connect.domain_name(name.clone());
             }
-            opts = opts.with_tls(tls);
         }
-        Ok(opts)
+        Ok(connect)
     }
 }
 
@@ -340,14 +336,14 @@ mod tests {
     fn password_is_never_printed() {
         let a = parse(&["--etcd-username", "u", "--etcd-password", "hunter2"]).unwrap();
         assert!(!format!("{a:?}").contains("hunter2"));
-        assert!(a.etcd_connect_options().is_ok());
+        assert!(a.etcd_connect().is_ok());
     }
 
     #[test]
     fn auth_and_tls_errors_name_the_flag() {
         let a = parse(&["--etcd-username", "u"]).unwrap();
         assert!(
-            a.etcd_connect_options()
+            a.etcd_connect()
                 .unwrap_err()
                 .to_string()
                 .starts_with("--etcd-username")
@@ -360,14 +356,14 @@ mod tests {
         ])
         .unwrap();
         assert!(
-            a.etcd_connect_options()
+            a.etcd_connect()
                 .unwrap_err()
                 .to_string()
                 .starts_with("--etcd-ca-file")
         );
         let a = parse(&["--etcd-ca-file", "/nonexistent/ca.pem"]).unwrap();
         assert!(
-            a.etcd_connect_options()
+            a.etcd_connect()
                 .unwrap_err()
                 .to_string()
                 .starts_with("--etcd-endpoints")

@@ -88,25 +88,25 @@ fn connect_etcd(
     args: &RunArgs,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
-    let options = args.etcd_connect_options()?;
+    let connect = args.etcd_connect()?.member_probe(Some(MEMBER_PROBE));
     let endpoints = args.etcd_endpoints.clone();
     let username = args.etcd_username.clone();
     let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(15),
-                members::connect(&endpoints, options.clone(), MEMBER_PROBE),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(15), connect.connect_with_health()).await;
             let error = match attempt {
                 Ok(Ok((client, _health))) => {
                     tracing::info!(endpoints = ?endpoints, "connected to etcd");
                     let _ = tx.send(EtcdConnection::Connected(Box::new(client)));
                     return;
                 }
-                Ok(Err(e)) => explain_connect_error(&e, username.as_deref()),
+                Ok(Err(registrar_etcd::ConnectError::Etcd(e))) => {
+                    explain_connect_error(&e, username.as_deref())
+                }
+                Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out connecting to etcd".to_string(),
             };
             tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
@@ -138,7 +138,7 @@ fn explain_connect_error(e: &etcd_client::Error, username: Option<&str>) -> Stri
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Configuration errors first: they must fail at start, naming the flag.
-    args.etcd_connect_options()?;
+    args.etcd_connect()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -1,7 +1,28 @@
 //! Errors of talking to etcd. None of them is fatal for a long-running loop: callers report
 //! them and retry with backoff.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Why an etcd client could not be built or connected ([`EtcdConnect`](crate::EtcdConnect)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// A file (certificate, key) could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Invalid settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// etcd could not be reached or refused the connection (e.g. wrong credentials).
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
 
 /// Why one attempt to talk to etcd failed.
 #[derive(Debug, thiserror::Error)]

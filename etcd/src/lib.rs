@@ -8,6 +8,10 @@
 //!   discovery read etcd through it, so a recovery path exists once, for both.
 //! - [`value`]: the key and the value of an endpoint, exactly as Go's naming library writes
 //!   them (one encoder for the operator and the resolver).
+//! - [`EtcdConnect`]: one builder of etcd clients (endpoints, TLS, user, keepalive, member
+//!   guard) for both, with one timeout policy: unary requests get deadlines from their callers
+//!   ([`timed`]); watch and keepalive streams never have one (they may stay idle as long as
+//!   nothing changes), and HTTP/2 keepalives detect a dead connection under them.
 //! - [`members`]: an etcd client whose balanced endpoint set a guard keeps free of dead or
 //!   frozen members (etcd-client alone keeps sending requests to a dead member).
 //! - [`EtcdError`] and [`timed`]: what went wrong talking to etcd, with the operation named.
@@ -16,12 +20,14 @@
 
 #![deny(missing_docs)]
 
+mod connect;
 mod error;
 mod history;
 pub mod members;
 mod reflector;
 pub mod value;
 
-pub use error::{EtcdError, is_lease_not_found, timed};
+pub use connect::EtcdConnect;
+pub use error::{ConnectError, EtcdError, is_lease_not_found, timed};
 pub use history::{History, HistoryCheck};
 pub use reflector::{Kv, KvEvent, ListReason, Reflector, ReflectorBuilder, Update, range_end};

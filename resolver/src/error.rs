@@ -55,6 +55,17 @@ pub enum Error {
     EtcdOther(String),
 }
 
+impl From<registrar_etcd::ConnectError> for Error {
+    fn from(e: registrar_etcd::ConnectError) -> Self {
+        match e {
+            registrar_etcd::ConnectError::Io { path, source } => Error::Io { path, source },
+            registrar_etcd::ConnectError::Config(reason) => Error::Config(reason),
+            registrar_etcd::ConnectError::Etcd(e) => Error::Etcd(e),
+            other => Error::EtcdOther(other.to_string()),
+        }
+    }
+}
+
 impl From<registrar_etcd::EtcdError> for Error {
     fn from(e: registrar_etcd::EtcdError) -> Self {
         match e {

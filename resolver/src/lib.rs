@@ -74,7 +74,6 @@
 
 mod backoff;
 mod balancer;
-mod connect;
 mod discovery;
 mod error;
 pub use registrar_etcd::members;
@@ -85,9 +84,9 @@ pub use backoff::Backoff;
 #[doc(hidden)]
 pub use balancer::bench as __bench;
 pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
-pub use connect::EtcdConnect;
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use error::Error;
+pub use registrar_etcd::EtcdConnect;
 pub use registration::{Registration, RegistrationBuilder, SharedLease, SharedLeaseBuilder};
 pub use value::{Endpoint, Metadata};
 

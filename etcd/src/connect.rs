@@ -1,7 +1,7 @@
 //! Building an etcd client from the usual settings: several endpoints, TLS (CA, client
 //! certificate and key, server name) and user/password, with keepalive defaults that let a
 //! watch notice a dead etcd member, and a guard that keeps dead or frozen members out of the
-//! client's balanced endpoint set ([`registrar_etcd::members`]).
+//! client's balanced endpoint set ([`crate::members`]).
 
 use std::fmt;
 use std::path::Path;
@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
-use crate::error::Error;
-use registrar_etcd::members::{self, MemberHealth, ProbeSettings};
+use crate::error::ConnectError as Error;
+use crate::members::{self, MemberHealth, ProbeSettings};
 
 /// etcd connection settings; [`options`](Self::options) gives the
 /// [`etcd_client::ConnectOptions`], [`connect`](Self::connect) a client.
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), registrar_resolver::Error> {
-/// use registrar_resolver::EtcdConnect;
+/// # async fn f() -> Result<(), registrar_etcd::ConnectError> {
+/// use registrar_etcd::EtcdConnect;
 /// let client = EtcdConnect::new(["https://192.0.2.11:2379", "https://192.0.2.12:2379"])
 ///     .ca_file("/etc/etcd/ca.crt")?
 ///     .identity_files("/etc/etcd/client.crt", "/etc/etcd/client.key")?
@@ -133,15 +133,17 @@ impl EtcdConnect {
         self
     }
 
-    /// A timeout applied to every etcd request (unset by default: it would also cut watches and
-    /// keepalive streams).
+    /// A deadline for the answer to each etcd request. Unset by default: the readers and
+    /// writers of this project put their own deadline on each unary request. It bounds only the
+    /// wait for a response to start, so it never cuts an open stream: a watch idle for longer
+    /// stays up (`etcd/tests/connect.rs`).
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
         self
     }
 
     /// How the members are probed to keep dead or frozen ones out of the balanced set
-    /// ([`registrar_etcd::members`]); `None` balances over all endpoints blindly, as etcd-client does.
+    /// ([`crate::members`]); `None` balances over all endpoints blindly, as etcd-client does.
     pub fn member_probe(mut self, probe: Option<ProbeSettings>) -> Self {
         self.member_probe = probe;
         self
