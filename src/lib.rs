@@ -10,6 +10,7 @@
 //! - [`leader`], [`admin`], [`metrics`], [`config`]: running it.
 
 pub mod admin;
+pub mod backoff;
 pub mod coalesce;
 pub mod config;
 pub mod controller;

@@ -9,6 +9,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use registrar::admin::{AdminServer, AdminState};
+use registrar::backoff::Backoff;
 use registrar::config::{Cli, Command, LogFormat, RunArgs};
 use registrar::controller::{Engine, EtcdConnection};
 use registrar::etcd::WriterConfig;
@@ -93,7 +94,7 @@ fn connect_etcd(
     let username = args.etcd_username.clone();
     let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
     tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
             let attempt =
                 tokio::time::timeout(Duration::from_secs(15), connect.connect_with_health()).await;
@@ -109,6 +110,7 @@ fn connect_etcd(
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out connecting to etcd".to_string(),
             };
+            let delay = backoff.next_delay();
             tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
             let _ = tx.send(EtcdConnection::Connecting(format!(
                 "cannot connect to etcd: {error}"
@@ -117,7 +119,6 @@ fn connect_etcd(
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
     });
     Ok(rx)

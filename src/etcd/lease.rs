@@ -18,9 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::error::{EtcdError, is_lease_not_found, timed};
 use super::stats::WriterStats;
+use crate::backoff::Backoff;
 
 /// What the keepalive task knows about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

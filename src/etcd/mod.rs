@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-mod backoff;
 mod config;
 pub mod error;
 mod known;

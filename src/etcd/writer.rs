@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::coalesce::next_action;
 
-use super::backoff::Backoff;
 use super::config::WriterConfig;
 use super::error::{EtcdError, is_lease_not_found, timed};
 use super::known::{Known, Seen};
@@ -33,6 +32,7 @@ use super::plan::{self, Op};
 use super::reachable;
 use super::stats::WriterStats;
 use super::{Desired, WriterState};
+use crate::backoff::Backoff;
 
 /// The running writer.
 #[derive(Debug)]

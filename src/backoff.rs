@@ -1,18 +1,19 @@
-//! Capped exponential backoff with jitter for retrying etcd.
+//! The operator's one retry policy: capped exponential backoff with jitter, for every loop that
+//! retries (the etcd writer and its lease, connecting to etcd, Kubernetes writes).
 
 use std::time::Duration;
 
 /// Delays `initial, 2·initial, 4·initial, …` capped at `max`, each scaled by a random factor in
 /// [0.5, 1.0] so that many writers do not retry in step.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
             max: max.max(initial),
@@ -26,13 +27,13 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(rand::random_range(0.5..=1.0))
     }
 
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 }
