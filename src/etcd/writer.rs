@@ -327,6 +327,9 @@ impl Writer {
     /// Lists the prefix if the known state is gone (or etcd's history went back), then
     /// watches from the next revision.
     async fn list_and_watch(&mut self) -> Result<(), EtcdError> {
+        // Every session opens its own watch: the previous session's stream may sit on a member
+        // that died or froze (it is what failed), and it would never say so by itself.
+        self.reflector.disconnect();
         if self.known.is_none() {
             self.reflector.relist();
         }
