@@ -79,21 +79,18 @@ pub enum ErrorKind {
     PrefixOwnedElsewhere,
     /// A registration names a container port that a selected pod lacks.
     PortNotFound,
-    /// A registration the operator cannot act on (e.g. bad metadata) that the API server let in.
-    InvalidRegistration,
     /// Anything else (a bug or an unexpected state).
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 6] = [
         Self::KubeApi,
         Self::Etcd,
         Self::EtcdLease,
         Self::PrefixOwnedElsewhere,
         Self::PortNotFound,
-        Self::InvalidRegistration,
         Self::Internal,
     ];
 
@@ -105,7 +102,6 @@ impl ErrorKind {
             Self::EtcdLease => "etcd_lease",
             Self::PrefixOwnedElsewhere => "prefix_owned_elsewhere",
             Self::PortNotFound => "port_not_found",
-            Self::InvalidRegistration => "invalid_registration",
             Self::Internal => "internal",
         }
     }
