@@ -80,8 +80,10 @@ mod registration;
 pub mod value;
 
 pub use backoff::Backoff;
-#[doc(hidden)]
-pub use balancer::bench as __bench;
+/// Internals for the crate's own `picker` benchmark (feature `bench-internals`); not part of
+/// the public API.
+#[cfg(feature = "bench-internals")]
+pub use balancer::bench as bench_internals;
 pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
 pub use connect::EtcdConnect;
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
