@@ -363,13 +363,7 @@ fn propagation_latency(ready_since: &Time, committed_at: SystemTime) -> Option<D
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
-
-    /// The value of the sample line `series` (the part before the value), if present.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use registrar_testenv::prometheus::sample;
 
     #[test]
     fn exposition_names_every_metric() {
