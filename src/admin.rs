@@ -125,15 +125,6 @@ impl AdminServer {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` completes.
-pub async fn serve(
-    addr: SocketAddr,
-    state: AdminState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AdminError> {
-    AdminServer::bind(addr).await?.serve(state, shutdown).await
-}
-
 /// The admin routes (GET and HEAD; other methods get 405, other paths 404).
 pub fn router(state: AdminState) -> Router {
     Router::new()

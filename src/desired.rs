@@ -41,33 +41,10 @@ pub struct Endpoint {
     pub ready_since: Option<Time>,
 }
 
-/// An etcd target, `<prefix>/<namespace>/<service>`: what a gRPC client dials (`etcd:///<target>`)
-/// and the parent of the endpoint keys.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Target(String);
-
-impl Target {
-    /// The target of `service` in `namespace` under `prefix`.
-    pub fn new(prefix: &str, namespace: &str, service: &str) -> Self {
-        Target(format!("{prefix}/{namespace}/{service}"))
-    }
-
-    /// The target as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<Target> for String {
-    fn from(target: Target) -> String {
-        target.0
-    }
+/// The etcd target of `service` in `namespace` under `prefix`: `<prefix>/<namespace>/<service>`,
+/// what a gRPC client dials (`etcd:///<target>`) and the parent of the endpoint keys.
+pub fn target(prefix: &str, namespace: &str, service: &str) -> String {
+    format!("{prefix}/{namespace}/{service}")
 }
 
 /// Something only the operator can detect, reported in the registration's status.
@@ -121,7 +98,7 @@ pub fn registration_outcome<'a>(
 ) -> RegistrationOutcome {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     let mut outcome = RegistrationOutcome {
-        target: Target::new(prefix, namespace, reg.service_name()).into(),
+        target: target(prefix, namespace, reg.service_name()),
         registration: reg.metadata.name.clone().unwrap_or_default(),
         created: reg.metadata.creation_timestamp.clone(),
         ..RegistrationOutcome::default()

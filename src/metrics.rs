@@ -79,21 +79,18 @@ pub enum ErrorKind {
     PrefixOwnedElsewhere,
     /// A registration names a container port that a selected pod lacks.
     PortNotFound,
-    /// A registration the operator cannot act on (e.g. bad metadata) that the API server let in.
-    InvalidRegistration,
     /// Anything else (a bug or an unexpected state).
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 6] = [
         Self::KubeApi,
         Self::Etcd,
         Self::EtcdLease,
         Self::PrefixOwnedElsewhere,
         Self::PortNotFound,
-        Self::InvalidRegistration,
         Self::Internal,
     ];
 
@@ -105,7 +102,6 @@ impl ErrorKind {
             Self::EtcdLease => "etcd_lease",
             Self::PrefixOwnedElsewhere => "prefix_owned_elsewhere",
             Self::PortNotFound => "port_not_found",
-            Self::InvalidRegistration => "invalid_registration",
             Self::Internal => "internal",
         }
     }
@@ -367,13 +363,7 @@ fn propagation_latency(ready_since: &Time, committed_at: SystemTime) -> Option<D
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
-
-    /// The value of the sample line `series` (the part before the value), if present.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use registrar_testenv::prometheus::sample;
 
     #[test]
     fn exposition_names_every_metric() {

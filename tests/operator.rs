@@ -431,34 +431,6 @@ async fn etcd_wiped_gets_every_key_back() {
     assert_eq!(owner.kvs()[0].value_str().unwrap(), "cluster-a");
 }
 
-/// Collects every DELETE event under `prefix/` from a watch started now.
-async fn watch_deletes(
-    etcd: &etcd_client::Client,
-    prefix: &str,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut etcd = etcd.clone();
-    let mut stream = etcd
-        .watch(
-            format!("{prefix}/"),
-            Some(etcd_client::WatchOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
-            for ev in resp.events() {
-                if ev.event_type() == etcd_client::EventType::Delete
-                    && let Some(kv) = ev.kv()
-                {
-                    let _ = tx.send(String::from_utf8_lossy(kv.key()).into_owned());
-                }
-            }
-        }
-    });
-    rx
-}
-
 #[tokio::test]
 async fn operator_restart_never_drops_a_ready_key_and_reaps_vanished_pods() {
     let g = Ground::new().await.unwrap();
@@ -467,7 +439,7 @@ async fn operator_restart_never_drops_a_ready_key_and_reaps_vanished_pods() {
         .await
         .unwrap();
     let (stays, goes) = (keys[0].clone(), keys[1].clone());
-    let mut deletes = watch_deletes(&g.kv, &g.prefix).await;
+    let mut deletes = watch_deletes(&g.kv, &g.prefix).await.unwrap();
 
     // Graceful stop: the lease is not revoked, keys stay.
     op.process.terminate(Duration::from_secs(10));
@@ -501,7 +473,7 @@ async fn apiserver_restart_causes_no_deletes() {
     let mut g = Ground::new().await.unwrap();
     let (_op, keys) = g.greeter_with(&[("p1", "127.0.0.91")]).await.unwrap();
     let k1 = keys[0].clone();
-    let mut deletes = watch_deletes(&g.kv, &g.prefix).await;
+    let mut deletes = watch_deletes(&g.kv, &g.prefix).await.unwrap();
 
     g.cp.restart_apiserver().await.unwrap();
     let client = g.cp.client().await.unwrap();

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use registrar_resolver::__bench::{IndexPicker, ReadyPool};
+use registrar_resolver::bench_internals::{IndexPicker, ReadyPool};
 
 const BACKENDS: [usize; 3] = [1, 100, 10_000];
 

@@ -22,7 +22,30 @@
 //! A server registers itself; a client calls the target through the balancer.
 //!
 //! ```no_run
-//! # use registrar_testenv::greeter as pb; // stands for your tonic-generated module
+//! # mod pb { // stands for your tonic-generated module: `tonic::include_proto!("greeter.v1");`
+//! #     #[derive(Clone, PartialEq, prost::Message)]
+//! #     pub struct HelloRequest { #[prost(string, tag = "1")] pub name: String }
+//! #     #[derive(Clone, PartialEq, prost::Message)]
+//! #     pub struct HelloReply {
+//! #         #[prost(string, tag = "1")] pub message: String,
+//! #         #[prost(string, tag = "2")] pub backend: String,
+//! #     }
+//! #     pub struct GreeterClient(tonic::client::Grpc<registrar_resolver::Balancer>);
+//! #     impl GreeterClient {
+//! #         pub fn new(channel: registrar_resolver::Balancer) -> Self {
+//! #             GreeterClient(tonic::client::Grpc::new(channel))
+//! #         }
+//! #         pub async fn say_hello(
+//! #             &mut self,
+//! #             request: HelloRequest,
+//! #         ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+//! #             self.0.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+//! #             let path = http::uri::PathAndQuery::from_static("/greeter.v1.Greeter/SayHello");
+//! #             let codec = tonic_prost::ProstCodec::default();
+//! #             self.0.unary(tonic::Request::new(request), path, codec).await
+//! #         }
+//! #     }
+//! # }
 //! use std::time::Duration;
 //! use registrar_resolver::{Balancer, EtcdConnect, Registration};
 //! use serde_json::json;
@@ -81,8 +104,10 @@ mod registration;
 pub mod value;
 
 pub use backoff::Backoff;
-#[doc(hidden)]
-pub use balancer::bench as __bench;
+/// Internals for the crate's own `picker` benchmark (feature `bench-internals`); not part of
+/// the public API.
+#[cfg(feature = "bench-internals")]
+pub use balancer::bench as bench_internals;
 pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use error::Error;

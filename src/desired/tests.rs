@@ -256,10 +256,7 @@ fn service_and_prefix_make_the_target() {
     reg.spec.service = Some("hello".into());
     let outcome = registration_outcome("env/prod", &reg, []);
     assert_eq!(outcome.target, "env/prod/shop/hello");
-    assert_eq!(
-        Target::new("env/prod", "shop", "hello").as_str(),
-        "env/prod/shop/hello"
-    );
+    assert_eq!(target("env/prod", "shop", "hello"), "env/prod/shop/hello");
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //! dropped: it runs on its own Tokio runtime, and shutting that runtime down closes the listener
 //! and every open connection at once, like a crashed process (no GOAWAY, no draining).
 //! [`TestServer::drain`] instead shuts down gracefully (GOAWAY, in-flight calls finish).
+//!
+//! [`GracefulServer`] is the same Greeter as a workload runs it (the demo's pods): on the
+//! caller's runtime, with a shutdown bounded by a grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +20,10 @@ use anyhow::{Context, Result};
 use tonic::{Request, Response, Status};
 
 tonic::include_proto!("greeter.v1");
+
+mod graceful;
+
+pub use graceful::{GracefulServer, ServeError, Shutdown};
 
 pub use greeter_client::GreeterClient;
 pub use greeter_server::{Greeter, GreeterServer};

@@ -19,10 +19,14 @@ mod etcd;
 mod etcd_cluster;
 mod go;
 pub mod greeter;
+mod http_get;
+mod operator;
 mod pki;
 mod process;
+pub mod prometheus;
 mod proxy;
 mod tools;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,10 +36,13 @@ pub use control_plane::{ControlPlane, client_from_kubeconfig};
 pub use etcd::{Etcd, EtcdOptions, EtcdTls};
 pub use etcd_cluster::EtcdCluster;
 pub use go::go_build;
+pub use http_get::http_get;
+pub use operator::OperatorProcess;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
 pub use proxy::DelayProxy;
 pub use tools::{run_tool, tool, workspace_root};
+pub use watch::{PrefixEvent, watch_deletes, watch_prefix};
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `deadline` with a message that
 /// names `what`.

@@ -7,25 +7,43 @@ pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use registrar::crd::ServiceRegistration;
-use registrar_testenv::{ControlPlane, Etcd, Process, free_port, poll};
+use registrar_testenv::{ControlPlane, Etcd, OperatorProcess, poll};
+// The test ground's helpers, under the names the tests use (not every test uses each).
+#[allow(unused_imports)]
+pub use registrar_testenv::{
+    PrefixEvent, http_get, prometheus::sample as metric, watch_deletes, watch_prefix,
+};
 use serde_json::{Value, json};
 
 /// Default deadline for conditions in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A running `registrar run` process.
+/// A running `registrar run` process (the test ground's [`OperatorProcess`], whose `process`,
+/// `admin`, `metrics()` and `metric()` it derefs to) and its log file.
 pub struct Operator {
-    pub process: Process,
-    pub admin: String,
+    op: OperatorProcess,
     pub log: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Operator {
+    type Target = OperatorProcess;
+
+    fn deref(&self) -> &OperatorProcess {
+        &self.op
+    }
+}
+
+impl std::ops::DerefMut for Operator {
+    fn deref_mut(&mut self) -> &mut OperatorProcess {
+        &mut self.op
+    }
 }
 
 /// Options for [`Operator::start`].
@@ -74,30 +92,12 @@ impl Operator {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&mut self) -> Result<()> {
-        let admin = self.admin.clone();
-        let res = poll("operator /readyz", DEADLINE, || {
-            let admin = admin.clone();
-            async move { (http_get(&admin, "/readyz").await.ok()?.0 == 200).then_some(()) }
-        })
-        .await;
-        if res.is_err() {
-            self.process.check_alive()?;
-            anyhow::bail!(
-                "operator not ready; log tail:\n{}",
-                self.process.log_tail(40)
-            );
-        }
-        Ok(())
+        self.op.wait_ready(DEADLINE).await
     }
 
     /// The operator's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `/metrics` text.
-    pub async fn metrics(&self) -> Result<String> {
-        Ok(http_get(&self.admin, "/metrics").await?.1)
     }
 }
 
@@ -111,28 +111,6 @@ impl Drop for Operator {
             );
         }
     }
-}
-
-/// A minimal HTTP/1.0 GET on loopback: (status, body).
-pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
 }
 
 /// Creates namespace `name`.
@@ -407,57 +385,17 @@ pub fn ready_condition(reg: &ServiceRegistration) -> registrar::crd::Condition {
 /// `/readyz`.
 pub async fn start_operator_with(args: &[String], env: &[(String, String)]) -> Result<Operator> {
     let dir = tempfile::Builder::new().prefix("registrar-op-").tempdir()?;
-    let admin = format!("127.0.0.1:{}", free_port()?);
-    let mut cmd = Command::new(operator_bin());
-    cmd.arg("run")
-        .args(args)
-        .arg("--admin-addr")
-        .arg(&admin)
-        .env("RUST_LOG", "info,registrar=debug")
-        .env_remove("KUBECONFIG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let log = dir.path().join("registrar.log");
-    let process = Process::spawn("registrar", cmd, &log)?;
-    let mut op = Operator {
-        process,
-        admin,
-        log,
-        _dir: dir,
-    };
+    let op = OperatorProcess::spawn(operator_bin(), args, env, "info,registrar=debug", &log)?;
+    let mut op = Operator { op, log, _dir: dir };
     op.wait_ready().await?;
     Ok(op)
 }
 
-/// The value of one sample of a Prometheus text exposition; `series` is the name with its
-/// labels exactly as printed, e.g. `registrar_etcd_txns_total{result="ok"}`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 impl Operator {
-    /// The current value of one metric sample.
-    pub async fn metric(&self, series: &str) -> Option<f64> {
-        metric(&self.metrics().await.ok()?, series)
-    }
-
     /// Waits until the metric sample satisfies `ok`; returns its value.
     pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> Result<f64> {
-        let res = poll(&format!("metric {series}"), DEADLINE, || async {
-            self.metric(series).await.filter(|v| ok(*v))
-        })
-        .await;
-        match res {
-            Ok(v) => Ok(v),
-            Err(e) => anyhow::bail!("{e}; now: {:?}", self.metric(series).await),
-        }
+        self.op.wait_metric(series, DEADLINE, ok).await
     }
 }
 
@@ -485,45 +423,6 @@ pub fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Result<Ve
         }
     }
     Ok(docs)
-}
-
-/// One change under a watched prefix.
-#[derive(Clone, Debug)]
-pub struct PrefixEvent {
-    pub delete: bool,
-    pub key: String,
-    pub lease: i64,
-    pub at: std::time::Instant,
-}
-
-/// Records every PUT and DELETE under `prefix/` from now on.
-pub async fn watch_prefix(
-    etcd: &etcd_client::Client,
-    prefix: &str,
-) -> Result<tokio::sync::mpsc::UnboundedReceiver<PrefixEvent>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut etcd = etcd.clone();
-    let mut stream = etcd
-        .watch(
-            format!("{prefix}/"),
-            Some(etcd_client::WatchOptions::new().with_prefix()),
-        )
-        .await?;
-    tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv() {
-                    let _ = tx.send(PrefixEvent {
-                        delete: ev.event_type() == etcd_client::EventType::Delete,
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        lease: kv.lease(),
-                        at: std::time::Instant::now(),
-                    });
-                }
-            }
-        }
-    });
-    Ok(rx)
 }
 
 /// The leases of the keys under `prefix/` (the owner claim excluded), deduplicated.

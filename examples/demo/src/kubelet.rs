@@ -1,6 +1,6 @@
 //! A stand-in for the kubelet's container lifecycle. kwok simulates the kubelet's API side (pods
 //! get an IP and become Ready) but runs nothing, so this runs the workload: for every Running pod
-//! it starts a [`GreeterServer`] on the pod's IP (loopback, from kwok), and for every terminating
+//! it starts a [`GracefulServer`] on the pod's IP (loopback, from kwok), and for every terminating
 //! pod it does what a kubelet does — the container's `preStop` sleep, then SIGTERM (a graceful
 //! drain) bounded by `terminationGracePeriodSeconds` — before letting the pod go.
 //!
@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::console::Console;
-use crate::greeter::{GreeterServer, Shutdown};
+use crate::greeter::{GracefulServer, Shutdown};
 
 /// The finalizer that holds a pod in Terminating until its server has stopped.
 pub const FINALIZER: &str = "registrar.dev/demo-kubelet";
@@ -76,7 +76,7 @@ struct Entry {
     addr: SocketAddr,
     state: ServerState,
     served: Arc<AtomicU64>,
-    server: Option<GreeterServer>,
+    server: Option<GracefulServer>,
 }
 
 type Entries = Arc<Mutex<BTreeMap<String, Entry>>>;
@@ -240,7 +240,7 @@ impl Ctx {
             return;
         }
         let addr = SocketAddr::new(ip, grpc_port(pod));
-        match GreeterServer::start(addr, name).await {
+        match GracefulServer::start(addr, name).await {
             Ok(server) => {
                 self.console.event(
                     "kubelet",

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use registrar_demo::greeter::{GreeterServer, Shutdown};
+use registrar_demo::greeter::{GracefulServer, Shutdown};
 use registrar_demo::{DemoOptions, Output};
 
 #[derive(Parser)]
@@ -119,7 +119,7 @@ async fn demo(cli: Cli) -> ExitCode {
 }
 
 async fn serve(addr: SocketAddr, name: String, grace: Duration) -> ExitCode {
-    let server = match GreeterServer::start(addr, name).await {
+    let server = match GracefulServer::start(addr, name).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

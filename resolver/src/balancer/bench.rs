@@ -1,5 +1,7 @@
-//! Internals for the crate's own benchmarks (`benches/picker.rs`), re-exported hidden as
-//! `registrar_resolver::__bench`. Not part of the public API: it may change at any time.
+//! Internals for the crate's own benchmarks (`benches/picker.rs`), exported as
+//! `registrar_resolver::bench_internals` only with the `bench-internals` feature (which the
+//! crate's dev-dependency on itself turns on for its benches). Not part of the public API: it
+//! may change at any time.
 
 use std::sync::Arc;
 

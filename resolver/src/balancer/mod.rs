@@ -12,7 +12,7 @@
 //!   GOAWAY or closed between the pick and the opening of the HTTP/2 stream, or the stream was
 //!   refused) is sent again to another backend, as gRPC's transparent retry does.
 
-#[doc(hidden)]
+#[cfg(any(test, feature = "bench-internals"))]
 pub mod bench;
 mod connector;
 mod manager;

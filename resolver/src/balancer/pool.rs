@@ -54,6 +54,7 @@ impl Pool {
     }
 
     /// A pool with no backends whose picker holds `ready` (for the pick-path benchmark).
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn with_ready(ready: Vec<PickEntry<Picked>>) -> Self {
         let pool = Pool::new();
         pool.picker.send_replace(Arc::new(Picker::new(ready)));
