@@ -68,10 +68,10 @@ pub enum EtcdLink {
 /// Something that happened.
 #[derive(Debug)]
 pub enum Input {
-    /// A ServiceRegistration watcher event.
-    Registration(watcher::Event<ServiceRegistration>),
+    /// A ServiceRegistration watcher event (boxed: the other inputs are small).
+    Registration(Box<watcher::Event<ServiceRegistration>>),
     /// A Pod watcher event (trimmed).
-    Pod(watcher::Event<Pod>),
+    Pod(Box<watcher::Event<Pod>>),
     /// The debounce window ended ([`Core::flush_at`]).
     FlushDue,
     /// A writer state change may have held long enough ([`Core::settle_at`]).
@@ -88,6 +88,18 @@ pub enum Input {
     WriterDied,
     /// The periodic status resync.
     ResyncTick,
+}
+
+impl Input {
+    /// A ServiceRegistration watcher event.
+    pub fn registration(ev: watcher::Event<ServiceRegistration>) -> Self {
+        Input::Registration(Box::new(ev))
+    }
+
+    /// A Pod watcher event (trimmed).
+    pub fn pod(ev: watcher::Event<Pod>) -> Self {
+        Input::Pod(Box::new(ev))
+    }
 }
 
 /// A metric update.
@@ -243,9 +255,9 @@ impl Core {
                 if self.leader {
                     ensure_finalizer(&ev, &mut out);
                 }
-                self.index.apply_registration(ev);
+                self.index.apply_registration(*ev);
             }
-            Input::Pod(ev) => self.index.apply_pod(ev),
+            Input::Pod(ev) => self.index.apply_pod(*ev),
             Input::FlushDue => {
                 self.flush_at = None;
                 // Only a new desired state starts a window: a flush that changed nothing
@@ -516,7 +528,7 @@ impl Core {
         for key in done {
             self.releasing.remove(&key);
             if let Some(reg) = self.index.registration(&key) {
-                tracing::info!(registration = %format!("{}/{}", key.0, key.1), "keys removed from etcd; releasing the finalizer");
+                tracing::info!(registration = %key, "keys removed from etcd; releasing the finalizer");
                 out.push(Effect::ReleaseFinalizer(reg.clone()));
             }
         }

@@ -191,7 +191,7 @@ impl Engine {
                     continue;
                 }
                 ev = reg_events.next() => match ev {
-                    Some(Ok(ev)) => Input::Registration(ev),
+                    Some(Ok(ev)) => Input::registration(ev),
                     Some(Err(e)) => {
                         io.metrics.error(ErrorKind::KubeApi);
                         tracing::warn!(error = %e, "ServiceRegistration watch failed; retrying");
@@ -200,7 +200,7 @@ impl Engine {
                     None => anyhow::bail!("the ServiceRegistration watch ended"),
                 },
                 ev = pod_events.next() => match ev {
-                    Some(Ok(ev)) => Input::Pod(ev),
+                    Some(Ok(ev)) => Input::pod(ev),
                     Some(Err(e)) => {
                         io.metrics.error(ErrorKind::KubeApi);
                         tracing::warn!(error = %e, "Pod watch failed; retrying");

@@ -89,7 +89,7 @@ fn later(ms: u64, s: Step) -> Step {
 }
 
 fn key_of(key: &RegKey) -> String {
-    format!("{}/{}", key.0, key.1)
+    key.to_string()
 }
 
 fn name_of(reg: &ServiceRegistration) -> String {
@@ -180,16 +180,16 @@ impl Sim {
 
     /// Feeds both initial lists (registrations first), then the debounce.
     fn sync(&mut self, regs: Vec<ServiceRegistration>, pods: Vec<Pod>) -> Vec<String> {
-        let mut out = self.on(Input::Registration(watcher::Event::Init));
+        let mut out = self.on(Input::registration(watcher::Event::Init));
         for r in regs {
-            out.extend(self.on(Input::Registration(watcher::Event::InitApply(r))));
+            out.extend(self.on(Input::registration(watcher::Event::InitApply(r))));
         }
-        out.extend(self.on(Input::Registration(watcher::Event::InitDone)));
-        out.extend(self.on(Input::Pod(watcher::Event::Init)));
+        out.extend(self.on(Input::registration(watcher::Event::InitDone)));
+        out.extend(self.on(Input::pod(watcher::Event::Init)));
         for p in pods {
-            out.extend(self.on(Input::Pod(watcher::Event::InitApply(p))));
+            out.extend(self.on(Input::pod(watcher::Event::InitApply(p))));
         }
-        out.extend(self.on(Input::Pod(watcher::Event::InitDone)));
+        out.extend(self.on(Input::pod(watcher::Event::InitDone)));
         out.extend(self.fire_flush());
         out
     }
@@ -256,7 +256,7 @@ impl Sim {
 }
 
 fn apply(r: ServiceRegistration) -> Input {
-    Input::Registration(watcher::Event::Apply(r))
+    Input::registration(watcher::Event::Apply(r))
 }
 
 fn ready() -> Input {
@@ -357,7 +357,7 @@ fn a_writer_that_died_is_started_again_and_statuses_are_kept_meanwhile() {
             step(Input::WriterApplied(sim_seq()), &[], &["Status"]),
             // A new pod: published and shown as usual.
             step(
-                Input::Pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
+                Input::pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
                 &[],
                 &[],
             ),
@@ -415,7 +415,7 @@ fn etcd_lost_and_back_changes_statuses_once_it_held() {
             ),
             // While down, a new pod is published to the writer but not counted.
             step(
-                Input::Pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
+                Input::pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
                 &[],
                 &[],
             ),
@@ -503,7 +503,7 @@ fn a_finalizer_is_released_only_once_the_writer_applied_the_removal() {
             // Once only.
             step(Input::WriterApplied(2), &[], &["Release"]),
             step(
-                Input::Registration(watcher::Event::Delete(deleting("greeter"))),
+                Input::registration(watcher::Event::Delete(deleting("greeter"))),
                 &[],
                 &[],
             ),
@@ -544,14 +544,14 @@ fn statuses_wait_for_both_caches() {
         vec![
             step(Input::Leader(true), &["StartWriter"], &[]),
             step(ready(), &[], &["Status"]),
-            step(Input::Registration(watcher::Event::Init), &[], &[]),
+            step(Input::registration(watcher::Event::Init), &[], &[]),
             step(
-                Input::Registration(watcher::Event::InitApply(reg("greeter"))),
+                Input::registration(watcher::Event::InitApply(reg("greeter"))),
                 &[],
                 &[],
             ),
             step(
-                Input::Registration(watcher::Event::InitDone),
+                Input::registration(watcher::Event::InitDone),
                 &[],
                 &["Status", "Ready"],
             ),
@@ -562,14 +562,14 @@ fn statuses_wait_for_both_caches() {
                 &["Status", "Event", "Ready"],
             ),
             step(Input::ResyncTick, &[], &["Status", "Resync"]),
-            step(Input::Pod(watcher::Event::Init), &[], &[]),
+            step(Input::pod(watcher::Event::Init), &[], &[]),
             step(
-                Input::Pod(watcher::Event::InitApply(pod("greeter", "g1", "127.0.0.1"))),
+                Input::pod(watcher::Event::InitApply(pod("greeter", "g1", "127.0.0.1"))),
                 &[],
                 &["Status"],
             ),
             step(
-                Input::Pod(watcher::Event::InitDone),
+                Input::pod(watcher::Event::InitDone),
                 &[
                     "Ready",
                     "Publish seq=2 keys=1 complete=true",
@@ -590,7 +590,7 @@ fn statuses_wait_for_both_caches() {
 fn no_status_flips_on_failover() {
     // The old leader's status, as the new leader's watch shows it.
     let (old, _) = Sim::leading();
-    let shown = old.core.statuses[&("shop".to_string(), "greeter".to_string())].clone();
+    let shown = old.core.statuses[&RegKey::new("shop", "greeter")].clone();
     let mut sim = Sim::new();
     sim.ms = 30 * SEC;
     sim.on(Input::Etcd(EtcdLink::Connected));
@@ -619,7 +619,7 @@ fn no_status_flips_on_failover() {
 #[test]
 fn the_resync_rewrites_only_statuses_that_differ() {
     let (mut sim, _) = Sim::leading();
-    let key = ("shop".to_string(), "greeter".to_string());
+    let key = RegKey::new("shop", "greeter");
     let ours = sim.core.statuses[&key].clone();
     // The watch brings our own write back: nothing to rewrite.
     let mut echoed = with_status(reg("greeter"), &ours);
@@ -649,7 +649,7 @@ fn the_resync_rewrites_only_statuses_that_differ() {
 fn changes_within_the_window_are_coalesced() {
     let (mut sim, _) = Sim::leading();
     let start = sim.ms;
-    sim.on(Input::Pod(watcher::Event::Apply(pod(
+    sim.on(Input::pod(watcher::Event::Apply(pod(
         "greeter",
         "g2",
         "127.0.0.2",
@@ -663,12 +663,12 @@ fn changes_within_the_window_are_coalesced() {
     );
     // Within the window: when it ends, both together.
     sim.ms += 10;
-    sim.on(Input::Pod(watcher::Event::Apply(pod(
+    sim.on(Input::pod(watcher::Event::Apply(pod(
         "greeter",
         "g3",
         "127.0.0.3",
     ))));
-    sim.on(Input::Pod(watcher::Event::Apply(pod(
+    sim.on(Input::pod(watcher::Event::Apply(pod(
         "greeter",
         "g4",
         "127.0.0.4",
