@@ -19,8 +19,31 @@ use kube::runtime::watcher::Event;
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, RegistrationOutcome, selector_matches};
 
-/// A registration's identity: (namespace, name).
-pub type RegKey = (String, String);
+/// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
+/// one range).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegKey {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl RegKey {
+    /// The key of `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        RegKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for RegKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 /// What [`Index::flush`] recomputed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,7 +81,10 @@ pub struct Index {
 }
 
 fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
-    Some((reg.metadata.namespace.clone()?, reg.metadata.name.clone()?))
+    Some(RegKey::new(
+        reg.metadata.namespace.clone()?,
+        reg.metadata.name.clone()?,
+    ))
 }
 
 impl Index {
@@ -204,8 +230,12 @@ impl Index {
         ) else {
             return;
         };
-        let start = (ns.to_string(), String::new());
-        for (key, reg) in self.regs.range(start..).take_while(|(k, _)| k.0 == ns) {
+        let start = RegKey::new(ns, "");
+        for (key, reg) in self
+            .regs
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == ns)
+        {
             let published = self.outcomes.get(key).is_some_and(|o| {
                 o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
             });
@@ -216,11 +246,11 @@ impl Index {
     }
 
     fn mark_namespace(&mut self, ns: &str) {
-        let start = (ns.to_string(), String::new());
+        let start = RegKey::new(ns, "");
         let keys: Vec<RegKey> = self
             .regs
             .range(start..)
-            .take_while(|(k, _)| k.0 == ns)
+            .take_while(|(k, _)| k.namespace == ns)
             .map(|(k, _)| k.clone())
             .collect();
         self.dirty.extend(keys);
@@ -239,7 +269,7 @@ impl Index {
             };
             let pods = self
                 .pods
-                .get(&key.0)
+                .get(&key.namespace)
                 .into_iter()
                 .flat_map(|m| m.values().map(Arc::as_ref));
             let outcome = desired::registration_outcome(&self.prefix, reg, pods);
@@ -391,10 +421,7 @@ mod tests {
         );
         assert_eq!(keys(&idx), vec!["registrar/shop/greeter/127.0.0.5:50051"]);
         idx.apply_pod(Event::Apply(pod("shop", "p1", "g", "127.0.0.5", false)));
-        assert_eq!(
-            idx.flush().changed,
-            vec![("shop".to_string(), "greeter".to_string())]
-        );
+        assert_eq!(idx.flush().changed, vec![RegKey::new("shop", "greeter")]);
         assert!(keys(&idx).is_empty());
     }
 
@@ -450,12 +477,12 @@ mod tests {
         idx.apply_pod(Event::Apply(pod("shop", "p1", "a", "127.0.0.5", true)));
         assert_eq!(
             idx.dirty.iter().cloned().collect::<Vec<_>>(),
-            vec![("shop".to_string(), "a".to_string())]
+            vec![RegKey::new("shop", "a")]
         );
         idx.flush();
         // Relabelled away: the registration that published it is marked.
         idx.apply_pod(Event::Apply(pod("shop", "p1", "zzz", "127.0.0.5", true)));
-        assert!(idx.dirty.contains(&("shop".to_string(), "a".to_string())));
+        assert!(idx.dirty.contains(&RegKey::new("shop", "a")));
         idx.flush();
         assert!(keys(&idx).is_empty());
     }
@@ -471,10 +498,7 @@ mod tests {
         );
         assert_eq!(keys(&idx).len(), 2);
         idx.apply_registration(Event::Delete(reg("shop", "a", "a")));
-        assert_eq!(
-            idx.flush().changed,
-            vec![("shop".to_string(), "a".to_string())]
-        );
+        assert_eq!(idx.flush().changed, vec![RegKey::new("shop", "a")]);
         assert_eq!(keys(&idx), vec!["registrar/shop/b/127.0.0.6:50051"]);
     }
 

@@ -193,7 +193,11 @@ pub fn status_writer(
     metrics: Metrics,
 ) -> impl Fn(RegKey, ServiceRegistrationStatus) -> BoxFuture<'static, WriteResult> + Send + 'static
 {
-    move |(ns, name), status| {
+    move |RegKey {
+              namespace: ns,
+              name,
+          },
+          status| {
         let api: Api<ServiceRegistration> = Api::namespaced(client.clone(), &ns);
         let metrics = metrics.clone();
         async move {

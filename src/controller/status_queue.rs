@@ -4,10 +4,9 @@
 //! writes it. Per key, at most one write is in flight, and a newer value replaces a queued older
 //! one, so writes for one object land in the order they were decided and the last one wins.
 //! A failed write is retried with a capped exponential backoff (the latest value, not the one
-//! that failed). [`StatusQueue::latest`] is what the object's status is or is about to be, as far
-//! as this writer knows: the base for the next decision, immune to a watch that lags behind our
-//! own writes. A periodic resync ([`StatusQueue::force`]) covers what this view cannot see
-//! (someone else rewrote a status).
+//! that failed). The engine decides each status against the last one it decided (its own copy,
+//! immune to a watch that lags behind our writes); a periodic resync ([`StatusQueue::force`])
+//! covers what that view cannot see (someone else rewrote a status).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -138,7 +137,9 @@ where
     }
 
     /// The status `key` has or is about to have from our writes: the newest value decided,
-    /// else the last one written. None when this queue never wrote `key`.
+    /// else the last one written. None when this queue never wrote `key`. (The engine keeps
+    /// its own copy of what it decided; this is for tests.)
+    #[cfg(test)]
     pub fn latest(&self, key: &K) -> Option<V> {
         let shared = self.lock();
         let e = shared.entries.get(key)?;

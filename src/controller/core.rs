@@ -1,0 +1,642 @@
+//! The engine's decisions as a pure state machine: [`Core::on`] takes one [`Input`] (a watcher
+//! event applied, a timer fired, leadership or the etcd connection changed, the writer moved)
+//! and returns the [`Effect`]s to run (publish a desired state, start or stop the etcd writer,
+//! write a status, add or release a finalizer, publish an Event, update a metric). It performs
+//! no I/O and reads no clock: the time comes with each input ([`Now`]), so every decision is
+//! tested by feeding inputs and looking at the effects (`core/tests.rs`).
+//!
+//! What lives here:
+//! - the [`Index`] (registrations and pods) and the desired state's seq;
+//! - the writer's term: started when leading with a connected etcd, stopped when leadership is
+//!   lost, started again when it died; its applied seq;
+//! - statuses: what each one is about to be from our writes (the base of the next decision),
+//!   the writer's state as statuses show it ([`Settled`] hysteresis), what etcd holds of each
+//!   registration ([`PublishedLog`]); nothing is written before both caches synced, nor while a
+//!   new writer is starting (the previous term's keys are still in etcd);
+//! - finalizers: deleted registrations wait in `releasing` for the writer to apply the seq that
+//!   removed their keys; that list is dropped with leadership;
+//! - the debounce of watcher events (leading-edge coalescing) and readiness.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::watcher;
+use tokio::time::Instant;
+
+use super::kube_writes::FINALIZER;
+use super::settle::Settled;
+use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::etcd::{Desired, WriterState};
+use crate::index::{Index, RegKey};
+use crate::metrics::ErrorKind;
+use crate::status::published::PublishedLog;
+use crate::status::{self, InEtcd, Publishing};
+
+/// The time an input happened at: the monotonic instant (timers, hysteresis) and the wall
+/// clock in whole seconds as the API server stores it (`lastTransitionTime`).
+#[derive(Clone, Debug)]
+pub struct Now {
+    /// Monotonic.
+    pub at: Instant,
+    /// Wall clock, whole seconds.
+    pub wall: Time,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Self {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Now {
+            at: Instant::now(),
+            wall: Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)),
+        }
+    }
+}
+
+/// The connection to etcd as the engine sees it (the client itself stays with the shell).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcdLink {
+    /// Not connected yet; the text says why.
+    Connecting(String),
+    /// Connected: a writer can start.
+    Connected,
+}
+
+/// Something that happened.
+#[derive(Debug)]
+pub enum Input {
+    /// A ServiceRegistration watcher event (boxed: the other inputs are small).
+    Registration(Box<watcher::Event<ServiceRegistration>>),
+    /// A Pod watcher event (trimmed).
+    Pod(Box<watcher::Event<Pod>>),
+    /// The debounce window ended ([`Core::flush_at`]).
+    FlushDue,
+    /// A writer state change may have held long enough ([`Core::settle_at`]).
+    SettleDue,
+    /// This replica leads (true) or not.
+    Leader(bool),
+    /// The etcd connection changed.
+    Etcd(EtcdLink),
+    /// The running writer's state changed.
+    WriterState(WriterState),
+    /// The running writer applied every desired state up to this seq.
+    WriterApplied(u64),
+    /// The running writer's task ended without being asked to.
+    WriterDied,
+    /// The periodic status resync.
+    ResyncTick,
+}
+
+impl Input {
+    /// A ServiceRegistration watcher event.
+    pub fn registration(ev: watcher::Event<ServiceRegistration>) -> Self {
+        Input::Registration(Box::new(ev))
+    }
+
+    /// A Pod watcher event (trimmed).
+    pub fn pod(ev: watcher::Event<Pod>) -> Self {
+        Input::Pod(Box::new(ev))
+    }
+}
+
+/// A metric update.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Metric {
+    /// `registrar_leader`.
+    Leader(bool),
+    /// Keys in the desired state.
+    Published(usize),
+    /// Registrations known.
+    Registrations(usize),
+    /// One registration reconciled (ok or not).
+    Reconciled(bool),
+    /// An error of this kind.
+    Error(ErrorKind),
+    /// These endpoints (their ready-since times) are now in etcd.
+    Propagated(Vec<Time>),
+}
+
+/// Something to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Hand this desired state to the writer (and to every writer started later).
+    PublishDesired(Desired),
+    /// Start an etcd writer term on the connected client, with the latest desired state.
+    StartWriter,
+    /// Stop the running writer (its lease is not revoked).
+    StopWriter,
+    /// Write this status (unless it is what the registration shows or will show).
+    WriteStatus {
+        /// Which registration.
+        key: RegKey,
+        /// The whole status.
+        status: ServiceRegistrationStatus,
+    },
+    /// The periodic resync: write these statuses again (the API server shows something else),
+    /// each unless a write of it is under way.
+    ResyncStatuses(Vec<(RegKey, ServiceRegistrationStatus)>),
+    /// The registration is gone: drop what the status queue knows of it.
+    ForgetStatus(RegKey),
+    /// Leadership changed: drop what the status queue knows.
+    ClearStatuses,
+    /// Add our finalizer.
+    AddFinalizer(Arc<ServiceRegistration>),
+    /// Remove our finalizer (the registration's keys are gone from etcd).
+    ReleaseFinalizer(Arc<ServiceRegistration>),
+    /// Publish a Kubernetes Event about the registration.
+    Event {
+        /// About which.
+        reg: Arc<ServiceRegistration>,
+        /// Warning (else Normal).
+        warning: bool,
+        /// The reason.
+        reason: String,
+        /// The note.
+        note: String,
+    },
+    /// Both caches completed their first list: report ready.
+    SetReady,
+    /// Update a metric.
+    Metric(Metric),
+}
+
+/// Settings of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// The etcd prefix (keys of the desired state).
+    pub prefix: String,
+    /// Debounce window of watcher events.
+    pub coalesce: Duration,
+    /// How long a new kind of writer state must hold before statuses show it.
+    pub hold: Duration,
+}
+
+/// See the module docs.
+pub struct Core {
+    cfg: CoreConfig,
+    index: Index,
+    /// The last desired state published.
+    desired: Desired,
+    leader: bool,
+    etcd: EtcdLink,
+    /// A writer term runs.
+    writing: bool,
+    /// The seq the running writer applied (0 without one).
+    applied: u64,
+    /// The writer's state as statuses show it (settled).
+    publishing: Publishing,
+    /// The writer's latest state, for logs.
+    raw_publishing: Publishing,
+    settle: Settled,
+    /// What each status is or is about to be from our writes (the watch may lag behind them).
+    statuses: BTreeMap<RegKey, ServiceRegistrationStatus>,
+    /// What etcd holds of each registration, by the seq the writer applied.
+    published: PublishedLog<RegKey>,
+    /// Deleted registrations waiting for their keys to leave etcd: the seq that removed them.
+    releasing: BTreeMap<RegKey, u64>,
+    /// New endpoints waiting for their commit, for the propagation-latency metric.
+    propagating: Vec<(u64, Vec<Time>)>,
+    /// When the debounce window ends.
+    flush_at: Option<Instant>,
+    /// When the last flush that published something started.
+    last_flush: Option<Instant>,
+    ready: bool,
+}
+
+/// Effects collected while handling one input.
+type Out = Vec<Effect>;
+
+impl Core {
+    /// A core that is not leading, with etcd not connected and nothing seen yet.
+    pub fn new(cfg: CoreConfig) -> Self {
+        Core {
+            index: Index::new(cfg.prefix.clone()),
+            settle: Settled::new(cfg.hold),
+            cfg,
+            desired: Desired {
+                seq: 0,
+                keys: Arc::default(),
+                complete: false,
+            },
+            leader: false,
+            etcd: EtcdLink::Connecting(String::new()),
+            writing: false,
+            applied: 0,
+            publishing: Publishing::Pending,
+            raw_publishing: Publishing::Pending,
+            statuses: BTreeMap::new(),
+            published: PublishedLog::default(),
+            releasing: BTreeMap::new(),
+            propagating: Vec::new(),
+            flush_at: None,
+            last_flush: None,
+            ready: false,
+        }
+    }
+
+    /// When to send [`Input::FlushDue`].
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    /// When to send [`Input::SettleDue`].
+    pub fn settle_at(&self) -> Option<Instant> {
+        self.settle.due()
+    }
+
+    /// Handles one input; returns what to do, in order.
+    pub fn on(&mut self, now: &Now, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Registration(ev) => {
+                if self.leader {
+                    ensure_finalizer(&ev, &mut out);
+                }
+                self.index.apply_registration(*ev);
+            }
+            Input::Pod(ev) => self.index.apply_pod(*ev),
+            Input::FlushDue => {
+                self.flush_at = None;
+                // Only a new desired state starts a window: a flush that changed nothing
+                // (e.g. the echo of our own status write) must not delay the next change.
+                if self.flush(now, &mut out) {
+                    self.last_flush = Some(now.at);
+                }
+            }
+            Input::SettleDue => self.on_settled(now, &mut out),
+            Input::Leader(true) if !self.leader => self.gain_leadership(now, &mut out),
+            Input::Leader(false) if self.leader => self.lose_leadership(&mut out),
+            Input::Leader(_) => {}
+            Input::Etcd(link) => self.on_etcd(now, link, &mut out),
+            Input::WriterState(state) if self.writing => self.on_writer_state(now, state, &mut out),
+            Input::WriterApplied(seq) if self.writing => {
+                self.applied = seq;
+                self.on_applied(now, seq, &mut out);
+            }
+            Input::WriterDied if self.writing => {
+                tracing::error!("the etcd writer stopped unexpectedly; starting it again");
+                out.push(Effect::Metric(Metric::Error(ErrorKind::Internal)));
+                self.writing = false;
+                self.applied = 0;
+                if self.leader && self.etcd == EtcdLink::Connected {
+                    self.start_writer(now, &mut out);
+                }
+            }
+            // From a writer that is no longer ours (stopped with leadership).
+            Input::WriterState(_) | Input::WriterApplied(_) | Input::WriterDied => {}
+            Input::ResyncTick => self.resync_statuses(now, &mut out),
+        }
+        self.after(now, &mut out);
+        out
+    }
+
+    /// What follows any input: the debounce window and the first sync.
+    fn after(&mut self, now: &Now, out: &mut Out) {
+        if self.index.has_dirty() && self.flush_at.is_none() {
+            // Leading edge: at once after a quiet period, else when the window ends.
+            self.flush_at = Some(match self.last_flush {
+                Some(last) => (last + self.cfg.coalesce).max(now.at),
+                None => now.at,
+            });
+        }
+        if self.index.synced() && !self.ready {
+            tracing::info!(pods = self.index.pod_count(), "initial sync complete");
+            self.ready = true;
+            out.push(Effect::SetReady);
+            self.flush(now, out);
+            self.schedule_releases(None);
+            self.update_statuses(now, None, out);
+        }
+    }
+
+    fn gain_leadership(&mut self, now: &Now, out: &mut Out) {
+        self.leader = true;
+        out.push(Effect::Metric(Metric::Leader(true)));
+        match self.etcd.clone() {
+            EtcdLink::Connected => {
+                if !self.writing {
+                    self.start_writer(now, out);
+                }
+            }
+            EtcdLink::Connecting(why) => self.show_connecting(now, why),
+        }
+        // Another leader may have written statuses meanwhile: start from what the watch shows.
+        self.statuses.clear();
+        out.push(Effect::ClearStatuses);
+        for (_, reg) in self.index.registrations() {
+            if reg.metadata.deletion_timestamp.is_none() && !has_finalizer(reg) {
+                out.push(Effect::AddFinalizer(reg.clone()));
+            }
+        }
+        self.schedule_releases(None);
+        self.update_statuses(now, None, out);
+    }
+
+    fn lose_leadership(&mut self, out: &mut Out) {
+        self.leader = false;
+        out.push(Effect::Metric(Metric::Leader(false)));
+        if self.writing {
+            tracing::warn!("lost leadership: stopping the etcd writer");
+            self.writing = false;
+            self.applied = 0;
+            out.push(Effect::StopWriter);
+        }
+        // Nothing of this term may be acted on any more: no status write, no finalizer release.
+        self.statuses.clear();
+        out.push(Effect::ClearStatuses);
+        self.releasing.clear();
+        self.propagating.clear();
+    }
+
+    fn start_writer(&mut self, now: &Now, out: &mut Out) {
+        tracing::info!("leading: starting the etcd writer");
+        self.writing = true;
+        self.applied = 0;
+        self.propagating.clear();
+        out.push(Effect::StartWriter);
+        // Leaving or entering Pending is shown at once: statuses are kept while it starts.
+        self.settle.observe(Publishing::Pending, now.at);
+        self.publishing = self.settle.shown().clone();
+        self.raw_publishing = Publishing::Pending;
+    }
+
+    /// A failed connection attempt says why: show the latest reason.
+    fn show_connecting(&mut self, now: &Now, why: String) {
+        self.settle
+            .observe_with_text(Publishing::EtcdUnavailable(why), now.at);
+        self.publishing = self.settle.shown().clone();
+    }
+
+    fn on_etcd(&mut self, now: &Now, link: EtcdLink, out: &mut Out) {
+        self.etcd = link.clone();
+        if !self.leader {
+            return;
+        }
+        match link {
+            EtcdLink::Connected if !self.writing => {
+                self.start_writer(now, out);
+                self.update_statuses(now, None, out);
+            }
+            EtcdLink::Connected => {}
+            EtcdLink::Connecting(why) if !self.writing => {
+                self.show_connecting(now, why);
+                self.update_statuses(now, None, out);
+            }
+            // A running writer reports its own state.
+            EtcdLink::Connecting(_) => {}
+        }
+    }
+
+    /// Recomputes dirty registrations and publishes the new desired state (if it changed) and
+    /// statuses. Returns whether a new desired state was published.
+    fn flush(&mut self, now: &Now, out: &mut Out) -> bool {
+        let flushed = self.index.flush();
+        let touched = flushed.touched;
+        let complete = self.index.synced();
+        let publish = !flushed.changed.is_empty() || complete != self.desired.complete;
+        if publish {
+            let before = self.desired.keys.clone();
+            let keys = self.index.desired_keys();
+            let seq = self.desired.seq + 1;
+            let fresh: Vec<Time> = touched
+                .iter()
+                .filter_map(|k| self.index.outcome(k))
+                .flat_map(|o| o.endpoints.values().map(move |e| (o, e)))
+                .filter(|(o, e)| !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr)))
+                .filter_map(|(_, e)| e.ready_since.clone())
+                .collect();
+            // Only changes seen while a writer runs and after the initial sync measure
+            // propagation; a cold start or a takeover would record pods' whole age.
+            let measuring = self.writing && self.desired.complete;
+            if measuring && !fresh.is_empty() && self.propagating.len() < 10_000 {
+                self.propagating.push((seq, fresh));
+            }
+            for key in &flushed.changed {
+                let endpoints = self.index.outcome(key).map(InEtcd::of);
+                self.published.record(key.clone(), seq, endpoints);
+            }
+            out.push(Effect::Metric(Metric::Published(keys.len())));
+            self.desired = Desired {
+                seq,
+                keys: Arc::new(keys),
+                complete,
+            };
+            out.push(Effect::PublishDesired(self.desired.clone()));
+        }
+        out.push(Effect::Metric(Metric::Registrations(
+            self.index.registrations().count(),
+        )));
+        self.schedule_releases(Some(&touched));
+        self.update_statuses(now, Some(&touched), out);
+        self.on_applied(now, self.applied, out);
+        publish
+    }
+
+    /// Deleted registrations (of `only`, or all) still holding our finalizer: their keys leave
+    /// etcd with the current seq, so the finalizer may go once the writer applied it. Only once
+    /// both caches are synced: before that the writer deletes nothing.
+    fn schedule_releases(&mut self, only: Option<&[RegKey]>) {
+        if !self.leader || !self.index.synced() {
+            return;
+        }
+        let candidates: Vec<RegKey> = match only {
+            Some(keys) => keys.to_vec(),
+            None => self.index.registrations().map(|(k, _)| k.clone()).collect(),
+        };
+        for key in candidates {
+            // A dirty one's removal is not in any published seq yet: the next flush
+            // schedules it.
+            let deleting = !self.index.is_dirty(&key)
+                && self.index.registration(&key).is_some_and(|reg| {
+                    reg.metadata.deletion_timestamp.is_some() && has_finalizer(reg)
+                });
+            if deleting {
+                self.releasing.entry(key).or_insert(self.desired.seq);
+            }
+        }
+    }
+
+    fn on_writer_state(&mut self, now: &Now, state: WriterState, out: &mut Out) {
+        let publishing = match state {
+            WriterState::Starting => Publishing::Pending,
+            WriterState::Ready { .. } => Publishing::Ok,
+            WriterState::EtcdUnavailable { reason } => Publishing::EtcdUnavailable(reason),
+            WriterState::PrefixOwnedElsewhere { owner } => Publishing::PrefixOwnedElsewhere(owner),
+        };
+        // Keep the reason text from flapping every retry: compare the kind only.
+        if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.raw_publishing) {
+            match &publishing {
+                Publishing::EtcdUnavailable(r) => tracing::warn!(reason = %r, "etcd unavailable"),
+                Publishing::PrefixOwnedElsewhere(o) => {
+                    out.push(Effect::Metric(Metric::Error(
+                        ErrorKind::PrefixOwnedElsewhere,
+                    )));
+                    tracing::error!(owner = %o, prefix = %self.cfg.prefix, "the etcd prefix is owned by another cluster; writing nothing")
+                }
+                Publishing::Ok => tracing::info!("publishing to etcd"),
+                Publishing::Pending => {}
+            }
+        }
+        self.raw_publishing = publishing.clone();
+        let changed = self.settle.observe(publishing, now.at);
+        self.publishing = self.settle.shown().clone();
+        if changed {
+            self.update_statuses(now, None, out);
+        }
+    }
+
+    /// The settling time of a writer state change may have ended.
+    fn on_settled(&mut self, now: &Now, out: &mut Out) {
+        if self.settle.tick(now.at) {
+            self.publishing = self.settle.shown().clone();
+            tracing::info!(state = ?self.publishing, "the etcd writer's state held: statuses follow");
+            self.update_statuses(now, None, out);
+        }
+    }
+
+    fn on_applied(&mut self, now: &Now, seq: u64, out: &mut Out) {
+        if seq == 0 {
+            return;
+        }
+        let shown = self.published.applied(seq);
+        if !shown.is_empty() {
+            self.update_statuses(now, Some(&shown), out);
+        }
+        let mut committed = Vec::new();
+        self.propagating.retain_mut(|(s, times)| {
+            if *s <= seq {
+                committed.append(times);
+                false
+            } else {
+                true
+            }
+        });
+        if !committed.is_empty() {
+            out.push(Effect::Metric(Metric::Propagated(committed)));
+        }
+        // `applied >= seq` of a desired state published with `complete` proves the deletes
+        // committed, whatever the writer reports about its keepalives right now.
+        let done: Vec<RegKey> = self
+            .releasing
+            .iter()
+            .filter(|(_, s)| **s <= seq)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            self.releasing.remove(&key);
+            if let Some(reg) = self.index.registration(&key) {
+                tracing::info!(registration = %key, "keys removed from etcd; releasing the finalizer");
+                out.push(Effect::ReleaseFinalizer(reg.clone()));
+            }
+        }
+    }
+
+    /// While the writer is starting, the keys of the previous term are still in etcd: keep the
+    /// statuses as they are rather than flip every registration to Unknown and back. Nothing
+    /// is written before both caches are synced: a status computed from a partial pod list
+    /// (e.g. `NoReadyPods` during a restart) would be a lie, and an Event about it noise.
+    fn may_write_statuses(&self) -> bool {
+        self.leader && self.index.synced() && self.publishing != Publishing::Pending
+    }
+
+    /// Decides the status of `only` (or every registration) where it changed. Leader only.
+    fn update_statuses(&mut self, now: &Now, only: Option<&[RegKey]>, out: &mut Out) {
+        if !self.may_write_statuses() {
+            return;
+        }
+        let keys: Vec<RegKey> = match only {
+            Some(keys) => keys.to_vec(),
+            None => self.index.registrations().map(|(k, _)| k.clone()).collect(),
+        };
+        for key in keys {
+            let (Some(reg), Some(outcome)) =
+                (self.index.registration(&key), self.index.outcome(&key))
+            else {
+                self.statuses.remove(&key);
+                out.push(Effect::ForgetStatus(key));
+                continue;
+            };
+            if reg.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // Decide against what the status is about to be from our own writes, else what
+            // the watch shows.
+            let update = status::next_status_from(
+                reg,
+                self.statuses.get(&key).or(reg.status.as_ref()),
+                outcome,
+                self.published.in_etcd(&key),
+                &self.publishing,
+                now.wall.clone(),
+            );
+            let ok = matches!(self.publishing, Publishing::Ok) && outcome.problems.is_empty();
+            out.push(Effect::Metric(Metric::Reconciled(ok)));
+            if !outcome.problems.is_empty() {
+                out.push(Effect::Metric(Metric::Error(ErrorKind::PortNotFound)));
+            }
+            if !update.changed {
+                continue;
+            }
+            if update.reason_changed
+                && let Some(cond) = update.ready()
+                && cond.reason != status::reason::PENDING
+            {
+                out.push(Effect::Event {
+                    reg: reg.clone(),
+                    warning: cond.status != "True",
+                    reason: cond.reason.clone(),
+                    note: cond.message.clone(),
+                });
+            }
+            self.statuses.insert(key.clone(), update.status.clone());
+            out.push(Effect::WriteStatus {
+                key,
+                status: update.status,
+            });
+        }
+    }
+
+    /// The periodic resync: every status that differs from what the API server shows (as the
+    /// watch last saw it) is written again (the shell skips those with a write under way).
+    fn resync_statuses(&mut self, now: &Now, out: &mut Out) {
+        if !self.may_write_statuses() {
+            return;
+        }
+        self.update_statuses(now, None, out);
+        let differ: Vec<(RegKey, ServiceRegistrationStatus)> = self
+            .index
+            .registrations()
+            .filter(|(_, reg)| reg.metadata.deletion_timestamp.is_none())
+            .filter_map(|(key, reg)| {
+                let latest = self.statuses.get(key)?;
+                (reg.status.as_ref() != Some(latest)).then(|| (key.clone(), latest.clone()))
+            })
+            .collect();
+        if !differ.is_empty() {
+            out.push(Effect::ResyncStatuses(differ));
+        }
+    }
+}
+
+fn ensure_finalizer(ev: &watcher::Event<ServiceRegistration>, out: &mut Out) {
+    if let watcher::Event::Apply(reg) | watcher::Event::InitApply(reg) = ev
+        && reg.metadata.deletion_timestamp.is_none()
+        && !has_finalizer(reg)
+    {
+        out.push(Effect::AddFinalizer(Arc::new(reg.clone())));
+    }
+}
+
+/// Whether `reg` carries our finalizer.
+pub fn has_finalizer(reg: &ServiceRegistration) -> bool {
+    reg.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+#[cfg(test)]
+mod tests;

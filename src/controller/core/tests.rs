@@ -1,0 +1,685 @@
+//! Table tests of the engine's decisions: each scenario feeds inputs to a [`Core`] and checks
+//! the effects of every step (no API server, no etcd, no clock: time moves only when a step
+//! says so).
+
+use super::*;
+use crate::index::trim_pod;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+const SEC: u64 = 1000;
+
+fn reg_value(name: &str, finalizer: bool, deleting: bool) -> serde_json::Value {
+    let mut meta = json!({"name": name, "namespace": "shop", "generation": 1});
+    if finalizer {
+        meta["finalizers"] = json!([FINALIZER]);
+    }
+    if deleting {
+        meta["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+    }
+    json!({
+        "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
+        "metadata": meta,
+        "spec": {"selector": {"matchLabels": {"app": name}}, "port": 50051}
+    })
+}
+
+fn reg(name: &str) -> ServiceRegistration {
+    serde_json::from_value(reg_value(name, true, false)).unwrap()
+}
+
+fn reg_without_finalizer(name: &str) -> ServiceRegistration {
+    serde_json::from_value(reg_value(name, false, false)).unwrap()
+}
+
+fn deleting(name: &str) -> ServiceRegistration {
+    serde_json::from_value(reg_value(name, true, true)).unwrap()
+}
+
+fn with_status(mut r: ServiceRegistration, s: &ServiceRegistrationStatus) -> ServiceRegistration {
+    r.status = Some(s.clone());
+    r
+}
+
+/// A ready pod selected by registration `app`.
+fn pod(app: &str, name: &str, ip: &str) -> Pod {
+    let mut p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+        "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 50051}]}], "nodeName": "n1"},
+        "status": {"phase": "Running", "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True",
+                                   "lastTransitionTime": "2025-01-01T00:00:00Z"}]}
+    }))
+    .unwrap();
+    trim_pod(&mut p);
+    p
+}
+
+/// One step of a scenario: wait `after_ms`, feed `input` (or, with `None`, the debounce timer
+/// if one is due), then check the effects: each of `want` is the start of some effect's
+/// summary, none of `never` is.
+struct Step {
+    after_ms: u64,
+    input: Option<Input>,
+    want: &'static [&'static str],
+    never: &'static [&'static str],
+}
+
+fn step(input: Input, want: &'static [&'static str], never: &'static [&'static str]) -> Step {
+    Step {
+        after_ms: 0,
+        input: Some(input),
+        want,
+        never,
+    }
+}
+
+/// The debounce timer fires (the time moves to it).
+fn flush(want: &'static [&'static str], never: &'static [&'static str]) -> Step {
+    Step {
+        after_ms: 0,
+        input: None,
+        want,
+        never,
+    }
+}
+
+fn later(ms: u64, s: Step) -> Step {
+    Step { after_ms: ms, ..s }
+}
+
+fn key_of(key: &RegKey) -> String {
+    key.to_string()
+}
+
+fn name_of(reg: &ServiceRegistration) -> String {
+    format!(
+        "{}/{}",
+        reg.metadata.namespace.as_deref().unwrap_or_default(),
+        reg.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A one-line summary of an effect, for the expectations.
+fn summary(e: &Effect) -> String {
+    match e {
+        Effect::PublishDesired(d) => format!(
+            "Publish seq={} keys={} complete={}",
+            d.seq,
+            d.keys.len(),
+            d.complete
+        ),
+        Effect::StartWriter => "StartWriter".into(),
+        Effect::StopWriter => "StopWriter".into(),
+        Effect::WriteStatus { key, status } => {
+            let reason = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == crate::crd::READY_CONDITION)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
+            format!("Status {} {reason} {}", key_of(key), status.ready_endpoints)
+        }
+        Effect::ResyncStatuses(v) => format!(
+            "Resync {}",
+            v.iter()
+                .map(|(k, _)| key_of(k))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Effect::ForgetStatus(key) => format!("Forget {}", key_of(key)),
+        Effect::ClearStatuses => "ClearStatuses".into(),
+        Effect::AddFinalizer(r) => format!("AddFinalizer {}", name_of(r)),
+        Effect::ReleaseFinalizer(r) => format!("Release {}", name_of(r)),
+        Effect::Event {
+            reg,
+            warning,
+            reason,
+            ..
+        } => format!("Event {} {reason} warning={warning}", name_of(reg)),
+        Effect::SetReady => "Ready".into(),
+        Effect::Metric(Metric::Error(kind)) => format!("Error {kind:?}"),
+        Effect::Metric(Metric::Leader(on)) => format!("Leader {on}"),
+        Effect::Metric(m) => format!("Metric {m:?}"),
+    }
+}
+
+struct Sim {
+    core: Core,
+    t0: Instant,
+    ms: u64,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Sim {
+            core: Core::new(CoreConfig {
+                prefix: "registrar".into(),
+                coalesce: Duration::from_millis(50),
+                hold: Duration::from_secs(5),
+            }),
+            t0: Instant::now(),
+            ms: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            at: self.t0 + Duration::from_millis(self.ms),
+            wall: Time(Timestamp::from_second(1_750_000_000 + (self.ms / SEC) as i64).unwrap()),
+        }
+    }
+
+    fn on(&mut self, input: Input) -> Vec<String> {
+        self.core
+            .on(&self.now(), input)
+            .iter()
+            .map(summary)
+            .collect()
+    }
+
+    /// Feeds both initial lists (registrations first), then the debounce.
+    fn sync(&mut self, regs: Vec<ServiceRegistration>, pods: Vec<Pod>) -> Vec<String> {
+        let mut out = self.on(Input::registration(watcher::Event::Init));
+        for r in regs {
+            out.extend(self.on(Input::registration(watcher::Event::InitApply(r))));
+        }
+        out.extend(self.on(Input::registration(watcher::Event::InitDone)));
+        out.extend(self.on(Input::pod(watcher::Event::Init)));
+        for p in pods {
+            out.extend(self.on(Input::pod(watcher::Event::InitApply(p))));
+        }
+        out.extend(self.on(Input::pod(watcher::Event::InitDone)));
+        out.extend(self.fire_flush());
+        out
+    }
+
+    fn fire_flush(&mut self) -> Vec<String> {
+        let Some(at) = self.core.flush_at() else {
+            return Vec::new();
+        };
+        let due = u64::try_from(at.duration_since(self.t0).as_millis()).unwrap();
+        self.ms = self.ms.max(due);
+        self.on(Input::FlushDue)
+    }
+
+    /// Leading on a connected etcd, the writer ready and caught up; one registration "greeter"
+    /// with one ready pod, status published.
+    fn leading() -> (Sim, Vec<String>) {
+        let mut sim = Sim::new();
+        sim.on(Input::Etcd(EtcdLink::Connected));
+        let mut out = sim.sync(
+            vec![reg("greeter")],
+            vec![pod("greeter", "g1", "127.0.0.1")],
+        );
+        out.extend(sim.on(Input::Leader(true)));
+        out.extend(sim.on(Input::WriterState(WriterState::Ready { lease: 1 })));
+        let seq = sim.core.desired.seq;
+        out.extend(sim.on(Input::WriterApplied(seq)));
+        assert!(
+            out.iter().any(|e| e == "Status shop/greeter Published 1"),
+            "{out:#?}"
+        );
+        (sim, out)
+    }
+
+    fn run(&mut self, name: &str, steps: Vec<Step>) {
+        for (i, s) in steps.into_iter().enumerate() {
+            self.ms += s.after_ms;
+            let label = match &s.input {
+                Some(input) => format!("{input:?}"),
+                None => "FlushDue".into(),
+            };
+            let label: String = label.chars().take(90).collect();
+            let out = match s.input {
+                Some(input) => self.on(input),
+                None => self.fire_flush(),
+            };
+            println!(
+                "[{name}] step {i} at {} ms: {label}\n    -> {out:?}",
+                self.ms
+            );
+            for want in s.want {
+                assert!(
+                    out.iter().any(|e| e.starts_with(want)),
+                    "[{name}] step {i} ({label}): expected {want:?} in {out:#?}"
+                );
+            }
+            for never in s.never {
+                assert!(
+                    !out.iter().any(|e| e.starts_with(never)),
+                    "[{name}] step {i} ({label}): unexpected {never:?} in {out:#?}"
+                );
+            }
+        }
+    }
+}
+
+fn apply(r: ServiceRegistration) -> Input {
+    Input::registration(watcher::Event::Apply(r))
+}
+
+fn ready() -> Input {
+    Input::WriterState(WriterState::Ready { lease: 2 })
+}
+
+fn etcd_down() -> Input {
+    Input::WriterState(WriterState::EtcdUnavailable {
+        reason: "connection refused".into(),
+    })
+}
+
+#[test]
+fn leadership_starts_and_stops_the_writer() {
+    let mut sim = Sim::new();
+    sim.on(Input::Etcd(EtcdLink::Connected));
+    let out = sim.sync(
+        vec![reg_without_finalizer("greeter")],
+        vec![pod("greeter", "g1", "127.0.0.1")],
+    );
+    assert!(out.iter().any(|e| e == "Ready"), "{out:?}");
+    assert!(!out.iter().any(|e| e.starts_with("Status")), "{out:?}");
+    let seq = sim.core.desired.seq;
+    sim.run(
+        "leadership",
+        vec![
+            // Gained: a writer starts, the finalizer is added, statuses wait for the writer.
+            step(
+                Input::Leader(true),
+                &[
+                    "Leader true",
+                    "StartWriter",
+                    "ClearStatuses",
+                    "AddFinalizer shop/greeter",
+                ],
+                &["Status", "StopWriter"],
+            ),
+            step(Input::Leader(true), &[], &["StartWriter", "Leader"]),
+            // Ready before anything applied: etcd holds nothing of it yet.
+            step(ready(), &["Status shop/greeter NoReadyPods 0"], &[]),
+            step(
+                Input::WriterApplied(seq),
+                &[
+                    "Status shop/greeter Published 1",
+                    "Event shop/greeter Published",
+                ],
+                &[],
+            ),
+            // Lost: the writer stops, and nothing it reports afterwards is acted on.
+            step(
+                Input::Leader(false),
+                &["Leader false", "StopWriter", "ClearStatuses"],
+                &["StartWriter", "Status"],
+            ),
+            step(etcd_down(), &[], &["Status", "Event"]),
+            step(Input::WriterApplied(seq + 1), &[], &["Status", "Release"]),
+            step(Input::WriterDied, &[], &["StartWriter", "Error"]),
+            step(Input::ResyncTick, &[], &["Status", "Resync"]),
+            // A registration event while not leading adds no finalizer.
+            step(
+                apply(reg_without_finalizer("other")),
+                &[],
+                &["AddFinalizer"],
+            ),
+            flush(&[], &["Status"]),
+            // Gained again: a new term.
+            step(
+                Input::Leader(true),
+                &[
+                    "StartWriter",
+                    "AddFinalizer shop/greeter",
+                    "AddFinalizer shop/other",
+                ],
+                &["Status"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_writer_that_died_is_started_again_and_statuses_are_kept_meanwhile() {
+    let (mut sim, _) = Sim::leading();
+    sim.run(
+        "writer died",
+        vec![
+            step(
+                Input::WriterDied,
+                &["Error Internal", "StartWriter"],
+                &["Status", "StopWriter", "ClearStatuses", "Event"],
+            ),
+            // The new writer starting: its state and progress flip no status.
+            step(
+                Input::WriterState(WriterState::Starting),
+                &[],
+                &["Status", "Event"],
+            ),
+            step(ready(), &[], &["Status", "Event"]),
+            step(Input::WriterApplied(sim_seq()), &[], &["Status"]),
+            // A new pod: published and shown as usual.
+            step(
+                Input::pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
+                &[],
+                &[],
+            ),
+            flush(
+                &["Publish seq=2 keys=2"],
+                &["Status shop/greeter Published 2"],
+            ),
+            step(
+                Input::WriterApplied(2),
+                &["Status shop/greeter Published 2"],
+                &[],
+            ),
+        ],
+    );
+}
+
+/// The seq of the desired state [`Sim::leading`] ends with.
+fn sim_seq() -> u64 {
+    1
+}
+
+#[test]
+fn etcd_lost_and_back_changes_statuses_once_it_held() {
+    let (mut sim, _) = Sim::leading();
+    assert_eq!(sim.core.desired.seq, sim_seq());
+    sim.run(
+        "etcd flaps and goes down",
+        vec![
+            // A flap shorter than the hold: nothing shown.
+            step(etcd_down(), &[], &["Status", "Event"]),
+            later(2 * SEC, step(ready(), &[], &["Status"])),
+            later(4 * SEC, step(Input::SettleDue, &[], &["Status"])),
+            // Down for good: shown once the hold ended.
+            step(etcd_down(), &[], &["Status"]),
+            later(
+                2 * SEC,
+                step(
+                    Input::WriterState(WriterState::EtcdUnavailable {
+                        reason: "timeout".into(),
+                    }),
+                    &[],
+                    &["Status"],
+                ),
+            ),
+            later(
+                3 * SEC,
+                step(
+                    Input::SettleDue,
+                    &[
+                        "Status shop/greeter EtcdUnavailable 1",
+                        "Event shop/greeter EtcdUnavailable warning=true",
+                    ],
+                    &[],
+                ),
+            ),
+            // While down, a new pod is published to the writer but not counted.
+            step(
+                Input::pod(watcher::Event::Apply(pod("greeter", "g2", "127.0.0.2"))),
+                &[],
+                &[],
+            ),
+            flush(
+                &["Publish seq=2 keys=2"],
+                &["Status shop/greeter EtcdUnavailable 2"],
+            ),
+            // Back: shown once it held, with what etcd then holds.
+            step(ready(), &[], &["Status"]),
+            // The count follows what etcd holds; the condition waits for the hold.
+            step(
+                Input::WriterApplied(2),
+                &["Status shop/greeter EtcdUnavailable 2"],
+                &["Event"],
+            ),
+            later(
+                5 * SEC,
+                step(
+                    Input::SettleDue,
+                    &[
+                        "Status shop/greeter Published 2",
+                        "Event shop/greeter Published warning=false",
+                    ],
+                    &[],
+                ),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_leader_waits_for_its_etcd_connection_and_shows_why() {
+    let mut sim = Sim::new();
+    sim.on(Input::Etcd(EtcdLink::Connecting(
+        "connection refused".into(),
+    )));
+    sim.sync(
+        vec![reg("greeter")],
+        vec![pod("greeter", "g1", "127.0.0.1")],
+    );
+    sim.run(
+        "etcd connection",
+        vec![
+            step(
+                Input::Leader(true),
+                &[
+                    "Status shop/greeter EtcdUnavailable 0",
+                    "Event shop/greeter EtcdUnavailable",
+                ],
+                &["StartWriter"],
+            ),
+            // A new reason: the text follows, no new Event.
+            step(
+                Input::Etcd(EtcdLink::Connecting("authentication failed".into())),
+                &["Status shop/greeter EtcdUnavailable 0"],
+                &["StartWriter", "Event", "ClearStatuses", "AddFinalizer"],
+            ),
+            step(
+                Input::Etcd(EtcdLink::Connected),
+                &["StartWriter"],
+                &["Status", "ClearStatuses"],
+            ),
+            step(ready(), &["Status shop/greeter NoReadyPods 0"], &[]),
+            step(
+                Input::WriterApplied(1),
+                &["Status shop/greeter Published 1"],
+                &[],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_finalizer_is_released_only_once_the_writer_applied_the_removal() {
+    let (mut sim, _) = Sim::leading();
+    sim.run(
+        "deletion",
+        vec![
+            step(apply(deleting("greeter")), &[], &["Release", "Status"]),
+            // Its keys leave with seq 2; the writer still applies older ones.
+            flush(&["Publish seq=2 keys=0"], &["Release", "Status"]),
+            step(Input::WriterApplied(1), &[], &["Release"]),
+            step(ready(), &[], &["Release"]),
+            step(Input::WriterApplied(2), &["Release shop/greeter"], &[]),
+            // Once only.
+            step(Input::WriterApplied(2), &[], &["Release"]),
+            step(
+                Input::registration(watcher::Event::Delete(deleting("greeter"))),
+                &[],
+                &[],
+            ),
+            flush(&["Forget shop/greeter"], &["Release"]),
+        ],
+    );
+}
+
+#[test]
+fn a_release_after_leadership_was_lost_is_not_made() {
+    let (mut sim, _) = Sim::leading();
+    sim.run(
+        "deletion across a leadership loss",
+        vec![
+            step(apply(deleting("greeter")), &[], &[]),
+            flush(&["Publish seq=2 keys=0"], &["Release"]),
+            step(Input::Leader(false), &["StopWriter"], &["Release"]),
+            // The old writer's progress arrives late: not ours any more.
+            step(Input::WriterApplied(2), &[], &["Release"]),
+            // Leading again: the new term's writer must apply the removal first.
+            step(
+                Input::Leader(true),
+                &["StartWriter"],
+                &["Release", "AddFinalizer"],
+            ),
+            step(Input::WriterApplied(1), &[], &["Release"]),
+            step(Input::WriterApplied(2), &["Release shop/greeter"], &[]),
+        ],
+    );
+}
+
+#[test]
+fn statuses_wait_for_both_caches() {
+    let mut sim = Sim::new();
+    sim.on(Input::Etcd(EtcdLink::Connected));
+    sim.run(
+        "sync",
+        vec![
+            step(Input::Leader(true), &["StartWriter"], &[]),
+            step(ready(), &[], &["Status"]),
+            step(Input::registration(watcher::Event::Init), &[], &[]),
+            step(
+                Input::registration(watcher::Event::InitApply(reg("greeter"))),
+                &[],
+                &[],
+            ),
+            step(
+                Input::registration(watcher::Event::InitDone),
+                &[],
+                &["Status", "Ready"],
+            ),
+            // Registrations listed, pods not: a flush publishes what is known, but no status
+            // (it would say NoReadyPods) and no deletion.
+            flush(
+                &["Publish seq=1 keys=0 complete=false"],
+                &["Status", "Event", "Ready"],
+            ),
+            step(Input::ResyncTick, &[], &["Status", "Resync"]),
+            step(Input::pod(watcher::Event::Init), &[], &[]),
+            step(
+                Input::pod(watcher::Event::InitApply(pod("greeter", "g1", "127.0.0.1"))),
+                &[],
+                &["Status"],
+            ),
+            step(
+                Input::pod(watcher::Event::InitDone),
+                &[
+                    "Ready",
+                    "Publish seq=2 keys=1 complete=true",
+                    "Status shop/greeter NoReadyPods 0",
+                ],
+                &[],
+            ),
+            step(
+                Input::WriterApplied(2),
+                &["Status shop/greeter Published 1"],
+                &[],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn no_status_flips_on_failover() {
+    // The old leader's status, as the new leader's watch shows it.
+    let (old, _) = Sim::leading();
+    let shown = old.core.statuses[&RegKey::new("shop", "greeter")].clone();
+    let mut sim = Sim::new();
+    sim.ms = 30 * SEC;
+    sim.on(Input::Etcd(EtcdLink::Connected));
+    sim.sync(
+        vec![with_status(reg("greeter"), &shown)],
+        vec![pod("greeter", "g1", "127.0.0.1")],
+    );
+    sim.run(
+        "failover",
+        vec![
+            step(Input::Leader(true), &["StartWriter"], &["Status", "Event"]),
+            // The new writer starting (the old term's keys still in etcd): statuses kept.
+            step(
+                Input::WriterState(WriterState::Starting),
+                &[],
+                &["Status", "Event"],
+            ),
+            later(10 * SEC, step(Input::SettleDue, &[], &["Status"])),
+            step(Input::ResyncTick, &[], &["Status", "Resync"]),
+            step(ready(), &[], &["Status", "Event"]),
+            step(Input::WriterApplied(1), &[], &["Status", "Event"]),
+        ],
+    );
+}
+
+#[test]
+fn the_resync_rewrites_only_statuses_that_differ() {
+    let (mut sim, _) = Sim::leading();
+    let key = RegKey::new("shop", "greeter");
+    let ours = sim.core.statuses[&key].clone();
+    // The watch brings our own write back: nothing to rewrite.
+    let mut echoed = with_status(reg("greeter"), &ours);
+    sim.run(
+        "resync",
+        vec![
+            step(apply(echoed.clone()), &[], &[]),
+            flush(&[], &["Status", "Publish"]),
+            step(Input::ResyncTick, &[], &["Status", "Resync"]),
+        ],
+    );
+    // Someone else rewrites it: the resync puts it right.
+    let mut theirs = ours.clone();
+    theirs.ready_endpoints = 99;
+    echoed.status = Some(theirs);
+    sim.run(
+        "resync after a foreign write",
+        vec![
+            step(apply(echoed), &[], &[]),
+            flush(&[], &["Status"]),
+            step(Input::ResyncTick, &["Resync shop/greeter"], &["Status"]),
+        ],
+    );
+}
+
+#[test]
+fn changes_within_the_window_are_coalesced() {
+    let (mut sim, _) = Sim::leading();
+    let start = sim.ms;
+    sim.on(Input::pod(watcher::Event::Apply(pod(
+        "greeter",
+        "g2",
+        "127.0.0.2",
+    ))));
+    // After a quiet period: at once.
+    assert_eq!(sim.core.flush_at(), Some(sim.now().at));
+    let out = sim.fire_flush();
+    assert!(
+        out.iter().any(|e| e.starts_with("Publish seq=2")),
+        "{out:?}"
+    );
+    // Within the window: when it ends, both together.
+    sim.ms += 10;
+    sim.on(Input::pod(watcher::Event::Apply(pod(
+        "greeter",
+        "g3",
+        "127.0.0.3",
+    ))));
+    sim.on(Input::pod(watcher::Event::Apply(pod(
+        "greeter",
+        "g4",
+        "127.0.0.4",
+    ))));
+    assert_eq!(
+        sim.core.flush_at(),
+        Some(sim.t0 + Duration::from_millis(start + 50))
+    );
+    let out = sim.fire_flush();
+    assert!(
+        out.iter().any(|e| e.starts_with("Publish seq=3 keys=4")),
+        "{out:?}"
+    );
+}
