@@ -127,6 +127,11 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRAR_COALESCE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub coalesce_ms: u64,
 
+    /// How often, in seconds, every registration's status is compared with what the API server
+    /// shows and rewritten where it differs (repairs statuses edited or lost elsewhere).
+    #[arg(long, env = "REGISTRAR_STATUS_RESYNC_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub status_resync_seconds: u64,
+
     /// Elect a leader with a coordination.k8s.io Lease; only the leader writes.
     #[arg(long, env = "REGISTRAR_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_elect: bool,

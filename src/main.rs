@@ -193,6 +193,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         identity: args.identity(),
         coalesce: args.coalesce(),
+        status_resync: Duration::from_secs(args.status_resync_seconds),
     };
     let result = engine.run(leadership.subscribe(), ready_tx, shutdown).await;
     // The engine stopped writing: give the Lease up so that a standby takes over at once.

@@ -8,8 +8,8 @@
 //! the status queue, finalizer and Event writes, metrics, readiness).
 //!
 //! Statuses go through a keyed, latest-wins queue ([`status_queue`]): one write in flight per
-//! registration, failures retried. Every [`DEFAULT_STATUS_RESYNC`] (or
-//! `REGISTRAR_STATUS_RESYNC_SECONDS`), statuses that differ from what the API server shows are
+//! registration, failures retried. Every [`Engine::status_resync`]
+//! (`--status-resync-seconds`, default 60 s), statuses that differ from what the API server shows are
 //! written again.
 
 mod core;
@@ -40,20 +40,6 @@ use status_queue::{QueueConfig, StatusQueue};
 /// How often statuses are compared with what the API server shows.
 pub const DEFAULT_STATUS_RESYNC: Duration = Duration::from_secs(60);
 
-/// The status resync period: `REGISTRAR_STATUS_RESYNC_SECONDS` if set to a positive number.
-fn status_resync() -> Duration {
-    match std::env::var("REGISTRAR_STATUS_RESYNC_SECONDS") {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(secs) if secs > 0 => Duration::from_secs(secs),
-            _ => {
-                tracing::warn!(value = %v, "REGISTRAR_STATUS_RESYNC_SECONDS is not a positive number of seconds; using the default");
-                DEFAULT_STATUS_RESYNC
-            }
-        },
-        Err(_) => DEFAULT_STATUS_RESYNC,
-    }
-}
-
 /// What the engine needs to run.
 pub struct Engine {
     /// Kubernetes client.
@@ -68,6 +54,9 @@ pub struct Engine {
     pub identity: String,
     /// Debounce window for watcher events.
     pub coalesce: Duration,
+    /// How often statuses that differ from what the API server shows are rewritten
+    /// ([`DEFAULT_STATUS_RESYNC`] unless configured).
+    pub status_resync: Duration,
 }
 
 /// The state of the connection to etcd, published by whoever dials it (with retries).
@@ -160,7 +149,7 @@ impl Engine {
         };
         let mut etcd_conn = self.etcd.clone();
         let mut etcd_settled = false;
-        let resync_every = status_resync();
+        let resync_every = self.status_resync;
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -41,6 +41,7 @@ impl Operator {
             metrics: Metrics::new(),
             identity: "registrar-demo".to_string(),
             coalesce,
+            status_resync: registrar::controller::DEFAULT_STATUS_RESYNC,
         };
         let task = tokio::spawn(engine.run(leader_rx, ready_tx, shutdown_rx));
         let mut op = Operator {
