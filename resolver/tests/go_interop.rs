@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -386,9 +386,7 @@ async fn after_an_etcd_wipe_rust_recovers_and_go_is_reported() -> Result<()> {
     let mut old = greeter::serve(loopback(84), "old".into()).await;
     let new = greeter::serve(loopback(85), "new".into()).await;
     put_endpoint(&mut kv, &t, old.addr()).await?;
-    for i in 0..30 {
-        kv.put(format!("unrelated/{i}"), "x", None).await?;
-    }
+    advance_revision(&mut kv, 30).await?;
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("follow.log");
     let mut cmd = Command::new(interop_binary()?);
@@ -419,16 +417,7 @@ async fn after_an_etcd_wipe_rust_recovers_and_go_is_reported() -> Result<()> {
     let written = tokio::time::Instant::now();
     let written_ms = unix_ms();
 
-    let want: BTreeSet<String> = [new.addr().to_string()].into();
-    poll(
-        "the Rust balancer on the new backend",
-        Duration::from_secs(20),
-        || async {
-            let addrs: BTreeSet<String> = balancer.backends().into_iter().map(|b| b.addr).collect();
-            (addrs == want && balancer.ready_count() == 1).then_some(())
-        },
-    )
-    .await?;
+    converge(&balancer, &[new.addr()]).await?;
     let rust = written.elapsed();
     let go = poll(
         "the Go client on the new backend",

@@ -42,7 +42,7 @@ pub(crate) fn is_unreachable(e: &EtcdError) -> bool {
         },
         // A stream that simply closed; "canceled by etcd" is etcd saying no.
         EtcdError::Watch(reason) => !reason.starts_with("canceled by etcd"),
-        EtcdError::ClaimChurn(_) => false,
+        // Claim churn, and anything else: etcd answered.
         _ => false,
     }
 }

@@ -165,3 +165,39 @@ pub fn etcd_addr(endpoint: &str) -> Result<SocketAddr> {
         .trim_start_matches("https://")
         .parse()?)
 }
+
+/// The balancer's backend addresses, when every one of them is READY.
+pub fn ready_addrs(balancer: &Balancer) -> Option<std::collections::BTreeSet<String>> {
+    let backends = balancer.backends();
+    let all_ready = backends
+        .iter()
+        .all(|b| b.state == registrar_resolver::ConnectivityState::Ready);
+    all_ready.then(|| backends.into_iter().map(|b| b.addr).collect())
+}
+
+/// Waits until the balancer's backends are exactly `want`, all READY; returns how long it took.
+pub async fn converge(balancer: &Balancer, want: &[std::net::SocketAddr]) -> Result<Duration> {
+    let want: std::collections::BTreeSet<String> = want.iter().map(ToString::to_string).collect();
+    let started = tokio::time::Instant::now();
+    registrar_testenv::poll(
+        &format!("the balancer to converge on {want:?}"),
+        Duration::from_secs(30),
+        || async { (ready_addrs(balancer).as_ref() == Some(&want)).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; backends {:?}", balancer.backends()))?;
+    Ok(started.elapsed())
+}
+
+/// Writes unrelated keys so that etcd's revision moves well past what a fresh store reaches.
+pub async fn advance_revision(kv: &mut etcd_client::Client, n: usize) -> Result<i64> {
+    let mut rev = 0;
+    for i in 0..n {
+        rev = kv
+            .put(format!("unrelated/{i}"), "x", None)
+            .await?
+            .header()
+            .map_or(0, |h| h.revision());
+    }
+    Ok(rev)
+}
