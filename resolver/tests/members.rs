@@ -62,8 +62,16 @@ async fn a_killed_member_is_taken_out_and_put_back() -> Result<()> {
         killed.elapsed(),
         states(&health)
     );
-    // Once it is out (and a leader is elected), nothing fails on it any more.
+    // Once it is out (and a leader is elected), nothing fails on it any more. The guard fails
+    // requests in flight once when it sees the leader change; wait until that is past: 30 gets
+    // in a row succeed (over a probe interval; with requests going to the dead member, about a
+    // third would fail and this would never happen).
     cluster.wait_leader().await?;
+    poll("the election to settle in the guard", WAIT, || {
+        let mut c = client.clone();
+        async move { (failures(&mut c, 30).await == 0).then_some(()) }
+    })
+    .await?;
     let failed = failures(&mut client, 100).await;
     println!("guarded: {failed} of 100 gets failed with member {victim} dead");
     assert_eq!(failed, 0, "requests went to the dead member");
