@@ -38,6 +38,17 @@ impl Backoff {
     }
 }
 
+/// The shared lease keepalive ([`registrar_etcd::KeptLease`]) retries with this policy too.
+impl registrar_etcd::Retry for Backoff {
+    fn next_delay(&mut self) -> Duration {
+        Backoff::next_delay(self)
+    }
+
+    fn reset(&mut self) {
+        Backoff::reset(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,7 +124,7 @@ pub struct RunArgs {
 
     /// Coalescing window, in milliseconds: a change after a quiet period is written at once;
     /// changes within this window of the last write are batched into the next one.
-    #[arg(long, env = "REGISTRAR_COALESCE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, env = "REGISTRAR_COALESCE_MS", default_value_t = crate::coalesce::DEFAULT_WINDOW_MS, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub coalesce_ms: u64,
 
     /// How often, in seconds, every registration's status is compared with what the API server

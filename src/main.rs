@@ -9,9 +9,8 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use registrar::admin::{AdminServer, AdminState};
-use registrar::backoff::Backoff;
 use registrar::config::{Cli, Command, LogFormat, RunArgs};
-use registrar::controller::{Engine, EtcdConnection};
+use registrar::controller::Engine;
 use registrar::etcd::WriterConfig;
 use registrar::metrics::Metrics;
 use tokio::sync::watch;
@@ -81,62 +80,6 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// Dials etcd in the background, retrying with backoff until it answers (or shutdown), and
-/// publishes the connection state: until connected, registrations show `EtcdUnavailable` with
-/// the reason (e.g. wrong credentials) instead of the process crash-looping. The client keeps
-/// dead or frozen members out of its balanced endpoint set ([`members`]).
-fn connect_etcd(
-    args: &RunArgs,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<watch::Receiver<EtcdConnection>> {
-    let connect = args.etcd_connect()?.member_probe(Some(MEMBER_PROBE));
-    let endpoints = args.etcd_endpoints.clone();
-    let username = args.etcd_username.clone();
-    let (tx, rx) = watch::channel(EtcdConnection::Connecting("connecting to etcd".into()));
-    tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(15), connect.connect_with_health()).await;
-            let error = match attempt {
-                Ok(Ok((client, _health))) => {
-                    tracing::info!(endpoints = ?endpoints, "connected to etcd");
-                    let _ = tx.send(EtcdConnection::Connected(Box::new(client)));
-                    return;
-                }
-                Ok(Err(registrar_etcd::ConnectError::Etcd(e))) => {
-                    explain_connect_error(&e, username.as_deref())
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out connecting to etcd".to_string(),
-            };
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %error, endpoints = ?endpoints, "cannot connect to etcd; retrying in {delay:?}");
-            let _ = tx.send(EtcdConnection::Connecting(format!(
-                "cannot connect to etcd: {error}"
-            )));
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// The connect error, with a hint naming the flags when etcd refused the credentials (the
-/// password itself is never part of it).
-fn explain_connect_error(e: &etcd_client::Error, username: Option<&str>) -> String {
-    let text = e.to_string();
-    match username {
-        Some(user) if text.contains("authentication failed") => format!(
-            "{text} (etcd refused user {user:?}: check --etcd-username and the password in \
-             --etcd-password-file or REGISTRAR_ETCD_PASSWORD)"
-        ),
-        _ => text,
-    }
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Configuration errors first: they must fail at start, naming the flag.
     args.etcd_connect()?;
@@ -181,14 +124,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_elect {
         warn_on_short_lease_ttl(&args);
     }
-    let etcd = connect_etcd(&args, shutdown.clone())?;
+    // Each writer term dials etcd with these settings (and says why while it cannot). The
+    // client keeps dead or frozen members out of its balanced endpoint set ([`members`]).
+    let etcd = args.etcd_connect()?.member_probe(Some(MEMBER_PROBE));
     let leadership = registrar::leader::elect(client.clone(), &args).await?;
     let mut writer = WriterConfig::new(args.prefix.clone(), cluster_id);
     writer.lease_ttl = args.lease_ttl();
-    writer.coalesce = args.coalesce();
     let engine = Engine {
         client,
-        etcd,
+        etcd: etcd.into(),
         writer,
         metrics,
         identity: args.identity(),

@@ -359,6 +359,32 @@ fn propagation_latency(ready_since: &Time, committed_at: SystemTime) -> Option<D
     Duration::try_from_secs_f64((committed - ready).max(0.0)).ok()
 }
 
+/// The etcd writer reports each event here as it happens.
+impl crate::etcd::WriterObserver for Metrics {
+    /// One transaction: its result and latency; the operations of committed ones (a failed one
+    /// also counts as `errors_total{kind="etcd"}`).
+    fn txn(&self, latency: Duration, ops: usize, ok: bool) {
+        Metrics::txn(self, latency, if ok { ops } else { 0 }, ok);
+        if !ok {
+            self.error(ErrorKind::Etcd);
+        }
+    }
+
+    fn keepalive(&self, ok: bool) {
+        if !ok {
+            self.keepalive_failed();
+        }
+    }
+
+    fn lease_granted(&self) {
+        Metrics::lease_granted(self);
+    }
+
+    fn lease_lost(&self) {
+        self.error(ErrorKind::EtcdLease);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +431,41 @@ mod tests {
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
         assert!(text.contains(r#"registrar_build_info{version="0.1.0"} 1"#));
+    }
+
+    #[test]
+    fn the_writer_observer_records_each_event_once() {
+        use crate::etcd::WriterObserver;
+        let m = Metrics::new();
+        let o: &dyn WriterObserver = &m;
+        o.txn(Duration::from_micros(1500), 5, true);
+        o.txn(Duration::from_micros(700), 2, true);
+        o.txn(Duration::from_millis(2), 3, false);
+        o.keepalive(true);
+        o.keepalive(false);
+        o.keepalive(false);
+        o.lease_granted();
+        o.lease_granted();
+        o.lease_lost();
+        let text = m.encode().unwrap();
+        let at = |s: &str| sample(&text, s);
+        assert_eq!(at(r#"registrar_etcd_txns_total{result="ok"}"#), Some(2.0));
+        assert_eq!(
+            at(r#"registrar_etcd_txns_total{result="error"}"#),
+            Some(1.0)
+        );
+        assert_eq!(at("registrar_etcd_txn_ops_total"), Some(7.0));
+        // One latency sample per transaction, each its own.
+        assert_eq!(at("registrar_etcd_txn_duration_seconds_count"), Some(3.0));
+        let sum = at("registrar_etcd_txn_duration_seconds_sum").unwrap();
+        assert!((sum - 0.0042).abs() < 1e-9, "{sum}");
+        assert_eq!(at("registrar_etcd_lease_grants_total"), Some(2.0));
+        assert_eq!(at("registrar_etcd_keepalive_failures_total"), Some(2.0));
+        assert_eq!(at(r#"registrar_errors_total{kind="etcd"}"#), Some(1.0));
+        assert_eq!(
+            at(r#"registrar_errors_total{kind="etcd_lease"}"#),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -19,7 +19,6 @@ const WAIT: Duration = Duration::from_secs(20);
 fn config(prefix: &str, cluster: &str) -> WriterConfig {
     let mut c = WriterConfig::new(prefix, cluster);
     c.lease_ttl = Duration::from_secs(2);
-    c.coalesce = Duration::from_millis(50);
     c.request_timeout = Duration::from_secs(2);
     c.owner_recheck = Duration::from_millis(200);
     c.backoff_initial = Duration::from_millis(50);
@@ -241,8 +240,7 @@ async fn a_rollout_of_500_pods_is_a_handful_of_txns() -> Result<()> {
     let etcd = Etcd::start().await?;
     let mut client = etcd.client().await?;
     let prefix = unique_name("rollout");
-    let mut cfg = config(&prefix, "cluster-a");
-    cfg.coalesce = Duration::from_millis(500);
+    let cfg = config(&prefix, "cluster-a");
     let mut run = start(&etcd, cfg, desired(1, BTreeMap::new(), true)).await?;
     run.applied(1).await?;
     let before = run.handle.stats.snapshot();
@@ -603,5 +601,78 @@ async fn shutdown_leaves_the_keys_and_does_not_revoke() -> Result<()> {
     if !gone.contains_key(&format!("{prefix}/.owner")) {
         bail!("the claim must outlive the lease: {gone:?}");
     }
+    Ok(())
+}
+
+/// The writer reports every transaction to its observer where it happens: with the operator's
+/// metrics as the observer, a transaction etcd refuses counts as `result="error"`, and every
+/// transaction is one latency sample.
+#[tokio::test]
+async fn every_transaction_is_observed_where_it_happens() -> Result<()> {
+    use registrar::metrics::Metrics;
+    use registrar_testenv::prometheus::sample;
+
+    let etcd = Etcd::start().await?;
+    let prefix = unique_name("observed");
+    let metrics = Metrics::new();
+    // More operations per transaction than etcd accepts (its default --max-txn-ops is 128):
+    // the first write fails for real, again on every retry.
+    let mut cfg = config(&prefix, "cluster-a");
+    cfg.max_txn_ops = 1000;
+    let too_many = endpoints(&prefix, 200);
+    let (desired_tx, desired_rx) = watch::channel(desired(1, too_many, true));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let handle = registrar::etcd::spawn_writer_with(
+        etcd.client().await?,
+        cfg,
+        desired_rx,
+        shutdown_rx,
+        Arc::new(metrics.clone()),
+    );
+    let mut run = Running {
+        handle,
+        desired: desired_tx,
+        shutdown,
+    };
+    let series = |name: &str| -> Result<f64> {
+        let text = metrics.encode()?;
+        sample(&text, name).with_context(|| format!("{name} missing"))
+    };
+    poll("a failed transaction", WAIT, || async {
+        (series(r#"registrar_etcd_txns_total{result="error"}"#).ok()? >= 1.0).then_some(())
+    })
+    .await?;
+
+    // Fewer keys: written. Then five more changes, each one transaction.
+    run.desired
+        .send_replace(desired(2, endpoints(&prefix, 100), true));
+    run.applied(2).await?;
+    for seq in 3..8u64 {
+        let n = 100 + usize::try_from(seq)? - 2;
+        run.desired
+            .send_replace(desired(seq, endpoints(&prefix, n), true));
+        run.applied(seq).await?;
+    }
+    run.shutdown.send_replace(true);
+    tokio::time::timeout(WAIT, &mut run.handle.join).await??;
+
+    let stats = run.handle.stats.snapshot();
+    let ok = series(r#"registrar_etcd_txns_total{result="ok"}"#)?;
+    let failed = series(r#"registrar_etcd_txns_total{result="error"}"#)?;
+    let samples = series("registrar_etcd_txn_duration_seconds_count")?;
+    let etcd_errors = series(r#"registrar_errors_total{kind="etcd"}"#)?;
+    println!(
+        "writer stats: {} txns, {} failures; metrics: ok {ok}, error {failed}, latency samples \
+         {samples}, errors_total{{kind=\"etcd\"}} {etcd_errors}",
+        stats.txns, stats.txn_failures
+    );
+    assert!(failed >= 1.0);
+    assert_eq!(failed, stats.txn_failures as f64);
+    assert_eq!(etcd_errors, failed);
+    // One transaction for the 100 keys, one for each of the five changes.
+    assert_eq!(ok, 6.0);
+    assert_eq!(ok, stats.txns as f64);
+    assert_eq!(samples, ok + failed, "one latency sample per transaction");
+    assert_eq!(series("registrar_etcd_lease_grants_total")?, 1.0);
     Ok(())
 }

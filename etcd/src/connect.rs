@@ -154,6 +154,11 @@ impl EtcdConnect {
         &self.endpoints
     }
 
+    /// The etcd user name, if one is set (never the password).
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_ref().map(|(name, _)| name.as_str())
+    }
+
     /// Whether TLS is configured.
     pub fn is_tls(&self) -> bool {
         self.ca.is_some() || self.identity.is_some() || self.domain_name.is_some()

@@ -14,6 +14,8 @@
 //!   nothing changes), and HTTP/2 keepalives detect a dead connection under them.
 //! - [`members`]: an etcd client whose balanced endpoint set a guard keeps free of dead or
 //!   frozen members (etcd-client alone keeps sending requests to a dead member).
+//! - [`KeptLease`]: one lease kept alive (keepalive every TTL/3) with one expiry policy: gone
+//!   only when etcd says so, never guessed from a clock; granted again when it is gone.
 //! - [`EtcdError`] and [`timed`]: what went wrong talking to etcd, with the operation named.
 //!
 //! See `docs/architecture.md` for where this sits in the data path.
@@ -23,6 +25,7 @@
 mod connect;
 mod error;
 mod history;
+mod lease;
 pub mod members;
 mod reflector;
 pub mod value;
@@ -30,4 +33,5 @@ pub mod value;
 pub use connect::EtcdConnect;
 pub use error::{ConnectError, EtcdError, is_lease_not_found, timed};
 pub use history::{History, HistoryCheck};
+pub use lease::{KeptLease, KeptLeaseBuilder, LeaseObserver, LeaseState, Retry};
 pub use reflector::{Kv, KvEvent, ListReason, Reflector, ReflectorBuilder, Update, range_end};

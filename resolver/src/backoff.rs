@@ -114,6 +114,17 @@ impl BackoffState {
     }
 }
 
+/// The shared lease keepalive ([`registrar_etcd::KeptLease`]) retries with this backoff.
+impl registrar_etcd::Retry for BackoffState {
+    fn next_delay(&mut self) -> Duration {
+        BackoffState::next_delay(self)
+    }
+
+    fn reset(&mut self) {
+        BackoffState::reset(self)
+    }
+}
+
 fn jittered(base: Duration, jitter: f64) -> Duration {
     if jitter <= 0.0 {
         return base;

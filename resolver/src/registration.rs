@@ -1,11 +1,15 @@
 //! Self-registration, the server side of etcd's gRPC naming: a server puts
 //! `<target>/<addr>` → `{"Op":0,"Addr":…,"Metadata":…}` under a lease that it keeps alive.
 //!
-//! A [`SharedLease`] owns one etcd lease and a background task that keeps it alive (every
-//! TTL/3). If the lease is lost (revoked, or expired while etcd was unreachable) the task grants
-//! a new one and puts every registered key again, retrying forever with backoff: registrations
-//! never silently stop. Several [`Registration`]s can share one lease, so keepalive cost does not
-//! grow with them. Dropping a `Registration` deletes its key; when the lease and all its
+//! A [`SharedLease`] owns one etcd lease, kept alive (every TTL/3) by the shared
+//! [`KeptLease`](registrar_etcd::KeptLease) with its one expiry policy (the operator's writer
+//! uses the same): the lease is gone only when etcd says so (a keepalive answered with TTL 0,
+//! or "lease not found" on a keepalive or a put), never because a local clock ran out. While
+//! etcd cannot be reached the keepalives are retried and the lease is kept; if it survived the
+//! outage, nothing is granted or put again. If etcd says it is gone (revoked, expired, or etcd
+//! lost its data), a new lease is granted and every registered key put again under it,
+//! retrying forever with backoff: registrations never silently stop. Several
+//! [`Registration`]s can share one lease, so keepalive cost does not grow with them. Dropping a `Registration` deletes its key; when the lease and all its
 //! registrations are dropped, the lease is revoked. For a clean shutdown await
 //! [`Registration::deregister`] or [`SharedLease::shutdown`]: background work cannot run once
 //! the runtime is gone (the keys then vanish when the TTL ends).
@@ -18,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use registrar_etcd::{KeptLease, LeaseState, is_lease_not_found};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -56,7 +61,8 @@ impl SharedLeaseBuilder {
         self
     }
 
-    /// Backoff between attempts to re-grant a lost lease (default 0.5 s ×1.6 up to 30 s).
+    /// Backoff between attempts to reopen a failing keepalive stream, to re-grant a lost lease
+    /// and to put the keys again (default 0.5 s ×1.6 up to 30 s).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -77,17 +83,25 @@ impl SharedLeaseBuilder {
                 self.ttl
             )));
         }
-        let mut task = LeaseTask {
-            client: self.client,
+        let lease = KeptLease::builder(
+            self.client.clone(),
             ttl_secs,
+            BackoffState::new(self.backoff),
+        )
+        .request_timeout(self.request_timeout)
+        .grant()
+        .await?;
+        let id = lease.state();
+        let task = LeaseTask {
+            client: self.client,
             request_timeout: self.request_timeout,
             backoff: BackoffState::new(self.backoff),
             desired: BTreeMap::new(),
-            lease: None,
-            id: watch::Sender::new(None),
+            state: lease.state(),
+            written: lease.id(),
+            put_again_at: None,
+            lease: Some(lease),
         };
-        task.acquire().await?;
-        let id = task.id.subscribe();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(task.run(rx));
         Ok(SharedLease {
@@ -110,7 +124,7 @@ pub struct SharedLease {
 #[derive(Debug)]
 struct LeaseHandle {
     tx: mpsc::UnboundedSender<Command>,
-    id: watch::Receiver<Option<i64>>,
+    id: watch::Receiver<LeaseState>,
     ttl: Duration,
 }
 
@@ -130,10 +144,12 @@ impl SharedLease {
         Self::builder(client).ttl(ttl).grant().await
     }
 
-    /// The current lease id; `None` while a lost lease is being re-granted. It changes after
-    /// every re-grant.
+    /// The current lease id; `None` while a lost lease is being re-granted, and after the
+    /// lease was revoked. It changes after every re-grant.
     pub fn id(&self) -> Option<i64> {
-        *self.inner.id.borrow()
+        // An error: the keepalive task is gone (the lease was revoked).
+        self.inner.id.has_changed().ok()?;
+        self.inner.id.borrow().id()
     }
 
     /// The lease TTL.
@@ -305,41 +321,90 @@ enum Command {
     },
 }
 
-/// How a keepalive session ended.
-enum SessionEnd {
-    /// Every handle is gone, or shutdown was requested.
-    Stop,
-    /// etcd says the lease no longer exists, or it expired while unconfirmed.
-    LeaseLost(String),
-    /// The keepalive stream failed; the lease may still be alive.
-    Broken(String),
-}
-
+/// Serves the handles' commands and puts every key again under a new lease.
 struct LeaseTask {
     client: Client,
-    ttl_secs: i64,
     request_timeout: Duration,
+    /// Delays between attempts to put the keys again.
     backoff: BackoffState,
     desired: BTreeMap<String, String>,
-    /// The current lease and when etcd last confirmed it (grant or keepalive).
-    lease: Option<(i64, Instant)>,
-    id: watch::Sender<Option<i64>>,
+    /// The lease, kept alive (and granted again when etcd says it is gone) by its own task;
+    /// `None` once revoked.
+    lease: Option<KeptLease>,
+    state: watch::Receiver<LeaseState>,
+    /// The lease every desired key is known to be put under.
+    written: Option<i64>,
+    /// When to try to put every key again under the current lease.
+    put_again_at: Option<Instant>,
 }
 
 impl LeaseTask {
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(self.ttl_secs.unsigned_abs())
+    fn current(&self) -> Option<i64> {
+        self.lease.as_ref().and_then(KeptLease::id)
     }
 
-    /// Grants a new lease and puts every desired key under it.
-    async fn acquire(&mut self) -> Result<(), Error> {
-        let resp = etcd_call(
-            self.request_timeout,
-            self.client.lease_grant(self.ttl_secs, None),
-        )
-        .await?;
-        let id = resp.id();
-        let granted = Instant::now();
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let put_again_at = self.put_again_at;
+            let put_again = async {
+                match put_again_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = rx.recv() => match command {
+                    None => return self.stop().await,
+                    Some(command) => if self.handle(command).await { return },
+                },
+                changed = self.state.changed() => {
+                    if changed.is_err() {
+                        // The lease's task never ends by itself; nothing more to keep.
+                        return self.stop().await;
+                    }
+                    let id = self.state.borrow_and_update().id();
+                    if id.is_some() && id != self.written && self.put_again_at.is_none() {
+                        tracing::warn!(lease = ?id, keys = self.desired.len(), "new lease; registering every key again");
+                        self.put_again_at = Some(Instant::now());
+                    }
+                }
+                () = put_again => self.put_again().await,
+            }
+        }
+    }
+
+    /// Puts every desired key under the current lease; on failure, tries again later.
+    async fn put_again(&mut self) {
+        self.put_again_at = None;
+        let Some(id) = self.current() else {
+            // Being granted: the new id triggers the next attempt.
+            return;
+        };
+        match self.put_all(id).await {
+            Ok(()) => {
+                tracing::info!(
+                    lease = id,
+                    keys = self.desired.len(),
+                    "keys registered again"
+                );
+                self.written = Some(id);
+                self.backoff.reset();
+            }
+            Err(e) => {
+                if let Error::Etcd(source) = &e
+                    && is_lease_not_found(source)
+                    && let Some(lease) = &self.lease
+                {
+                    lease.report_not_found(id);
+                }
+                let delay = self.backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, keys = self.desired.len(), "registering the keys again failed; retrying");
+                self.put_again_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    async fn put_all(&mut self, id: i64) -> Result<(), Error> {
         let ops: Vec<_> = self
             .desired
             .iter()
@@ -353,118 +418,9 @@ impl LeaseTask {
             .collect();
         for chunk in ops.chunks(MAX_TXN_OPS) {
             let txn = Txn::new().and_then(chunk.to_vec());
-            if let Err(e) = etcd_call(self.request_timeout, self.client.txn(txn)).await {
-                // The fresh lease holds no complete set; let it expire and start over.
-                let _ = etcd_call(self.request_timeout, self.client.lease_revoke(id)).await;
-                return Err(e);
-            }
+            etcd_call(self.request_timeout, self.client.txn(txn)).await?;
         }
-        tracing::info!(
-            lease = id,
-            keys = self.desired.len(),
-            ttl = self.ttl_secs,
-            "lease granted, keys registered"
-        );
-        self.lease = Some((id, granted));
-        self.id.send_replace(Some(id));
         Ok(())
-    }
-
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        loop {
-            if self.lease.is_none() {
-                match self.acquire().await {
-                    Ok(()) => self.backoff.reset(),
-                    Err(e) => {
-                        let delay = self.backoff.next_delay();
-                        tracing::warn!(error = %e, ?delay, keys = self.desired.len(), "re-granting the lease failed; retrying");
-                        if self.idle(&mut rx, delay).await {
-                            return self.stop().await;
-                        }
-                        continue;
-                    }
-                }
-            }
-            match self.session(&mut rx).await {
-                SessionEnd::Stop => return self.stop().await,
-                SessionEnd::LeaseLost(reason) => {
-                    tracing::warn!(%reason, keys = self.desired.len(), "lease lost; re-granting and re-registering");
-                    self.lease = None;
-                    self.id.send_replace(None);
-                }
-                SessionEnd::Broken(reason) => {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(%reason, ?delay, "lease keepalive broken; retrying");
-                    if self.idle(&mut rx, delay).await {
-                        return self.stop().await;
-                    }
-                    if let Some((_, confirmed)) = self.lease
-                        && confirmed.elapsed() >= self.ttl()
-                    {
-                        tracing::warn!("lease unconfirmed for a whole TTL; assuming it expired");
-                        self.lease = None;
-                        self.id.send_replace(None);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits `delay` while serving commands; returns true when the task must stop.
-    async fn idle(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return false,
-                command = rx.recv() => match command {
-                    None => return true,
-                    Some(command) => if self.handle(command).await { return true },
-                },
-            }
-        }
-    }
-
-    /// Keeps the current lease alive while serving commands.
-    async fn session(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) -> SessionEnd {
-        let Some((id, _)) = self.lease else {
-            return SessionEnd::LeaseLost("no lease".into());
-        };
-        let (mut keeper, mut stream) =
-            match etcd_call(self.request_timeout, self.client.lease_keep_alive(id)).await {
-                Ok(pair) => pair,
-                Err(e) => return SessionEnd::Broken(e.to_string()),
-            };
-        let mut tick = tokio::time::interval(self.ttl() / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                command = rx.recv() => match command {
-                    None => return SessionEnd::Stop,
-                    Some(command) => if self.handle(command).await { return SessionEnd::Stop },
-                },
-                _ = tick.tick() => {
-                    if let Some((_, confirmed)) = self.lease
-                        && confirmed.elapsed() >= self.ttl()
-                    {
-                        return SessionEnd::LeaseLost("no keepalive answer for a whole TTL".into());
-                    }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return SessionEnd::Broken(e.to_string());
-                    }
-                }
-                message = stream.message() => match message {
-                    Ok(Some(resp)) if resp.ttl() <= 0 => {
-                        return SessionEnd::LeaseLost(format!("etcd reports lease {id} gone"));
-                    }
-                    Ok(Some(_)) => {
-                        self.lease = Some((id, Instant::now()));
-                        self.backoff.reset();
-                    }
-                    Ok(None) => return SessionEnd::Broken("keepalive stream closed".into()),
-                    Err(e) => return SessionEnd::Broken(e.to_string()),
-                },
-            }
-        }
     }
 
     /// Serves one command; returns true when the task must stop.
@@ -476,14 +432,21 @@ impl LeaseTask {
                         "{key} is already registered on this lease"
                     )))
                 } else {
-                    match self.lease {
-                        Some((id, _)) => {
+                    match self.current() {
+                        Some(id) => {
                             let put = self.client.put(
                                 key.as_str(),
                                 value.as_str(),
                                 Some(PutOptions::new().with_lease(id)),
                             );
-                            etcd_call(self.request_timeout, put).await.map(|_| ())
+                            let result = etcd_call(self.request_timeout, put).await.map(|_| ());
+                            if let Err(Error::Etcd(source)) = &result
+                                && is_lease_not_found(source)
+                                && let Some(lease) = &self.lease
+                            {
+                                lease.report_not_found(id);
+                            }
+                            result
                         }
                         None => Err(Error::NoLease),
                     }
@@ -497,7 +460,7 @@ impl LeaseTask {
             }
             Command::Delete { key, reply } => {
                 self.desired.remove(&key);
-                let result = if self.lease.is_some() {
+                let result = if self.current().is_some() {
                     etcd_call(self.request_timeout, self.client.delete(key.as_str(), None))
                         .await
                         .map(|_| ())
@@ -526,13 +489,8 @@ impl LeaseTask {
 
     async fn revoke(&mut self) -> Result<(), Error> {
         self.desired.clear();
-        self.id.send_replace(None);
         match self.lease.take() {
-            Some((id, _)) => etcd_call(self.request_timeout, self.client.lease_revoke(id))
-                .await
-                .map(|_| {
-                    tracing::info!(lease = id, "lease revoked");
-                }),
+            Some(lease) => lease.revoke().await.map_err(Error::from),
             None => Ok(()),
         }
     }

@@ -1,5 +1,5 @@
 //! The engine's decisions as a pure state machine: [`Core::on`] takes one [`Input`] (a watcher
-//! event applied, a timer fired, leadership or the etcd connection changed, the writer moved)
+//! event applied, a timer fired, leadership changed, the writer moved)
 //! and returns the [`Effect`]s to run (publish a desired state, start or stop the etcd writer,
 //! write a status, add or release a finalizer, publish an Event, update a metric). It performs
 //! no I/O and reads no clock: the time comes with each input ([`Now`]), so every decision is
@@ -7,15 +7,16 @@
 //!
 //! What lives here:
 //! - the [`Index`] (registrations and pods) and the desired state's seq;
-//! - the writer's term: started when leading with a connected etcd, stopped when leadership is
-//!   lost, started again when it died; its applied seq;
+//! - the writer's term: started when leading (the writer dials etcd itself and says why while
+//!   it cannot), stopped when leadership is lost, started again when it died; its applied seq;
 //! - statuses: what each one is about to be from our writes (the base of the next decision),
 //!   the writer's state as statuses show it ([`Settled`] hysteresis), what etcd holds of each
 //!   registration ([`PublishedLog`]); nothing is written before both caches synced, nor while a
 //!   new writer is starting (the previous term's keys are still in etcd);
 //! - finalizers: deleted registrations wait in `releasing` for the writer to apply the seq that
 //!   removed their keys; that list is dropped with leadership;
-//! - the debounce of watcher events (leading-edge coalescing) and readiness.
+//! - the debounce of watcher events (leading-edge coalescing, [`crate::coalesce`]: the one
+//!   place where changes are coalesced before they reach etcd) and readiness.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use super::kube_writes::FINALIZER;
 use super::settle::Settled;
+use crate::coalesce::next_action;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{Desired, WriterState};
 use crate::index::{Index, RegKey};
@@ -56,15 +58,6 @@ impl Now {
     }
 }
 
-/// The connection to etcd as the engine sees it (the client itself stays with the shell).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EtcdLink {
-    /// Not connected yet; the text says why.
-    Connecting(String),
-    /// Connected: a writer can start.
-    Connected,
-}
-
 /// Something that happened.
 #[derive(Debug)]
 pub enum Input {
@@ -78,8 +71,6 @@ pub enum Input {
     SettleDue,
     /// This replica leads (true) or not.
     Leader(bool),
-    /// The etcd connection changed.
-    Etcd(EtcdLink),
     /// The running writer's state changed.
     WriterState(WriterState),
     /// The running writer applied every desired state up to this seq.
@@ -124,7 +115,7 @@ pub enum Metric {
 pub enum Effect {
     /// Hand this desired state to the writer (and to every writer started later).
     PublishDesired(Desired),
-    /// Start an etcd writer term on the connected client, with the latest desired state.
+    /// Start an etcd writer term (it dials etcd itself), with the latest desired state.
     StartWriter,
     /// Stop the running writer (its lease is not revoked).
     StopWriter,
@@ -181,7 +172,6 @@ pub struct Core {
     /// The last desired state published.
     desired: Desired,
     leader: bool,
-    etcd: EtcdLink,
     /// A writer term runs.
     writing: bool,
     /// The seq the running writer applied (0 without one).
@@ -210,7 +200,7 @@ pub struct Core {
 type Out = Vec<Effect>;
 
 impl Core {
-    /// A core that is not leading, with etcd not connected and nothing seen yet.
+    /// A core that is not leading, with nothing seen yet.
     pub fn new(cfg: CoreConfig) -> Self {
         Core {
             index: Index::new(cfg.prefix.clone()),
@@ -222,7 +212,6 @@ impl Core {
                 complete: false,
             },
             leader: false,
-            etcd: EtcdLink::Connecting(String::new()),
             writing: false,
             applied: 0,
             publishing: Publishing::Pending,
@@ -270,7 +259,6 @@ impl Core {
             Input::Leader(true) if !self.leader => self.gain_leadership(now, &mut out),
             Input::Leader(false) if self.leader => self.lose_leadership(&mut out),
             Input::Leader(_) => {}
-            Input::Etcd(link) => self.on_etcd(now, link, &mut out),
             Input::WriterState(state) if self.writing => self.on_writer_state(now, state, &mut out),
             Input::WriterApplied(seq) if self.writing => {
                 self.applied = seq;
@@ -281,7 +269,7 @@ impl Core {
                 out.push(Effect::Metric(Metric::Error(ErrorKind::Internal)));
                 self.writing = false;
                 self.applied = 0;
-                if self.leader && self.etcd == EtcdLink::Connected {
+                if self.leader {
                     self.start_writer(now, &mut out);
                 }
             }
@@ -297,10 +285,7 @@ impl Core {
     fn after(&mut self, now: &Now, out: &mut Out) {
         if self.index.has_dirty() && self.flush_at.is_none() {
             // Leading edge: at once after a quiet period, else when the window ends.
-            self.flush_at = Some(match self.last_flush {
-                Some(last) => (last + self.cfg.coalesce).max(now.at),
-                None => now.at,
-            });
+            self.flush_at = Some(next_action(self.last_flush, self.cfg.coalesce, now.at));
         }
         if self.index.synced() && !self.ready {
             tracing::info!(pods = self.index.pod_count(), "initial sync complete");
@@ -315,13 +300,8 @@ impl Core {
     fn gain_leadership(&mut self, now: &Now, out: &mut Out) {
         self.leader = true;
         out.push(Effect::Metric(Metric::Leader(true)));
-        match self.etcd.clone() {
-            EtcdLink::Connected => {
-                if !self.writing {
-                    self.start_writer(now, out);
-                }
-            }
-            EtcdLink::Connecting(why) => self.show_connecting(now, why),
+        if !self.writing {
+            self.start_writer(now, out);
         }
         // Another leader may have written statuses meanwhile: start from what the watch shows.
         self.statuses.clear();
@@ -361,33 +341,6 @@ impl Core {
         self.settle.observe(Publishing::Pending, now.at);
         self.publishing = self.settle.shown().clone();
         self.raw_publishing = Publishing::Pending;
-    }
-
-    /// A failed connection attempt says why: show the latest reason.
-    fn show_connecting(&mut self, now: &Now, why: String) {
-        self.settle
-            .observe_with_text(Publishing::EtcdUnavailable(why), now.at);
-        self.publishing = self.settle.shown().clone();
-    }
-
-    fn on_etcd(&mut self, now: &Now, link: EtcdLink, out: &mut Out) {
-        self.etcd = link.clone();
-        if !self.leader {
-            return;
-        }
-        match link {
-            EtcdLink::Connected if !self.writing => {
-                self.start_writer(now, out);
-                self.update_statuses(now, None, out);
-            }
-            EtcdLink::Connected => {}
-            EtcdLink::Connecting(why) if !self.writing => {
-                self.show_connecting(now, why);
-                self.update_statuses(now, None, out);
-            }
-            // A running writer reports its own state.
-            EtcdLink::Connecting(_) => {}
-        }
     }
 
     /// Recomputes dirty registrations and publishes the new desired state (if it changed) and
@@ -460,11 +413,15 @@ impl Core {
     }
 
     fn on_writer_state(&mut self, now: &Now, state: WriterState, out: &mut Out) {
-        let publishing = match state {
-            WriterState::Starting => Publishing::Pending,
-            WriterState::Ready { .. } => Publishing::Ok,
-            WriterState::EtcdUnavailable { reason } => Publishing::EtcdUnavailable(reason),
-            WriterState::PrefixOwnedElsewhere { owner } => Publishing::PrefixOwnedElsewhere(owner),
+        // A failed connection attempt says why: its latest reason is shown.
+        let (publishing, latest_text) = match state {
+            WriterState::Starting => (Publishing::Pending, false),
+            WriterState::Connecting { reason } => (Publishing::EtcdUnavailable(reason), true),
+            WriterState::Ready { .. } => (Publishing::Ok, false),
+            WriterState::EtcdUnavailable { reason } => (Publishing::EtcdUnavailable(reason), false),
+            WriterState::PrefixOwnedElsewhere { owner } => {
+                (Publishing::PrefixOwnedElsewhere(owner), false)
+            }
         };
         // Keep the reason text from flapping every retry: compare the kind only.
         if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.raw_publishing) {
@@ -481,7 +438,13 @@ impl Core {
             }
         }
         self.raw_publishing = publishing.clone();
-        let changed = self.settle.observe(publishing, now.at);
+        let changed = if latest_text {
+            let before = self.settle.shown().clone();
+            self.settle.observe_with_text(publishing, now.at);
+            *self.settle.shown() != before
+        } else {
+            self.settle.observe(publishing, now.at)
+        };
         self.publishing = self.settle.shown().clone();
         if changed {
             self.update_statuses(now, None, out);

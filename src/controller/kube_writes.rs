@@ -3,6 +3,7 @@
 //! the status queue ([`super::status_queue`]) calls, one at a time per registration.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -15,6 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::status_queue::WriteResult;
+use crate::backoff::Backoff;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
@@ -24,6 +26,12 @@ pub const FINALIZER: &str = "registrar.dev/cleanup";
 
 /// Field manager for status patches.
 const MANAGER: &str = "registrar";
+
+/// Retries of a finalizer removal that failed transiently, and their delays (the operator's
+/// one retry policy, [`Backoff`]): 0.5 s doubling up to 8 s, jittered.
+const FINALIZER_ATTEMPTS: u32 = 5;
+const FINALIZER_RETRY_INITIAL: Duration = Duration::from_millis(500);
+const FINALIZER_RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// Issues Kubernetes writes concurrently, at most `limit` at once.
 #[derive(Clone)]
@@ -124,7 +132,7 @@ impl KubeWriter {
             async move {
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-                let mut delay = std::time::Duration::from_millis(500);
+                let mut backoff = Backoff::new(FINALIZER_RETRY_INITIAL, FINALIZER_RETRY_MAX);
                 for attempt in 0.. {
                     let res = api
                         .patch(
@@ -137,10 +145,9 @@ impl KubeWriter {
                         Err(kube::Error::Api(e)) if e.code < 500 && e.code != 429 => {
                             return Err(kube::Error::Api(e));
                         }
-                        Err(e) if attempt < 5 => {
+                        Err(e) if attempt < FINALIZER_ATTEMPTS => {
                             tracing::debug!(error = %e, "removing the finalizer failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
+                            tokio::time::sleep(backoff.next_delay()).await;
                         }
                         other => return other,
                     }

@@ -3,9 +3,10 @@
 //!
 //! Every decision is made by [`core::Core`], a pure state machine (inputs in, effects out). This
 //! module is its shell: one task turns I/O into inputs (watcher events, the debounce and
-//! hysteresis timers, leadership, the etcd connection, the writer's state and progress, the
-//! status resync tick) and runs the effects (the desired-state channel, the writer term,
-//! the status queue, finalizer and Event writes, metrics, readiness).
+//! hysteresis timers, leadership, the writer's state and progress, the status resync tick) and
+//! runs the effects (the desired-state channel, the writer term, the status queue, finalizer
+//! and Event writes, metrics, readiness). Each writer term dials etcd itself and reports its
+//! events straight into the metrics (the [`Metrics`] are its observer).
 //!
 //! Statuses go through a keyed, latest-wins queue ([`status_queue`]): one write in flight per
 //! registration, failures retried. Every [`Engine::status_resync`]
@@ -16,7 +17,6 @@ mod core;
 mod kube_writes;
 mod settle;
 mod status_queue;
-mod writer_metrics;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,9 +30,11 @@ use tokio::sync::watch;
 
 pub use kube_writes::{FINALIZER, KubeWriter};
 
-use self::core::{Core, CoreConfig, Effect, EtcdLink, Input, Metric, Now};
+use self::core::{Core, CoreConfig, Effect, Input, Metric, Now};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
-use crate::etcd::{Desired, WriterConfig, WriterHandle, WriterState, spawn_writer};
+use crate::etcd::{
+    Desired, EtcdSource, WriterConfig, WriterHandle, WriterState, spawn_writer_with,
+};
 use crate::index::{RegKey, trim_pod};
 use crate::metrics::{ErrorKind, Metrics};
 use status_queue::{QueueConfig, StatusQueue};
@@ -44,37 +46,20 @@ pub const DEFAULT_STATUS_RESYNC: Duration = Duration::from_secs(60);
 pub struct Engine {
     /// Kubernetes client.
     pub client: kube::Client,
-    /// The etcd connection as it comes up (see [`EtcdConnection`]); used only while leader.
-    pub etcd: watch::Receiver<EtcdConnection>,
-    /// etcd writer settings (prefix, cluster id, lease TTL, coalescing).
+    /// etcd: the settings each writer term dials with (or a ready client); used only while
+    /// leader.
+    pub etcd: EtcdSource,
+    /// etcd writer settings (prefix, cluster id, lease TTL).
     pub writer: WriterConfig,
     /// Metrics registry.
     pub metrics: Metrics,
     /// This replica's identity (Events).
     pub identity: String,
-    /// Debounce window for watcher events.
+    /// Debounce window for watcher events: the one coalescing window before etcd.
     pub coalesce: Duration,
     /// How often statuses that differ from what the API server shows are rewritten
     /// ([`DEFAULT_STATUS_RESYNC`] unless configured).
     pub status_resync: Duration,
-}
-
-/// The state of the connection to etcd, published by whoever dials it (with retries).
-#[derive(Clone)]
-pub enum EtcdConnection {
-    /// Not connected yet; the text says why (shown in status conditions).
-    Connecting(String),
-    /// Connected.
-    Connected(Box<etcd_client::Client>),
-}
-
-impl EtcdConnection {
-    fn link(&self) -> EtcdLink {
-        match self {
-            EtcdConnection::Connecting(why) => EtcdLink::Connecting(why.clone()),
-            EtcdConnection::Connected(_) => EtcdLink::Connected,
-        }
-    }
 }
 
 /// A running etcd writer.
@@ -90,7 +75,7 @@ struct Io {
     /// Receivers of the running writer (stale ones in between terms; not polled then).
     writer_state: watch::Receiver<WriterState>,
     applied: watch::Receiver<u64>,
-    etcd: EtcdConnection,
+    etcd: EtcdSource,
     writer_cfg: WriterConfig,
     kube: KubeWriter,
     statuses: StatusQueue<RegKey, ServiceRegistrationStatus>,
@@ -132,7 +117,7 @@ impl Engine {
             term: None,
             writer_state: watch::channel(WriterState::Starting).1,
             applied: watch::channel(0u64).1,
-            etcd: self.etcd.borrow().clone(),
+            etcd: self.etcd.clone(),
             writer_cfg: self.writer.clone(),
             kube: KubeWriter::new(
                 self.client.clone(),
@@ -147,14 +132,10 @@ impl Engine {
             metrics: self.metrics.clone(),
             ready,
         };
-        let mut etcd_conn = self.etcd.clone();
-        let mut etcd_settled = false;
         let resync_every = self.status_resync;
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let link = io.etcd.link();
-        io.run(core.on(&Now::current(), Input::Etcd(link)));
         let leading = *leader.borrow_and_update();
         io.run(core.on(&Now::current(), Input::Leader(leading)));
 
@@ -201,12 +182,6 @@ impl Engine {
                 res = leader.changed() => {
                     if res.is_err() { anyhow::bail!("leader election stopped"); }
                     Input::Leader(*leader.borrow_and_update())
-                }
-                res = etcd_conn.changed(), if !etcd_settled => {
-                    // The connector ends once connected (or on shutdown): its last value stays.
-                    if res.is_err() { etcd_settled = true; }
-                    io.etcd = etcd_conn.borrow_and_update().clone();
-                    Input::Etcd(io.etcd.link())
                 }
                 res = io.writer_state.changed(), if writing => match res {
                     Ok(()) => Input::WriterState(io.writer_state.borrow_and_update().clone()),
@@ -303,24 +278,19 @@ impl Io {
     }
 
     fn start_writer(&mut self) {
-        let EtcdConnection::Connected(client) = &self.etcd else {
-            // The core starts a writer only on a connected etcd.
-            tracing::error!("asked to start the etcd writer without an etcd connection");
-            return;
-        };
         if let Some(old) = self.term.take() {
             let _ = old.stop.send(true);
         }
         let (stop, stop_rx) = watch::channel(false);
-        let handle = spawn_writer(
-            (**client).clone(),
+        let handle = spawn_writer_with(
+            self.etcd.clone(),
             self.writer_cfg.clone(),
             self.desired_tx.subscribe(),
             stop_rx,
+            Arc::new(self.metrics.clone()),
         );
         self.writer_state = handle.state.clone();
         self.applied = handle.applied.clone();
-        writer_metrics::spawn(handle.stats.clone(), self.metrics.clone(), stop.subscribe());
         self.term = Some(Term { handle, stop });
     }
 }

@@ -3,13 +3,16 @@
 //! The engine says what each object's status should be ([`StatusQueue::set`]); a worker task
 //! writes it. Per key, at most one write is in flight, and a newer value replaces a queued older
 //! one, so writes for one object land in the order they were decided and the last one wins.
-//! A failed write is retried with a capped exponential backoff (the latest value, not the one
-//! that failed). The engine decides each status against the last one it decided (its own copy,
+//! A failed write is retried with the operator's one retry policy ([`crate::backoff`]: capped
+//! exponential backoff with jitter, per key), writing the latest value, not the one that
+//! failed. The engine decides each status against the last one it decided (its own copy,
 //! immune to a watch that lags behind our writes); a periodic resync ([`StatusQueue::force`])
 //! covers what that view cannot see (someone else rewrote a status).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+
+use crate::backoff::Backoff;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -61,8 +64,8 @@ struct Entry<V> {
     wanted: Option<V>,
     /// A write of this value is in flight.
     in_flight: Option<V>,
-    /// Failures in a row.
-    failures: u32,
+    /// The retry delays of a streak of failures (`None` after a success).
+    backoff: Option<Backoff>,
     /// No write before this instant (backoff).
     not_before: Option<Instant>,
     /// Forgotten while a write was in flight: dropped once it ends (unless set again).
@@ -75,7 +78,7 @@ impl<V> Default for Entry<V> {
             confirmed: None,
             wanted: None,
             in_flight: None,
-            failures: 0,
+            backoff: None,
             not_before: None,
             forgotten: false,
         }
@@ -88,7 +91,7 @@ impl<V> Entry<V> {
     fn forget(&mut self) -> bool {
         self.confirmed = None;
         self.wanted = None;
-        self.failures = 0;
+        self.backoff = None;
         self.not_before = None;
         self.forgotten = true;
         self.in_flight.is_none()
@@ -219,17 +222,6 @@ where
     }
 }
 
-fn backoff(cfg: &QueueConfig, failures: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(failures.saturating_sub(1).min(20))
-        .unwrap_or(u32::MAX);
-    let ceiling = cfg
-        .backoff_initial
-        .saturating_mul(factor)
-        .min(cfg.backoff_max.max(cfg.backoff_initial));
-    ceiling.mul_f64(rand::random_range(0.5..=1.0))
-}
-
 async fn worker<K, V, F, Fut>(
     shared: Arc<Mutex<Shared<K, V>>>,
     mut wake: mpsc::Receiver<()>,
@@ -308,7 +300,7 @@ async fn worker<K, V, F, Fut>(
                 e.in_flight = None;
                 match result {
                     WriteResult::Written => {
-                        e.failures = 0;
+                        e.backoff = None;
                         e.not_before = None;
                         if e.wanted.as_ref() == Some(&value) {
                             e.wanted = None;
@@ -323,15 +315,20 @@ async fn worker<K, V, F, Fut>(
                     // Gone, but a newer value came meanwhile (maybe a new object of that name).
                     WriteResult::Gone => {}
                     WriteResult::Rejected => {
-                        e.failures = 0;
+                        e.backoff = None;
                         e.not_before = None;
                         if e.wanted.as_ref() == Some(&value) {
                             e.wanted = None;
                         }
                     }
                     WriteResult::Failed => {
-                        e.failures = e.failures.saturating_add(1);
-                        e.not_before = Some(Instant::now() + backoff(&cfg, e.failures));
+                        let delay = e
+                            .backoff
+                            .get_or_insert_with(|| {
+                                Backoff::new(cfg.backoff_initial, cfg.backoff_max)
+                            })
+                            .next_delay();
+                        e.not_before = Some(Instant::now() + delay);
                         if e.wanted.is_none() && !e.forgotten {
                             e.wanted = Some(value);
                         }

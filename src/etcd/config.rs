@@ -17,8 +17,6 @@ pub struct WriterConfig {
     pub max_txn_ops: usize,
     /// Soft cap on the keys and values in one transaction (etcd refuses requests over 1.5 MiB).
     pub max_txn_bytes: usize,
-    /// How long changes are collected before they are written.
-    pub coalesce: Duration,
     /// Deadline of each etcd request (and of opening a watch or keepalive stream).
     pub request_timeout: Duration,
     /// How often a prefix claimed by another cluster is checked again.
@@ -38,7 +36,6 @@ impl WriterConfig {
             lease_ttl: Duration::from_secs(30),
             max_txn_ops: 128,
             max_txn_bytes: 1024 * 1024,
-            coalesce: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
             owner_recheck: Duration::from_secs(15),
             backoff_initial: Duration::from_millis(200),

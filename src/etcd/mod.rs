@@ -3,22 +3,27 @@
 //! edits (see `docs/architecture.md`).
 //!
 //! The controller publishes the whole desired state as a [`Desired`] on a `watch` channel;
-//! [`spawn_writer`] starts a task that claims the prefix ([`owner`]), writes under one lease per
-//! term ([`lease`]), diffs against what etcd holds ([`plan`]) and watches the prefix to repair
-//! drift. Its [`WriterHandle`] reports the [`WriterState`] and the sequence number of the last
-//! desired state fully written.
+//! [`spawn_writer`] starts a task that gets its etcd client (dialing it itself from
+//! [`EtcdConnect`](registrar_etcd::EtcdConnect) settings, [`dial`]), claims the prefix
+//! ([`owner`]), writes under one lease per term (the shared
+//! [`KeptLease`](registrar_etcd::KeptLease)), diffs against what etcd holds ([`plan`]) and
+//! watches the prefix to repair drift. Its [`WriterHandle`] reports the [`WriterState`] and the
+//! sequence number of the last desired state fully written; [`spawn_writer_with`] also reports
+//! every event to a [`WriterObserver`] ([`observer`]).
 //!
-//! The etcd client given to the writer should have HTTP/2 keepalives on (e.g.
+//! An etcd client given to the writer should have HTTP/2 keepalives on (e.g.
 //! `ConnectOptions::new().with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))`) so
-//! that a silent partition breaks the streams; the writer also detects silent keepalive streams.
+//! that a silent partition breaks the streams (`EtcdConnect` does); the lease's keepalive also
+//! detects silent keepalive streams.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod config;
+mod dial;
 pub mod error;
 mod known;
-mod lease;
+mod observer;
 mod owner;
 pub mod plan;
 mod reachable;
@@ -26,10 +31,12 @@ mod stats;
 mod writer;
 
 pub use config::WriterConfig;
+pub use dial::EtcdSource;
 pub use error::EtcdError;
+pub use observer::WriterObserver;
 pub use registrar_etcd::value;
 pub use stats::{StatsSnapshot, WriterStats};
-pub use writer::{WriterHandle, spawn_writer};
+pub use writer::{WriterHandle, spawn_writer, spawn_writer_with};
 
 /// The complete desired content of the prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,8 +54,10 @@ pub struct Desired {
 /// What the writer is doing, for status conditions, readiness and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriterState {
-    /// Not yet connected, claimed and leased.
+    /// Connected (or connecting for the first time), not yet claimed and leased.
     Starting,
+    /// Dialing etcd failed; retrying with backoff. The reason is the last attempt's.
+    Connecting { reason: String },
     /// The prefix is ours and keys are written under `lease`.
     Ready { lease: i64 },
     /// etcd cannot be reached or failed; retrying with backoff.

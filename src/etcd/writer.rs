@@ -1,7 +1,20 @@
-//! The writer task: a loop of sessions, each of which claims the prefix, makes sure a lease is
-//! alive, lists (or resumes watching) the prefix and then, until something breaks, writes the
-//! diff between the desired and the known state in coalesced, batched transactions and repairs
-//! whatever the watch shows drifting.
+//! The writer task: it gets its etcd client (dialing it itself when given settings, see
+//! [`dial`](super::dial)), then runs a loop of sessions, each of which claims the prefix, makes
+//! sure a lease is alive, lists (or resumes watching) the prefix and then, until something
+//! breaks, writes the diff between the desired and the known state in batched transactions
+//! and repairs whatever the watch shows drifting.
+//!
+//! The writer does not coalesce by itself: the engine already debounces the desired states it
+//! publishes (`--coalesce-ms`), and whatever arrives while a flush is being written (new
+//! desired states, changes seen by the watch) is written together by the next flush.
+//!
+//! The lease is a shared [`KeptLease`] (`registrar-etcd`), with its one expiry policy: the
+//! lease is gone only when etcd says so (then it is granted again and every key put again
+//! under the new one), never because a clock ran out; while etcd cannot be reached, the
+//! keepalives fail and are retried, and a lease that survived is kept.
+//!
+//! Every transaction, keepalive answer or failure and lease grant or loss is reported where it
+//! happens to the writer's stats and its [`WriterObserver`] (the operator's metrics).
 //!
 //! A failed session ends in `EtcdUnavailable` and is retried after a capped exponential backoff
 //! with jitter, forever; when etcd could not be reached, the wait ends as soon as a probe finds
@@ -13,19 +26,18 @@
 //! restored from a backup); the known state is also dropped when the lease is lost.
 
 use etcd_client::{Client, KvClient, PutOptions, Txn, TxnOp};
-use registrar_etcd::{Reflector, Update};
+use registrar_etcd::{KeptLease, LeaseState, Reflector, Update};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::coalesce::next_action;
-
 use super::config::WriterConfig;
+use super::dial::{self, EtcdSource};
 use super::error::{EtcdError, is_lease_not_found, timed};
 use super::known::{Known, Seen};
-use super::lease::{KeepaliveTiming, Lease, LeaseHealth};
+use super::observer::{Events, WriterObserver};
 use super::owner::{self, Claim};
 use super::plan::KnownKv;
 use super::plan::{self, Op};
@@ -48,41 +60,65 @@ pub struct WriterHandle {
     pub join: JoinHandle<()>,
 }
 
-/// Starts the writer. It stops when `shutdown` becomes true (or its sender is dropped) or when
-/// the `desired` sender is dropped; it never revokes its lease, so the keys stay until a new
-/// leader takes them over or the TTL ends.
+/// Starts the writer on `etcd` (a client, or [`EtcdConnect`](registrar_etcd::EtcdConnect)
+/// settings it dials itself). It stops when `shutdown` becomes true (or its sender is dropped)
+/// or when the `desired` sender is dropped; it never revokes its lease, so the keys stay until
+/// a new leader takes them over or the TTL ends.
 pub fn spawn_writer(
-    client: Client,
+    etcd: impl Into<EtcdSource>,
     cfg: WriterConfig,
     desired: watch::Receiver<Desired>,
     shutdown: watch::Receiver<bool>,
 ) -> WriterHandle {
+    spawn_writer_with(etcd, cfg, desired, shutdown, Arc::new(()))
+}
+
+/// [`spawn_writer`], reporting every event to `observer` where it happens.
+pub fn spawn_writer_with(
+    etcd: impl Into<EtcdSource>,
+    cfg: WriterConfig,
+    desired: watch::Receiver<Desired>,
+    mut shutdown: watch::Receiver<bool>,
+    observer: Arc<dyn WriterObserver>,
+) -> WriterHandle {
     let (state_tx, state) = watch::channel(WriterState::Starting);
     let (applied_tx, applied) = watch::channel(0);
     let stats = Arc::new(WriterStats::default());
-    let prefix = cfg.prefix.trim_end_matches('/').to_owned();
-    let dir = format!("{prefix}/");
-    let reflector = Reflector::builder(client.clone(), dir.clone())
-        .page_size(cfg.list_page)
-        .request_timeout(cfg.request_timeout)
-        .build();
-    let writer = Writer {
-        kv: client.kv_client(),
-        client,
-        reflector,
-        listed: false,
-        owner_key: plan::owner_key(&prefix),
-        prefix,
-        cfg,
-        desired,
-        shutdown,
-        state: state_tx,
-        applied: applied_tx,
+    let events = Arc::new(Events {
         stats: stats.clone(),
-        lease: None,
-        known: None,
-    };
-    let join = tokio::spawn(writer.run());
+        observer,
+    });
+    let source = etcd.into();
+    let join = tokio::spawn(async move {
+        let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+        let Some(client) = dial::client(source, &mut backoff, &state_tx, &mut shutdown).await
+        else {
+            return;
+        };
+        let prefix = cfg.prefix.trim_end_matches('/').to_owned();
+        let reflector = Reflector::builder(client.clone(), format!("{prefix}/"))
+            .page_size(cfg.list_page)
+            .request_timeout(cfg.request_timeout)
+            .build();
+        let writer = Writer {
+            kv: client.kv_client(),
+            client,
+            reflector,
+            listed: false,
+            owner_key: plan::owner_key(&prefix),
+            prefix,
+            cfg,
+            desired,
+            shutdown,
+            state: state_tx,
+            applied: applied_tx,
+            events,
+            lease: None,
+            known: None,
+            known_lease: None,
+        };
+        writer.run(backoff).await;
+    });
     WriterHandle {
         state,
         applied,
@@ -117,14 +153,17 @@ struct Writer {
     shutdown: watch::Receiver<bool>,
     state: watch::Sender<WriterState>,
     applied: watch::Sender<u64>,
-    stats: Arc<WriterStats>,
-    lease: Option<Lease>,
+    /// Counts every event and passes it on to the observer.
+    events: Arc<Events>,
+    lease: Option<KeptLease>,
     known: Option<Known>,
+    /// The lease the known state was read and written under: after a new lease, the prefix
+    /// is listed again and every key put again.
+    known_lease: Option<i64>,
 }
 
 impl Writer {
-    async fn run(mut self) {
-        let mut backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+    async fn run(mut self, mut backoff: Backoff) {
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -164,7 +203,7 @@ impl Writer {
         }
         if let Some(lease) = self.lease.take() {
             tracing::info!(
-                lease = lease.id(),
+                lease = ?lease.id(),
                 "etcd writer stopped; lease left to a successor or its TTL (not revoked)"
             );
         }
@@ -213,34 +252,15 @@ impl Writer {
         }
 
         // 2. The lease.
-        if self.lease.as_ref().is_some_and(Lease::is_lost) {
-            self.lease_lost();
-        }
-        let (lease_id, mut health) = match &self.lease {
-            Some(l) => (l.id(), l.health()),
-            None => {
-                let timing = KeepaliveTiming {
-                    request_timeout: timeout,
-                    backoff_initial: self.cfg.backoff_initial,
-                    backoff_max: self.cfg.backoff_max,
-                };
-                let granted = Lease::grant(
-                    &self.client,
-                    self.cfg.ttl_secs(),
-                    timing,
-                    self.stats.clone(),
-                )
-                .await;
-                match granted {
-                    Ok(l) => {
-                        let got = (l.id(), l.health());
-                        self.lease = Some(l);
-                        got
-                    }
-                    Err(e) => return End::Failed(e),
-                }
-            }
+        let (lease_id, mut lease_state) = match self.lease().await {
+            Ok(got) => got,
+            Err(end) => return end,
         };
+        if self.known_lease != Some(lease_id) {
+            // A new lease: what was written under the old one is listed again and put again.
+            self.known = None;
+            self.known_lease = Some(lease_id);
+        }
 
         // 3. The known state and the watch (the reflector lists again instead of resuming
         // when etcd's history went back: data wiped or restored from a backup).
@@ -249,16 +269,17 @@ impl Writer {
         }
 
         // 4. Ready (unless the keepalives are failing right now).
-        match &*health.borrow_and_update() {
-            LeaseHealth::Failing(reason) => self.set_state(WriterState::EtcdUnavailable {
-                reason: reason.clone(),
+        match &*lease_state.borrow_and_update() {
+            LeaseState::Failing { reason, .. } => self.set_state(WriterState::EtcdUnavailable {
+                reason: format!("lease keepalive failing: {reason}"),
             }),
             _ => self.set_state(WriterState::Ready { lease: lease_id }),
         }
 
-        // 5. Write and repair until something breaks.
-        let mut flush_at = Some(Instant::now());
-        let mut last_flush: Option<Instant> = None;
+        // 5. Write and repair until something breaks. A flush is due at once, and again
+        // whenever the desired state changed or someone else changed the prefix; what arrives
+        // while one is written is written by the next.
+        let mut due = true;
         loop {
             tokio::select! {
                 biased;
@@ -267,18 +288,24 @@ impl Writer {
                         return End::Shutdown;
                     }
                 }
-                r = health.changed() => {
-                    // The sender lives in the keepalive task; it ending means the lease is lost.
-                    let h = if r.is_err() { LeaseHealth::Lost } else { health.borrow().clone() };
-                    match h {
-                        LeaseHealth::Lost => {
-                            self.lease_lost();
-                            return End::Restart("lease lost".into());
+                r = lease_state.changed() => {
+                    let state = match r {
+                        Ok(()) => lease_state.borrow_and_update().clone(),
+                        // The lease's task ended (it never does by itself): start over.
+                        Err(_) => {
+                            self.lease = None;
+                            return End::Restart("the lease keepalive task ended".into());
                         }
-                        LeaseHealth::Failing(reason) => {
+                    };
+                    match state {
+                        LeaseState::Alive { id } if id == lease_id => {
+                            self.set_state(WriterState::Ready { lease: lease_id });
+                        }
+                        LeaseState::Failing { id, reason } if id == lease_id => {
                             return End::Failed(EtcdError::Keepalive(reason));
                         }
-                        LeaseHealth::Alive => self.set_state(WriterState::Ready { lease: lease_id }),
+                        // etcd said the lease is gone: a new one is (being) granted.
+                        _ => return End::Restart("lease lost".into()),
                     }
                 }
                 r = self.desired.changed() => {
@@ -286,7 +313,7 @@ impl Writer {
                         tracing::info!("desired-state sender dropped; stopping the etcd writer");
                         return End::Shutdown;
                     }
-                    flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
+                    due = true;
                 }
                 update = self.reflector.next() => {
                     let update = match update {
@@ -295,21 +322,14 @@ impl Writer {
                     };
                     match self.on_update(update) {
                         Ok(false) => {}
-                        Ok(true) => {
-                            flush_at.get_or_insert_with(|| next_action(last_flush, self.cfg.coalesce));
-                        }
+                        Ok(true) => due = true,
                         Err(end) => return end,
                     }
                 }
-                () = sleep_until_opt(flush_at) => {
-                    flush_at = None;
-                    let started = Instant::now();
-                    match self.flush(lease_id).await {
-                        // Only a real write starts a window: a no-op flush (e.g. our own
-                        // writes echoed by the watch) must not delay the next change.
-                        Ok(true) => last_flush = Some(started),
-                        Ok(false) => {}
-                        Err(end) => return end,
+                () = std::future::ready(()), if due => {
+                    due = false;
+                    if let Err(end) = self.flush(lease_id).await {
+                        return end;
                     }
                     backoff.reset();
                 }
@@ -317,11 +337,45 @@ impl Writer {
         }
     }
 
-    /// Forgets the lease and the state read under it.
-    fn lease_lost(&mut self) {
-        WriterStats::add(&self.stats.leases_lost, 1);
-        self.lease = None;
-        self.known = None;
+    /// The current lease (granted first if there is none) and a receiver of its state; while
+    /// a lost lease is being replaced, waits up to a request timeout for the new one.
+    async fn lease(&mut self) -> Result<(i64, watch::Receiver<LeaseState>), End> {
+        let timeout = self.cfg.request_timeout;
+        let lease = match &self.lease {
+            Some(lease) => lease,
+            None => {
+                let retry = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+                let granted = KeptLease::builder(self.client.clone(), self.cfg.ttl_secs(), retry)
+                    .request_timeout(timeout)
+                    .observer(self.events.clone())
+                    .grant()
+                    .await
+                    .map_err(End::Failed)?;
+                self.lease.insert(granted)
+            }
+        };
+        let mut state = lease.state();
+        let current = tokio::time::timeout(timeout, state.wait_for(|s| s.id().is_some()))
+            .await
+            .map(|r| r.map(|s| s.id()));
+        let id = match current {
+            Ok(Ok(id)) => id,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                let reason = match &*state.borrow() {
+                    LeaseState::Granting { reason } => reason.clone(),
+                    other => format!("{other:?}"),
+                };
+                return Err(End::Failed(EtcdError::Keepalive(reason)));
+            }
+        };
+        match id {
+            Some(id) => Ok((id, state)),
+            None => {
+                self.lease = None;
+                Err(End::Restart("the lease keepalive task ended".into()))
+            }
+        }
     }
 
     /// Lists the prefix if the known state is gone (or etcd's history went back), then
@@ -356,7 +410,7 @@ impl Writer {
             Update::Watching { .. } => {
                 // A watch not preceded by a listing resumed at the next revision.
                 if !std::mem::take(&mut self.listed) {
-                    WriterStats::add(&self.stats.watch_resumes, 1);
+                    WriterStats::add(&self.events.stats.watch_resumes, 1);
                 }
                 return Ok(false);
             }
@@ -366,7 +420,7 @@ impl Writer {
                 reason,
             } => {
                 tracing::info!(?reason, revision, keys = kvs.len(), "listed the prefix");
-                WriterStats::add(&self.stats.relists, 1);
+                WriterStats::add(&self.events.stats.relists, 1);
                 self.listed = true;
                 let kvs = kvs
                     .into_iter()
@@ -399,7 +453,7 @@ impl Writer {
             }
         }
         known.progress(upto);
-        WriterStats::add(&self.stats.foreign_changes, foreign);
+        WriterStats::add(&self.events.stats.foreign_changes, foreign);
         if claim_changed {
             return Err(End::Restart(
                 "the prefix claim was changed or deleted".into(),
@@ -408,10 +462,8 @@ impl Writer {
         Ok(foreign > 0)
     }
 
-    /// Writes the diff between the current desired state and the known state.
-    /// Writes the diff between the desired and the known state; `Ok(true)` when it wrote
-    /// anything (which starts a new coalescing window).
-    async fn flush(&mut self, lease: i64) -> Result<bool, End> {
+    /// Writes the diff between the desired and the known state.
+    async fn flush(&mut self, lease: i64) -> Result<(), End> {
         let desired = self.desired.borrow_and_update().clone();
         let Some(known) = self.known.as_mut() else {
             return Err(End::Restart("no known state".into()));
@@ -423,7 +475,6 @@ impl Writer {
             desired.complete,
             lease,
         );
-        let wrote = !ops.is_empty();
         for batch in plan::batches(ops, self.cfg.max_txn_ops, self.cfg.max_txn_bytes) {
             // A stopped writer (leadership lost) must not go on writing the rest of a flush
             // next to the new leader's writer.
@@ -440,36 +491,34 @@ impl Writer {
                 self.kv.txn(txn),
             )
             .await;
+            let latency = started.elapsed();
             let resp = match result {
                 Ok(resp) => resp,
                 Err(EtcdError::Etcd { source, .. }) if is_lease_not_found(&source) => {
-                    WriterStats::add(&self.stats.txn_failures, 1);
-                    self.lease_lost();
+                    self.events.txn_failed(latency, batch.len());
+                    // etcd says the lease is gone: the lease is granted again, and the
+                    // session under the new one lists and puts everything again.
+                    if let Some(l) = &self.lease {
+                        l.report_not_found(lease);
+                    }
                     return Err(End::Restart("lease not found on write".into()));
                 }
                 Err(e) => {
-                    WriterStats::add(&self.stats.txn_failures, 1);
+                    self.events.txn_failed(latency, batch.len());
                     return Err(End::Failed(e));
                 }
             };
             if !resp.succeeded() {
-                WriterStats::add(&self.stats.txn_failures, 1);
+                self.events.txn_failed(latency, batch.len());
                 return Err(End::Restart(
                     "the prefix claim no longer holds our id".into(),
                 ));
             }
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let stats = &self.stats;
-            stats
-                .last_txn_micros
-                .store(micros, std::sync::atomic::Ordering::Relaxed);
-            WriterStats::add(&stats.txns, 1);
             let puts = batch
                 .iter()
                 .filter(|op| matches!(op, Op::Put { .. }))
                 .count();
-            WriterStats::add(&stats.puts, puts as u64);
-            WriterStats::add(&stats.deletes, (batch.len() - puts) as u64);
+            self.events.txn_committed(latency, puts, batch.len() - puts);
             let revision = resp.header().map_or(0, |h| h.revision());
             known.record_own(&batch, lease, revision);
         }
@@ -478,7 +527,7 @@ impl Writer {
             *cur = desired.seq;
             changed
         });
-        Ok(wrote)
+        Ok(())
     }
 }
 
@@ -490,13 +539,5 @@ fn txn_op(op: &Op, lease: i64) -> TxnOp {
             Some(PutOptions::new().with_lease(lease)),
         ),
         Op::Delete { key } => TxnOp::delete(key.as_str(), None),
-    }
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use registrar::controller::{Engine, EtcdConnection};
+use registrar::controller::Engine;
 use registrar::etcd::WriterConfig;
 use registrar::metrics::Metrics;
 use tokio::sync::watch;
@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 pub struct Operator {
     shutdown: watch::Sender<bool>,
     _leader: watch::Sender<bool>,
-    _etcd: watch::Sender<EtcdConnection>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -29,14 +28,12 @@ impl Operator {
     ) -> anyhow::Result<Operator> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (leader, leader_rx) = watch::channel(true);
-        let (etcd_tx, etcd_rx) = watch::channel(EtcdConnection::Connected(Box::new(etcd)));
         let (ready_tx, mut ready_rx) = watch::channel(false);
-        let coalesce = Duration::from_millis(100);
-        let mut writer = WriterConfig::new(prefix, cluster_id);
-        writer.coalesce = coalesce;
+        let coalesce = Duration::from_millis(registrar::coalesce::DEFAULT_WINDOW_MS);
+        let writer = WriterConfig::new(prefix, cluster_id);
         let engine = Engine {
             client,
-            etcd: etcd_rx,
+            etcd: etcd.into(),
             writer,
             metrics: Metrics::new(),
             identity: "registrar-demo".to_string(),
@@ -47,7 +44,6 @@ impl Operator {
         let mut op = Operator {
             shutdown,
             _leader: leader,
-            _etcd: etcd_tx,
             task: Some(task),
         };
         let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx.wait_for(|r| *r)).await;

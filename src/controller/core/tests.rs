@@ -207,7 +207,6 @@ impl Sim {
     /// with one ready pod, status published.
     fn leading() -> (Sim, Vec<String>) {
         let mut sim = Sim::new();
-        sim.on(Input::Etcd(EtcdLink::Connected));
         let mut out = sim.sync(
             vec![reg("greeter")],
             vec![pod("greeter", "g1", "127.0.0.1")],
@@ -272,7 +271,6 @@ fn etcd_down() -> Input {
 #[test]
 fn leadership_starts_and_stops_the_writer() {
     let mut sim = Sim::new();
-    sim.on(Input::Etcd(EtcdLink::Connected));
     let out = sim.sync(
         vec![reg_without_finalizer("greeter")],
         vec![pod("greeter", "g1", "127.0.0.1")],
@@ -449,18 +447,22 @@ fn etcd_lost_and_back_changes_statuses_once_it_held() {
 #[test]
 fn a_leader_waits_for_its_etcd_connection_and_shows_why() {
     let mut sim = Sim::new();
-    sim.on(Input::Etcd(EtcdLink::Connecting(
-        "connection refused".into(),
-    )));
     sim.sync(
         vec![reg("greeter")],
         vec![pod("greeter", "g1", "127.0.0.1")],
     );
+    let connecting = |reason: &str| {
+        Input::WriterState(WriterState::Connecting {
+            reason: reason.into(),
+        })
+    };
     sim.run(
         "etcd connection",
         vec![
+            // The writer starts at once and dials etcd itself: statuses wait for it.
+            step(Input::Leader(true), &["StartWriter"], &["Status"]),
             step(
-                Input::Leader(true),
+                connecting("connection refused"),
                 &[
                     "Status shop/greeter EtcdUnavailable 0",
                     "Event shop/greeter EtcdUnavailable",
@@ -469,14 +471,15 @@ fn a_leader_waits_for_its_etcd_connection_and_shows_why() {
             ),
             // A new reason: the text follows, no new Event.
             step(
-                Input::Etcd(EtcdLink::Connecting("authentication failed".into())),
+                connecting("authentication failed"),
                 &["Status shop/greeter EtcdUnavailable 0"],
                 &["StartWriter", "Event", "ClearStatuses", "AddFinalizer"],
             ),
+            // Connected: the writer starts its session; statuses wait for it.
             step(
-                Input::Etcd(EtcdLink::Connected),
-                &["StartWriter"],
-                &["Status", "ClearStatuses"],
+                Input::WriterState(WriterState::Starting),
+                &[],
+                &["StartWriter", "Status", "ClearStatuses"],
             ),
             step(ready(), &["Status shop/greeter NoReadyPods 0"], &[]),
             step(
@@ -538,7 +541,6 @@ fn a_release_after_leadership_was_lost_is_not_made() {
 #[test]
 fn statuses_wait_for_both_caches() {
     let mut sim = Sim::new();
-    sim.on(Input::Etcd(EtcdLink::Connected));
     sim.run(
         "sync",
         vec![
@@ -593,7 +595,6 @@ fn no_status_flips_on_failover() {
     let shown = old.core.statuses[&RegKey::new("shop", "greeter")].clone();
     let mut sim = Sim::new();
     sim.ms = 30 * SEC;
-    sim.on(Input::Etcd(EtcdLink::Connected));
     sim.sync(
         vec![with_status(reg("greeter"), &shown)],
         vec![pod("greeter", "g1", "127.0.0.1")],
