@@ -194,3 +194,38 @@ async fn invalid_registrations_are_refused() -> Result<()> {
     assert!(result.is_err());
     Ok(())
 }
+
+/// Expiry is never guessed from the clock: etcd gives leases a fresh TTL when it restarts, so a
+/// registration whose etcd was down longer than the TTL keeps its lease (no second grant, no
+/// re-put under another lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_survives_an_etcd_outage_longer_than_its_ttl_is_kept() -> Result<()> {
+    init_tracing();
+    let mut etcd = Etcd::start().await?;
+    let t = target("outage");
+    let reg = Registration::builder(etcd.client().await?, &t, "127.0.0.75:1")
+        .ttl(Duration::from_secs(2))
+        .backoff(fast())
+        .register()
+        .await?;
+    let lease = reg.lease().id().context("no lease")?;
+    etcd.stop().await?;
+    // Twice the TTL without a single keepalive answer.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        reg.lease().id(),
+        Some(lease),
+        "lease given up during the outage"
+    );
+    etcd.restart().await?;
+    let mut kv = etcd.client().await?;
+    assert_eq!(read(&mut kv, reg.key()).await?.map(|(_, l)| l), Some(lease));
+    // Kept alive again for several TTLs, under the same lease.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = read(&mut kv, reg.key()).await?.map(|(_, l)| l);
+    println!("lease {lease} before a 4 s outage (TTL 2 s); the key's lease 5 s after: {now:?}");
+    assert_eq!(now, Some(lease));
+    assert_eq!(reg.lease().id(), Some(lease));
+    drop(reg);
+    Ok(())
+}
