@@ -11,7 +11,9 @@
 //!   is unreachable. Consumers get [`Snapshot`]s.
 //! - [`Balancer`] is a `Clone` [`tower::Service`] usable by any tonic-generated client: one
 //!   connection per backend address, round-robin over READY backends only, gRPC connection
-//!   backoff for failing ones, bounded wait then `Unavailable` when none is ready.
+//!   backoff for failing ones, bounded wait then `Unavailable` when none is ready. Opt-in
+//!   client-side health checking (gRFC A17, [`BalancerBuilder::health_check`]) keeps backends
+//!   that report NOT_SERVING out of the pick set while their connection stays open.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
 //! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password; its
@@ -77,6 +79,35 @@
 //! }
 //! ```
 //!
+//! # Health checking
+//!
+//! Off by default. [`BalancerBuilder::health_check`] turns it on for a service name (`""`: the
+//! whole server); [`BalancerBuilder::health_check_backoff`] sets the retry backoff of a failed
+//! Watch (default [`Backoff::GRPC`]). Servers offer the standard `grpc.health.v1.Health`
+//! service, e.g. with [`tonic_health`]:
+//!
+//! ```no_run
+//! # async fn f(etcd: registrar_resolver::etcd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! // Server: the health service next to the real ones; NOT_SERVING when it starts draining.
+//! let (reporter, health_service) = tonic_health::server::health_reporter();
+//! reporter
+//!     .set_service_status("greeter.v1.Greeter", tonic_health::ServingStatus::Serving)
+//!     .await;
+//! // Server::builder().add_service(health_service).add_service(greeter)...
+//! # drop(health_service);
+//!
+//! // Client: only backends whose Watch says SERVING are picked.
+//! let channel = registrar_resolver::Balancer::builder(etcd, "registrar/shop/greeter")
+//!     .health_check("greeter.v1.Greeter")
+//!     .build()
+//!     .await?;
+//! for backend in channel.health() {
+//!     println!("{} {:?} pickable={}", backend.addr, backend.health, backend.pickable);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Compatibility notes
 //!
 //! - The resolver reads `<target>/` (with the slash), as etcd's Go resolver 3.5+ does for its
@@ -108,7 +139,10 @@ pub use backoff::Backoff;
 /// the public API.
 #[cfg(feature = "bench-internals")]
 pub use balancer::bench as bench_internals;
-pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
+pub use balancer::{
+    BackendHealth, BackendStatus, Balancer, BalancerBuilder, ConnectivityState, HealthState,
+    ResponseFuture,
+};
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use error::Error;
 pub use registrar_etcd::EtcdConnect;

@@ -11,10 +11,13 @@
 //! - A call that fails without having reached a backend's application (its connection got
 //!   GOAWAY or closed between the pick and the opening of the HTTP/2 stream, or the stream was
 //!   refused) is sent again to another backend, as gRPC's transparent retry does.
+//! - Opt-in health checking (gRFC A17, [`BalancerBuilder::health_check`]): a READY backend is
+//!   picked only while its `grpc.health.v1.Health/Watch` stream says SERVING.
 
 #[cfg(any(test, feature = "bench-internals"))]
 pub mod bench;
 mod connector;
+mod health;
 mod manager;
 mod picker;
 mod pool;
@@ -38,6 +41,8 @@ use tower::ServiceExt;
 use crate::backoff::Backoff;
 use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
+use health::HealthCheck;
+pub use health::HealthState;
 use manager::EndpointFactory;
 use pool::{AbortOnDrop, Picked, Pool};
 use replay::{REPLAY_LIMIT, Replay};
@@ -68,6 +73,20 @@ pub struct BackendStatus {
     pub last_error: Option<String>,
 }
 
+/// What health checking says of one backend, from [`Balancer::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendHealth {
+    /// `host:port`.
+    pub addr: String,
+    /// The health of its current connection ([`HealthState::Off`] when health checking is off).
+    pub health: HealthState,
+    /// Whether calls may go to it now: READY and healthy.
+    pub pickable: bool,
+    /// Why its last health Watch failed, while [`HealthState::Failed`].
+    pub last_error: Option<String>,
+}
+
 type Configure = dyn Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
 
 /// Options and constructor of a [`Balancer`].
@@ -78,6 +97,8 @@ pub struct BalancerBuilder {
     backoff: Backoff,
     min_connect_timeout: Duration,
     wait_for_ready: Duration,
+    health_service: Option<String>,
+    health_backoff: Backoff,
 }
 
 impl fmt::Debug for BalancerBuilder {
@@ -89,6 +110,8 @@ impl fmt::Debug for BalancerBuilder {
             .field("backoff", &self.backoff)
             .field("min_connect_timeout", &self.min_connect_timeout)
             .field("wait_for_ready", &self.wait_for_ready)
+            .field("health_service", &self.health_service)
+            .field("health_backoff", &self.health_backoff)
             .finish()
     }
 }
@@ -144,6 +167,41 @@ impl BalancerBuilder {
         self
     }
 
+    /// Turns on client-side health checking (gRFC A17) for `service` (`""`: the whole server;
+    /// off by default).
+    ///
+    /// Each backend connection carries one `grpc.health.v1.Health/Watch` stream for `service`
+    /// (on the same HTTP/2 connection as the calls; no extra connection). A READY backend is
+    /// picked only while the last answer is SERVING: it is not picked before the first answer,
+    /// and NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN take it out of the pick set without closing
+    /// its connection; SERVING brings it back on the same connection. A server without the
+    /// health service (`UNIMPLEMENTED`) counts as healthy: one error is logged and the Watch is
+    /// not sent again on that connection. Any other failure of the stream takes the backend out
+    /// and the Watch is sent again, after [`health_check_backoff`](Self::health_check_backoff)
+    /// unless the failed stream had delivered a message (then at once, and the backoff starts
+    /// over). [`Balancer::health`] shows what each backend's health checking says.
+    ///
+    /// A server pairs this with [`tonic_health`]: `health_reporter()` gives the service to add
+    /// and the reporter that sets NOT_SERVING when the server starts draining.
+    ///
+    /// ```
+    /// # fn f(b: registrar_resolver::BalancerBuilder) -> registrar_resolver::BalancerBuilder {
+    /// b.health_check("greeter.v1.Greeter")
+    /// # }
+    /// ```
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.health_service = Some(service.into());
+        self
+    }
+
+    /// Backoff before sending a health Watch again after one failed without any answer
+    /// (default [`Backoff::GRPC`]: 1 s, ×1.6, at most 120 s, jitter 0.2). Only used with
+    /// [`health_check`](Self::health_check).
+    pub fn health_check_backoff(mut self, backoff: Backoff) -> Self {
+        self.health_backoff = backoff;
+        self
+    }
+
     /// Backoff between attempts to reach etcd again (see [`ResolverBuilder::backoff`]).
     pub fn etcd_backoff(mut self, backoff: Backoff) -> Self {
         self.resolver = self.resolver.backoff(backoff);
@@ -187,6 +245,10 @@ impl BalancerBuilder {
         let policy = ConnectPolicy {
             backoff: self.backoff,
             min_connect_timeout: self.min_connect_timeout,
+            health: self.health_service.map(|service| HealthCheck {
+                service,
+                backoff: self.health_backoff,
+            }),
         };
         let manager = tokio::spawn(manager::manage(
             resolver.clone(),
@@ -242,6 +304,8 @@ impl Balancer {
             backoff: Backoff::GRPC,
             min_connect_timeout: Duration::from_secs(20),
             wait_for_ready: Duration::from_secs(10),
+            health_service: None,
+            health_backoff: health::DEFAULT_BACKOFF,
         }
     }
 
@@ -255,9 +319,15 @@ impl Balancer {
         self.inner.pool.statuses()
     }
 
-    /// Number of READY backends.
+    /// Number of backends calls can go to: READY (and, with
+    /// [health checking](BalancerBuilder::health_check), healthy).
     pub fn ready_count(&self) -> usize {
         self.inner.pool.picker().len()
+    }
+
+    /// What health checking says of every known backend, ordered by address.
+    pub fn health(&self) -> Vec<BackendHealth> {
+        self.inner.pool.health()
     }
 }
 

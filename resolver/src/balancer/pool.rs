@@ -1,5 +1,6 @@
-//! The set of backends, one entry per distinct address: its connectivity, its subchannel task
-//! and, while READY, its channel; plus the picker, rebuilt whenever the READY set changes.
+//! The set of backends, one entry per distinct address: its connectivity, its health, its
+//! subchannel task and, while READY, its channel; plus the picker, rebuilt whenever the set of
+//! pickable backends (READY and healthy) changes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -9,8 +10,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::connector::Liveness;
+use super::health::HealthState;
 use super::picker::{PickEntry, Picker};
-use super::{BackendStatus, ConnectivityState};
+use super::{BackendHealth, BackendStatus, ConnectivityState};
 
 /// A backend picked for one call.
 #[derive(Clone, Debug)]
@@ -27,6 +29,10 @@ struct Entry {
     state: ConnectivityState,
     last_error: Option<String>,
     ready: Option<PickEntry<Picked>>,
+    /// What health checking says of the current connection.
+    health: HealthState,
+    /// Why the last health Watch failed, while [`HealthState::Failed`].
+    health_error: Option<String>,
     /// The subchannel task keeping it connected; `None` while starting, or if its endpoint
     /// could not be configured. Dropping the entry aborts it.
     task: Option<AbortOnDrop>,
@@ -87,6 +93,18 @@ impl Pool {
             .collect()
     }
 
+    pub(crate) fn health(&self) -> Vec<BackendHealth> {
+        self.table()
+            .iter()
+            .map(|(addr, e)| BackendHealth {
+                addr: addr.to_string(),
+                health: e.health,
+                pickable: e.pickable(),
+                last_error: e.health_error.clone(),
+            })
+            .collect()
+    }
+
     fn set_state(
         &self,
         addr: &str,
@@ -105,12 +123,46 @@ impl Pool {
         if error.is_some() {
             entry.last_error = error;
         }
-        if entry.ready.take().is_some() {
+        let was_pickable = entry.pickable();
+        entry.ready = None;
+        // The next connection starts over with its own health checking.
+        if entry.health != HealthState::Off {
+            entry.health = HealthState::Pending;
+            entry.health_error = None;
+        }
+        if was_pickable {
             self.rebuild(&table);
         }
     }
 
-    fn set_ready(&self, addr: &str, generation: u64, channel: Channel, alive: Arc<Liveness>) {
+    fn set_health(&self, addr: &str, generation: u64, health: HealthState, error: Option<String>) {
+        let mut table = self.table();
+        let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {
+            return;
+        };
+        if entry.health != health {
+            if health.is_pickable() {
+                tracing::info!(%addr, from = ?entry.health, to = ?health, "backend healthy");
+            } else {
+                tracing::info!(%addr, from = ?entry.health, to = ?health, error = ?error, "backend not healthy");
+            }
+        }
+        let was_pickable = entry.pickable();
+        entry.health = health;
+        entry.health_error = error;
+        if entry.pickable() != was_pickable {
+            self.rebuild(&table);
+        }
+    }
+
+    fn set_ready(
+        &self,
+        addr: &str,
+        generation: u64,
+        channel: Channel,
+        alive: Arc<Liveness>,
+        health: HealthState,
+    ) {
         let mut table = self.table();
         let Some((addr, entry)) = table
             .get_key_value(addr)
@@ -122,6 +174,8 @@ impl Pool {
         };
         entry.state = ConnectivityState::Ready;
         entry.last_error = None;
+        entry.health = health;
+        entry.health_error = None;
         entry.ready = Some(PickEntry {
             value: Picked {
                 addr,
@@ -130,7 +184,9 @@ impl Pool {
             },
             alive,
         });
-        self.rebuild(&table);
+        if entry.pickable() {
+            self.rebuild(&table);
+        }
     }
 
     /// The addresses of every backend.
@@ -147,6 +203,8 @@ impl Pool {
                 state: ConnectivityState::Idle,
                 last_error: None,
                 ready: None,
+                health: HealthState::Off,
+                health_error: None,
                 task: None,
             },
         );
@@ -175,7 +233,7 @@ impl Pool {
         let removed = {
             let mut table = self.table();
             let removed = table.remove(addr);
-            if removed.as_ref().is_some_and(|e| e.ready.is_some()) {
+            if removed.as_ref().is_some_and(Entry::pickable) {
                 self.rebuild(&table);
             }
             removed
@@ -184,9 +242,20 @@ impl Pool {
     }
 
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
-        let ready: Vec<_> = table.values().filter_map(|e| e.ready.clone()).collect();
-        tracing::debug!(ready = ready.len(), backends = table.len(), "new picker");
+        let ready: Vec<_> = table
+            .values()
+            .filter(|e| e.pickable())
+            .filter_map(|e| e.ready.clone())
+            .collect();
+        tracing::debug!(pickable = ready.len(), backends = table.len(), "new picker");
         self.picker.send_replace(Arc::new(Picker::new(ready)));
+    }
+}
+
+impl Entry {
+    /// Whether calls may go to this backend: READY and healthy.
+    fn pickable(&self) -> bool {
+        self.ready.is_some() && self.health.is_pickable()
     }
 }
 
@@ -225,10 +294,18 @@ impl Sink {
         }
     }
 
-    /// Reports READY: calls may be sent on `channel` while `alive` holds.
-    pub(crate) fn ready(&self, channel: Channel, alive: Arc<Liveness>) {
+    /// Reports READY: calls may be sent on `channel` while `alive` holds and `health` (the
+    /// connection's initial health: [`HealthState::Off`] or [`HealthState::Pending`]) allows.
+    pub(crate) fn ready(&self, channel: Channel, alive: Arc<Liveness>, health: HealthState) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.set_ready(&self.addr, self.generation, channel, alive);
+            pool.set_ready(&self.addr, self.generation, channel, alive, health);
+        }
+    }
+
+    /// Reports what health checking says of the current connection.
+    pub(crate) fn health(&self, health: HealthState, error: Option<String>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.set_health(&self.addr, self.generation, health, error);
         }
     }
 }

@@ -1,0 +1,170 @@
+//! A real tonic Greeter server on a loopback address with (optionally) the standard
+//! `grpc.health.v1` service from tonic-health, instrumented for health checking tests: it counts
+//! accepted TCP connections and Watch calls (also when it has no health service), and notes when
+//! the first Watch and the first SayHello arrived. Its first answer on each Watch stream can be
+//! delayed.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::{Stream, StreamExt};
+use registrar_testenv::greeter::{GreeterServer, NamedGreeter};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+
+pub const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+const HELLO_PATH: &str = "/greeter.v1.Greeter/SayHello";
+
+/// Whether and how the server offers the health service.
+#[derive(Clone, Copy, Debug)]
+pub enum HealthMode {
+    /// No health service: a Watch gets `UNIMPLEMENTED`.
+    Absent,
+    /// tonic-health as is.
+    Standard,
+    /// tonic-health, but the first answer of every Watch stream comes this late.
+    DelayFirstAnswer(Duration),
+}
+
+/// What the server saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub accepted: AtomicUsize,
+    pub watches: AtomicUsize,
+    pub first_watch: OnceLock<Instant>,
+    pub first_hello: OnceLock<Instant>,
+}
+
+/// A running server; its task is aborted when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub reporter: HealthReporter,
+    pub seen: Arc<Seen>,
+    served: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Serves on `addr` (port 0: any free port) under `name`.
+    pub async fn start(addr: SocketAddr, name: &str, mode: HealthMode) -> Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Seen::default());
+        let served = Arc::new(AtomicU64::new(0));
+        let reporter = HealthReporter::new();
+        let health = match mode {
+            HealthMode::Absent => None,
+            HealthMode::Standard => Some(Duration::ZERO),
+            HealthMode::DelayFirstAnswer(d) => Some(d),
+        }
+        .map(|first_delay| {
+            HealthServer::new(Delayed {
+                inner: HealthService::from_health_reporter(reporter.clone()),
+                first_delay,
+            })
+        });
+        let incoming = futures::stream::unfold((listener, seen.clone()), |(l, seen)| async move {
+            let accepted = l.accept().await.map(|(stream, _)| stream);
+            if accepted.is_ok() {
+                seen.accepted.fetch_add(1, Ordering::SeqCst);
+            }
+            Some((accepted, (l, seen)))
+        });
+        let record = {
+            let seen = seen.clone();
+            move |req: http::Request<tonic::body::Body>| {
+                match req.uri().path() {
+                    WATCH_PATH => {
+                        seen.watches.fetch_add(1, Ordering::SeqCst);
+                        let _ = seen.first_watch.set(Instant::now());
+                    }
+                    HELLO_PATH => {
+                        let _ = seen.first_hello.set(Instant::now());
+                    }
+                    _ => {}
+                }
+                req
+            }
+        };
+        let router = tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(record))
+            .add_service(GreeterServer::new(NamedGreeter::new(name, served.clone())))
+            .add_optional_service(health);
+        let task = tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                eprintln!("test server stopped: {e}");
+            }
+        });
+        Ok(Backend {
+            addr,
+            name: name.to_owned(),
+            reporter,
+            seen,
+            served,
+            task,
+        })
+    }
+
+    /// SayHello calls served.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.seen.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn watches(&self) -> usize {
+        self.seen.watches.load(Ordering::SeqCst)
+    }
+
+    pub async fn set(&self, service: &str, status: ServingStatus) {
+        self.reporter.set_service_status(service, status).await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+/// tonic-health's service with the first answer of each Watch stream held back.
+struct Delayed {
+    inner: HealthService,
+    first_delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Health for Delayed {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let answers = self.inner.watch(request).await?.into_inner();
+        let delay = self.first_delay;
+        let held = futures::stream::once(tokio::time::sleep(delay)).filter_map(|()| async { None });
+        Ok(Response::new(Box::pin(held.chain(answers))))
+    }
+}
