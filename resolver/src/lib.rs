@@ -13,7 +13,9 @@
 //!   connection per backend address, round-robin over READY backends only, gRPC connection
 //!   backoff for failing ones, bounded wait then `Unavailable` when none is ready. Opt-in
 //!   client-side health checking (gRFC A17, [`BalancerBuilder::health_check`]) keeps backends
-//!   that report NOT_SERVING out of the pick set while their connection stays open.
+//!   that report NOT_SERVING out of the pick set while their connection stays open; opt-in
+//!   outlier ejection (gRFC A50, [`BalancerBuilder::outlier_detection`]) keeps backends that
+//!   fail far more calls than the others out for a while.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
 //! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password; its
@@ -108,6 +110,31 @@
 //! # }
 //! ```
 //!
+//! # Outlier ejection
+//!
+//! Off by default. [`BalancerBuilder::outlier_detection`] with an [`OutlierDetection`] turns
+//! it on; its defaults are gRFC A50's: a sweep every 10 s over the calls completed since the
+//! last one; the success-rate check (≥ 5 backends with ≥ 100 calls; eject below
+//! `mean − 1.9 × stdev`) and the failure-percentage check (≥ 5 backends with ≥ 50 calls; eject
+//! above 85 % failures); ejections last 30 s × the number of ejections in a row, at most
+//! 300 s; at most 10 % of the backends ejected at once (one always may be). Failures are
+//! transport errors and UNAVAILABLE, INTERNAL, UNKNOWN and DATA_LOSS (see
+//! [`OutlierDetection::failure_codes`]). Counting is one atomic add per completed call; an
+//! ejected backend keeps its connection. It composes with health checking: a backend is
+//! picked only when READY, healthy and not ejected ([`Balancer::health`] shows all three).
+//!
+//! ```no_run
+//! # async fn f(etcd: registrar_resolver::etcd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use registrar_resolver::{Balancer, OutlierDetection};
+//!
+//! let channel = Balancer::builder(etcd, "registrar/shop/greeter")
+//!     .outlier_detection(OutlierDetection::default())
+//!     .build()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Compatibility notes
 //!
 //! - The resolver reads `<target>/` (with the slash), as etcd's Go resolver 3.5+ does for its
@@ -140,8 +167,8 @@ pub use backoff::Backoff;
 #[cfg(feature = "bench-internals")]
 pub use balancer::bench as bench_internals;
 pub use balancer::{
-    BackendHealth, BackendStatus, Balancer, BalancerBuilder, ConnectivityState, HealthState,
-    ResponseFuture,
+    BackendHealth, BackendStatus, Balancer, BalancerBuilder, ConnectivityState,
+    FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture, SuccessRateEjection,
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use error::Error;

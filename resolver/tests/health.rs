@@ -4,20 +4,19 @@
 //! picked before its first answer; a server without the health service is used and asked once;
 //! with health checking off no Watch is sent.
 
+mod backend;
 mod common;
-#[path = "health/server.rs"]
-mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use backend::{Backend, HealthMode};
 use common::*;
 use registrar_resolver::{Backoff, Balancer, ConnectivityState, HealthState};
 use registrar_testenv::greeter::GreeterClient;
 use registrar_testenv::{Etcd, poll};
-use server::{Backend, HealthMode};
 use tokio::time::Instant;
 use tonic_health::ServingStatus;
 

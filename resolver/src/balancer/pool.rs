@@ -1,6 +1,6 @@
 //! The set of backends, one entry per distinct address: its connectivity, its health, its
-//! subchannel task and, while READY, its channel; plus the picker, rebuilt whenever the set of
-//! pickable backends (READY and healthy) changes.
+//! ejection state and call counter, its subchannel task and, while READY, its channel; plus the
+//! picker, rebuilt whenever the set of pickable backends (READY, healthy, not ejected) changes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -9,8 +9,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::calls::{CallCounter, FailureCodes, Outcome};
 use super::connector::Liveness;
 use super::health::HealthState;
+use super::outlier::{self, Change, EjectionState, Host, OutlierDetection};
 use super::picker::{PickEntry, Picker};
 use super::{BackendHealth, BackendStatus, ConnectivityState};
 
@@ -21,6 +23,8 @@ pub(crate) struct Picked {
     pub(crate) channel: Channel,
     /// The liveness of the channel's connection (cleared when it turns out unusable).
     pub(crate) alive: Arc<Liveness>,
+    /// Where the call's outcome is counted (with outlier ejection on).
+    pub(crate) outcome: Option<Outcome>,
 }
 
 /// Everything known about one backend address.
@@ -33,6 +37,10 @@ struct Entry {
     health: HealthState,
     /// Why the last health Watch failed, while [`HealthState::Failed`].
     health_error: Option<String>,
+    /// Outlier ejection: whether and since when it is ejected.
+    ejection: EjectionState,
+    /// Outcomes of its calls since the last sweep (with outlier ejection on).
+    outcome: Option<Outcome>,
     /// The subchannel task keeping it connected; `None` while starting, or if its endpoint
     /// could not be configured. Dropping the entry aborts it.
     task: Option<AbortOnDrop>,
@@ -43,13 +51,21 @@ struct Entry {
 pub(crate) struct Pool {
     table: Mutex<BTreeMap<Arc<str>, Entry>>,
     picker: watch::Sender<Arc<Picker<Picked>>>,
+    /// Which statuses are failures, when call outcomes are counted (outlier ejection on).
+    counting: Option<FailureCodes>,
 }
 
 impl Pool {
     pub(crate) fn new() -> Self {
+        Pool::counting(None)
+    }
+
+    /// A pool whose backends count the outcomes of their calls, by `failures`.
+    pub(crate) fn counting(failures: Option<FailureCodes>) -> Self {
         Pool {
             table: Mutex::new(BTreeMap::new()),
             picker: watch::Sender::new(Arc::new(Picker::empty())),
+            counting: failures,
         }
     }
 
@@ -99,6 +115,7 @@ impl Pool {
             .map(|(addr, e)| BackendHealth {
                 addr: addr.to_string(),
                 health: e.health,
+                ejected: e.ejection.ejected_at.is_some(),
                 pickable: e.pickable(),
                 last_error: e.health_error.clone(),
             })
@@ -181,6 +198,7 @@ impl Pool {
                 addr,
                 channel,
                 alive: alive.clone(),
+                outcome: entry.outcome.clone(),
             },
             alive,
         });
@@ -205,6 +223,11 @@ impl Pool {
                 ready: None,
                 health: HealthState::Off,
                 health_error: None,
+                ejection: EjectionState::default(),
+                outcome: self.counting.map(|failures| Outcome {
+                    counter: Arc::new(CallCounter::default()),
+                    failures,
+                }),
                 task: None,
             },
         );
@@ -241,6 +264,53 @@ impl Pool {
         drop(removed);
     }
 
+    /// One outlier ejection sweep at `now` over the calls counted since the last one.
+    pub(crate) fn sweep(
+        &self,
+        config: &OutlierDetection,
+        now: tokio::time::Instant,
+        roll: &mut impl FnMut() -> u32,
+    ) {
+        let mut table = self.table();
+        let mut hosts: Vec<Host> = table
+            .values()
+            .map(|e| Host {
+                state: e.ejection,
+                counts: e
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.counter.take())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let counts: Vec<_> = hosts.iter().map(|h| h.counts).collect();
+        let changes = outlier::sweep(config, now, &mut hosts, roll);
+        let mut rebuild = false;
+        for (entry, host) in table.values_mut().zip(&hosts) {
+            let was_pickable = entry.pickable();
+            entry.ejection = host.state;
+            rebuild |= entry.pickable() != was_pickable;
+        }
+        let addrs: Vec<&Arc<str>> = table.keys().collect();
+        for (i, change) in changes {
+            let addr = addrs[i];
+            let c = counts[i];
+            match change {
+                Change::Ejected(time) => tracing::warn!(
+                    %addr,
+                    successes = c.successes,
+                    failures = c.failures,
+                    ?time,
+                    "outlier ejected"
+                ),
+                Change::Returned => tracing::info!(%addr, "outlier ejection over"),
+            }
+        }
+        if rebuild {
+            self.rebuild(&table);
+        }
+    }
+
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
         let ready: Vec<_> = table
             .values()
@@ -253,9 +323,9 @@ impl Pool {
 }
 
 impl Entry {
-    /// Whether calls may go to this backend: READY and healthy.
+    /// Whether calls may go to this backend: READY, healthy and not ejected.
     fn pickable(&self) -> bool {
-        self.ready.is_some() && self.health.is_pickable()
+        self.ready.is_some() && self.health.is_pickable() && self.ejection.ejected_at.is_none()
     }
 }
 

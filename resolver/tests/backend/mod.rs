@@ -1,18 +1,21 @@
 //! A real tonic Greeter server on a loopback address with (optionally) the standard
-//! `grpc.health.v1` service from tonic-health, instrumented for health checking tests: it counts
-//! accepted TCP connections and Watch calls (also when it has no health service), and notes when
-//! the first Watch and the first SayHello arrived. Its first answer on each Watch stream can be
-//! delayed.
+//! `grpc.health.v1` service from tonic-health, instrumented for the health checking and outlier
+//! ejection tests: it counts accepted TCP connections, Watch calls (also when it has no health
+//! service) and SayHello calls (also failed ones), and notes when the first Watch and the first
+//! SayHello arrived. Its first answer on each Watch stream can be delayed, and it can be told to
+//! fail every SayHello with UNAVAILABLE or NOT_FOUND.
+
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use futures::{Stream, StreamExt};
-use registrar_testenv::greeter::{GreeterServer, NamedGreeter};
+use registrar_testenv::greeter::{Greeter, GreeterServer, HelloReply, HelloRequest, NamedGreeter};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -35,11 +38,21 @@ pub enum HealthMode {
     DelayFirstAnswer(Duration),
 }
 
+/// How the server answers SayHello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Answer {
+    Hello = 0,
+    Unavailable = 1,
+    NotFound = 2,
+}
+
 /// What the server saw.
 #[derive(Debug, Default)]
 pub struct Seen {
     pub accepted: AtomicUsize,
     pub watches: AtomicUsize,
+    pub hellos: AtomicU64,
     pub first_watch: OnceLock<Instant>,
     pub first_hello: OnceLock<Instant>,
 }
@@ -51,6 +64,7 @@ pub struct Backend {
     pub reporter: HealthReporter,
     pub seen: Arc<Seen>,
     served: Arc<AtomicU64>,
+    answer: Arc<AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,6 +74,7 @@ impl Backend {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
+        let answer = Arc::new(AtomicU8::new(Answer::Hello as u8));
         let served = Arc::new(AtomicU64::new(0));
         let reporter = HealthReporter::new();
         let health = match mode {
@@ -89,6 +104,7 @@ impl Backend {
                         let _ = seen.first_watch.set(Instant::now());
                     }
                     HELLO_PATH => {
+                        seen.hellos.fetch_add(1, Ordering::SeqCst);
                         let _ = seen.first_hello.set(Instant::now());
                     }
                     _ => {}
@@ -98,7 +114,10 @@ impl Backend {
         };
         let router = tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(record))
-            .add_service(GreeterServer::new(NamedGreeter::new(name, served.clone())))
+            .add_service(GreeterServer::new(Answering {
+                inner: NamedGreeter::new(name, served.clone()),
+                answer: answer.clone(),
+            }))
             .add_optional_service(health);
         let task = tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -111,6 +130,7 @@ impl Backend {
             reporter,
             seen,
             served,
+            answer,
             task,
         })
     }
@@ -118,6 +138,16 @@ impl Backend {
     /// SayHello calls served.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// SayHello calls received (answered or failed).
+    pub fn hellos(&self) -> u64 {
+        self.seen.hellos.load(Ordering::SeqCst)
+    }
+
+    /// From now on, answers every SayHello this way.
+    pub fn answer(&self, answer: Answer) {
+        self.answer.store(answer as u8, Ordering::SeqCst);
     }
 
     pub fn accepted(&self) -> usize {
@@ -136,6 +166,26 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The Greeter, or a scripted failure.
+struct Answering {
+    inner: NamedGreeter,
+    answer: Arc<AtomicU8>,
+}
+
+#[tonic::async_trait]
+impl Greeter for Answering {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        match self.answer.load(Ordering::SeqCst) {
+            1 => Err(Status::unavailable("told to fail")),
+            2 => Err(Status::not_found("told to say not found")),
+            _ => self.inner.say_hello(request).await,
+        }
     }
 }
 
