@@ -268,24 +268,30 @@ fn a_second_ejection_in_a_row_lasts_twice_as_long_and_the_multiplier_decays() {
 }
 
 fn arb_host() -> impl Strategy<Value = Host> {
-    (0u64..300, 0u64..300, prop::option::of(0u64..=400), 0u32..15).prop_map(
-        |(successes, failures, ejected_secs_after_base, multiplier)| Host {
-            counts: Counts {
-                successes,
-                failures,
-            },
-            state: EjectionState {
-                ejected_at: ejected_secs_after_base
-                    .map(|s| base_instant() + Duration::from_secs(s)),
-                // An ejected backend was ejected at least once.
-                multiplier: if ejected_secs_after_base.is_some() {
-                    multiplier.max(1)
-                } else {
-                    multiplier
+    (
+        0u64..300,
+        0u64..300,
+        prop::option::weighted(0.15, 0u64..=400),
+        0u32..15,
+    )
+        .prop_map(
+            |(successes, failures, ejected_secs_after_base, multiplier)| Host {
+                counts: Counts {
+                    successes,
+                    failures,
+                },
+                state: EjectionState {
+                    ejected_at: ejected_secs_after_base
+                        .map(|s| base_instant() + Duration::from_secs(s)),
+                    // An ejected backend was ejected at least once.
+                    multiplier: if ejected_secs_after_base.is_some() {
+                        multiplier.max(1)
+                    } else {
+                        multiplier
+                    },
                 },
             },
-        },
-    )
+        )
 }
 
 /// A fixed instant that every generated host and sweep time is measured from.
