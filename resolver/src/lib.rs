@@ -18,6 +18,8 @@
 //!   fail far more calls than the others out for a while.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
+//! - [`Drain`] is the server half of a zero-error rollout: on SIGTERM, NOT_SERVING on the
+//!   health service, deregistration, a drain delay, then tonic's graceful shutdown.
 //! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password; its
 //!   [`members`] guard keeps dead or frozen etcd members out of the client's balanced set.
 //!
@@ -156,6 +158,7 @@
 mod backoff;
 mod balancer;
 mod discovery;
+mod drain;
 mod error;
 pub use registrar_etcd::members;
 mod registration;
@@ -171,6 +174,7 @@ pub use balancer::{
     FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture, SuccessRateEjection,
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
+pub use drain::Drain;
 pub use error::Error;
 pub use registrar_etcd::EtcdConnect;
 pub use registration::{Registration, RegistrationBuilder, SharedLease, SharedLeaseBuilder};

@@ -55,6 +55,9 @@ pub struct Seen {
     pub hellos: AtomicU64,
     pub first_watch: OnceLock<Instant>,
     pub first_hello: OnceLock<Instant>,
+    pub last_hello: std::sync::Mutex<Option<Instant>>,
+    /// When the server's serve future returned (after a shutdown future).
+    pub stopped: OnceLock<Instant>,
 }
 
 /// A running server; its task is aborted when dropped.
@@ -71,6 +74,20 @@ pub struct Backend {
 impl Backend {
     /// Serves on `addr` (port 0: any free port) under `name`.
     pub async fn start(addr: SocketAddr, name: &str, mode: HealthMode) -> Result<Backend> {
+        Self::start_with(addr, name, mode, |_| std::future::pending()).await
+    }
+
+    /// Like [`start`](Self::start), shutting down gracefully once the future that `shutdown`
+    /// makes from the health reporter completes.
+    pub async fn start_with<F>(
+        addr: SocketAddr,
+        name: &str,
+        mode: HealthMode,
+        shutdown: impl FnOnce(HealthReporter) -> F,
+    ) -> Result<Backend>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
@@ -105,7 +122,9 @@ impl Backend {
                     }
                     HELLO_PATH => {
                         seen.hellos.fetch_add(1, Ordering::SeqCst);
-                        let _ = seen.first_hello.set(Instant::now());
+                        let now = Instant::now();
+                        let _ = seen.first_hello.set(now);
+                        *seen.last_hello.lock().unwrap() = Some(now);
                     }
                     _ => {}
                 }
@@ -119,10 +138,16 @@ impl Backend {
                 answer: answer.clone(),
             }))
             .add_optional_service(health);
+        let shutdown = shutdown(reporter.clone());
+        let stopped = seen.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = router.serve_with_incoming(incoming).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
                 eprintln!("test server stopped: {e}");
             }
+            let _ = stopped.stopped.set(Instant::now());
         });
         Ok(Backend {
             addr,
@@ -152,6 +177,11 @@ impl Backend {
 
     pub fn accepted(&self) -> usize {
         self.seen.accepted.load(Ordering::SeqCst)
+    }
+
+    /// When the last SayHello arrived.
+    pub fn last_hello(&self) -> Option<Instant> {
+        *self.seen.last_hello.lock().unwrap()
     }
 
     pub fn watches(&self) -> usize {
