@@ -189,6 +189,7 @@ impl Pool {
         else {
             return;
         };
+        let was_pickable = entry.pickable();
         entry.state = ConnectivityState::Ready;
         entry.last_error = None;
         entry.health = health;
@@ -202,7 +203,7 @@ impl Pool {
             },
             alive,
         });
-        if entry.pickable() {
+        if was_pickable || entry.pickable() {
             self.rebuild(&table);
         }
     }
@@ -293,8 +294,9 @@ impl Pool {
         }
         let addrs: Vec<&Arc<str>> = table.keys().collect();
         for (i, change) in changes {
-            let addr = addrs[i];
-            let c = counts[i];
+            let (Some(addr), Some(c)) = (addrs.get(i), counts.get(i)) else {
+                continue;
+            };
             match change {
                 Change::Ejected(time) => tracing::warn!(
                     %addr,
@@ -418,6 +420,87 @@ mod tests {
         assert!(!handles[1].is_finished());
         drop(pool);
         finished(&handles[1]).await;
+    }
+
+    /// A READY backend's channel (lazy: nothing is dialed).
+    fn ready(sink: &Sink, health: HealthState) -> Arc<Liveness> {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let alive = Arc::new(Liveness::new());
+        sink.ready(channel, alive.clone(), health);
+        alive
+    }
+
+    fn picked(pool: &Pool) -> Vec<String> {
+        let picker = pool.picker();
+        let mut addrs: Vec<String> = (0..picker.len())
+            .filter_map(|_| picker.pick().map(|p| p.addr.to_string()))
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    #[tokio::test]
+    async fn only_ready_healthy_backends_are_picked_and_health_restarts_with_each_connection() {
+        let pool = Arc::new(Pool::new());
+        let a = pool.add(Arc::from("127.0.0.1:1"), 1);
+        let b = pool.add(Arc::from("127.0.0.1:2"), 2);
+        ready(&a, HealthState::Off);
+        ready(&b, HealthState::Pending);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"], "no answer yet: not picked");
+        b.health(HealthState::Serving, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:2"]);
+        b.health(HealthState::NotServing, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"]);
+        let status = pool.statuses();
+        assert_eq!(status[1].state, ConnectivityState::Ready, "still connected");
+        b.health(HealthState::Unimplemented, None);
+        assert_eq!(picked(&pool).len(), 2);
+        // A new connection starts unhealthy until its own first answer.
+        b.state(ConnectivityState::Idle, None);
+        assert_eq!(pool.health()[1].health, HealthState::Pending);
+        ready(&b, HealthState::Pending);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"]);
+        b.health(HealthState::Failed, Some("stream reset".into()));
+        let health = pool.health();
+        assert!(!health[1].pickable);
+        assert_eq!(health[1].last_error.as_deref(), Some("stream reset"));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_ejects_from_the_picker_and_brings_back() {
+        let codes = FailureCodes::new(&[tonic::Code::Unavailable]);
+        let pool = Arc::new(Pool::counting(Some(codes)));
+        let sinks: Vec<Sink> = (1..=5u64)
+            .map(|i| pool.add(Arc::from(format!("127.0.0.1:{i}")), i))
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        let picker = pool.picker();
+        for _ in 0..100 {
+            let picked = picker.pick().unwrap();
+            let outcome = picked.outcome.as_ref().unwrap();
+            if &*picked.addr == "127.0.0.1:3" {
+                outcome.transport_failure();
+            } else {
+                outcome.counter.success();
+            }
+        }
+        let mut config = OutlierDetection::default();
+        config.success_rate = None;
+        config.failure_percentage = Some(outlier::FailurePercentageEjection {
+            request_volume: 20,
+            ..Default::default()
+        });
+        let now = tokio::time::Instant::now();
+        pool.sweep(&config, now, &mut || 0);
+        assert_eq!(picked(&pool).len(), 4);
+        assert!(!picked(&pool).contains(&"127.0.0.1:3".to_owned()));
+        let ejected: Vec<bool> = pool.health().iter().map(|h| h.ejected).collect();
+        assert_eq!(ejected, [false, false, true, false, false]);
+        assert_eq!(pool.statuses()[2].state, ConnectivityState::Ready);
+        pool.sweep(&config, now + config.base_ejection_time, &mut || 0);
+        assert_eq!(picked(&pool).len(), 5);
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {
