@@ -486,12 +486,14 @@ mod tests {
                 outcome.counter.success();
             }
         }
-        let mut config = OutlierDetection::default();
-        config.success_rate = None;
-        config.failure_percentage = Some(outlier::FailurePercentageEjection {
-            request_volume: 20,
-            ..Default::default()
-        });
+        let config = OutlierDetection {
+            success_rate: None,
+            failure_percentage: Some(outlier::FailurePercentageEjection {
+                request_volume: 20,
+                ..Default::default()
+            }),
+            ..OutlierDetection::default()
+        };
         let now = tokio::time::Instant::now();
         pool.sweep(&config, now, &mut || 0);
         assert_eq!(picked(&pool).len(), 4);
