@@ -215,10 +215,11 @@ async fn a_backend_is_not_picked_before_its_first_health_answer() -> Result<()> 
         .context("no call on the slow backend")?;
     let gap = first_call_at - watch_at;
     eprintln!(
-        "slow backend: first Watch answer held {delay:?}; pickable after {waited:?}; first RPC \
-         {gap:?} after its Watch arrived; {sent_before} RPCs sent before (all to quick: {}), \
-         {failed} failed",
-        quick.served()
+        "slow backend: first Watch answer held {delay:?}; seen pickable after {waited:?}; first \
+         RPC {gap:?} after its Watch arrived; {sent_before} RPCs done by then; in all quick \
+         served {}, slow {}, {failed} failed",
+        quick.served(),
+        slow.served()
     );
     assert!(
         gap >= delay,
