@@ -258,4 +258,6 @@ fn candidates(hosts: &[Host], volume: u64) -> Vec<usize> {
 }
 
 #[cfg(test)]
+mod scenarios;
+#[cfg(test)]
 mod tests;
