@@ -641,7 +641,7 @@ async fn a_member_whose_client_traffic_stalls_is_left_within_a_bounded_time() ->
     println!(
         "client traffic of member {victim} frozen (it served the operator's keepalive stream; \
          lease TTL {TTL} s): a new pod published after {published:.2?}; keepalive stream on a \
-         healthy member after {moved:.2?}, lease renewed by {renewed:.2?} (lowest remaining TTL \
+         healthy member after {moved:.2?}, a keepalive answered again by {renewed:.2?} (lowest remaining TTL \
          seen {lowest} s; {failures} keepalive failures); hand-deleted key put back in {repaired:.2?}; lease {} ({ttl_left} s left); \
          keys deleted {deleted:?} (the hand-deleted one only); {} keys before, {} after",
         if now_lease == lease {

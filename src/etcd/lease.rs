@@ -130,7 +130,8 @@ async fn keepalive(
                 // keep_alive() already sent one keepalive and saw a positive TTL.
                 set(LeaseHealth::Alive);
                 backoff.reset();
-                keep(&mut keeper, &mut stream, interval, &set).await
+                let answer_within = interval.min(timing.request_timeout);
+                keep(&mut keeper, &mut stream, interval, answer_within, &set).await
             }
             Err(EtcdError::Etcd { source, .. }) if is_lease_not_found(&source) => StreamEnd::Lost,
             Err(e) => StreamEnd::Broken(e.to_string()),
@@ -154,19 +155,35 @@ async fn keepalive(
     }
 }
 
-/// Sends a keepalive every `interval` and reads the answers until the stream breaks, goes
-/// silent for two intervals, or etcd says the lease is gone.
+/// Sends a keepalive every `interval` and reads the answers until the stream breaks, a
+/// keepalive goes unanswered for `answer_within`, or etcd says the lease is gone.
+///
+/// The answer deadline is what saves the lease when the stream's member stops answering without
+/// closing the connection (a frozen member, a partition that drops packets): waiting for silence
+/// over whole intervals would notice only about a TTL after the last answer, when etcd expires
+/// the lease. With it, a silent stream is given up at most `interval + answer_within` (2/3 of
+/// the TTL) after the last answer, and reopened on a member that answers.
 async fn keep(
     keeper: &mut LeaseKeeper,
     stream: &mut LeaseKeepAliveStream,
     interval: Duration,
+    answer_within: Duration,
     set: &impl Fn(LeaseHealth),
 ) -> StreamEnd {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_answer = Instant::now();
+    // When the oldest unanswered keepalive was sent.
+    let mut unanswered: Option<Instant> = None;
     loop {
+        let answer_due = unanswered.map(|sent| sent + answer_within);
         tokio::select! {
+            () = sleep_until_opt(answer_due) => {
+                return StreamEnd::Broken(format!(
+                    "no keepalive answer within {answer_within:?} (last answer {:?} ago)",
+                    last_answer.elapsed()
+                ));
+            }
             _ = ticker.tick() => {
                 if last_answer.elapsed() > interval * 2 {
                     return StreamEnd::Broken(format!(
@@ -176,11 +193,13 @@ async fn keep(
                 if let Err(e) = keeper.keep_alive().await {
                     return StreamEnd::Broken(e.to_string());
                 }
+                unanswered.get_or_insert_with(Instant::now);
             }
             msg = stream.message() => match msg {
                 Ok(Some(resp)) if resp.ttl() <= 0 => return StreamEnd::Lost,
                 Ok(Some(_)) => {
                     last_answer = Instant::now();
+                    unanswered = None;
                     set(LeaseHealth::Alive);
                 }
                 Ok(None) => return StreamEnd::Broken("keepalive stream closed".into()),
@@ -188,5 +207,13 @@ async fn keep(
                 Err(e) => return StreamEnd::Broken(e.to_string()),
             },
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
