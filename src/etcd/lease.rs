@@ -151,7 +151,10 @@ async fn keepalive(
                 set(LeaseHealth::Failing(reason));
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        // Never wait longer than a keepalive interval between attempts: when etcd answers
+        // again (e.g. quorum is back, which gives leases their full TTL anew), a keepalive
+        // must get through within the TTL, however long the outage made the backoff.
+        tokio::time::sleep(backoff.next_delay().min(interval)).await;
     }
 }
 
