@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use registrar_resolver::{Balancer, ConnectivityState, EtcdConnect};
 use registrar_testenv::greeter::{self, TestServer};
-use registrar_testenv::pod_servers::{PodServers, Termination};
+use registrar_testenv::pod_servers::{FINALIZER, PodServers, Termination};
 use registrar_testenv::{Cluster, ControlPlane, EtcdCluster, poll, unique_name};
 use serde_json::json;
 use support::faults::*;
@@ -160,7 +160,7 @@ fn deployment(replicas: i32) -> Result<Deployment> {
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": {"app": "g"}},
+                "metadata": {"labels": {"app": "g"}, "finalizers": [FINALIZER]},
                 "spec": {
                     "terminationGracePeriodSeconds": 5,
                     "containers": [{"name": "greeter", "image": "registrar-demo:dev",
@@ -265,9 +265,12 @@ async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
         rolled_out(&client, &ns, 3)
     })
     .await?;
+    let done = killed.elapsed();
     let (after, converged) = wait_converged(&kv, &client, &ns, PREFIX).await?;
-    let converged = killed.elapsed().max(converged);
-    // (kwok hands the IPs of deleted pods to new ones: keys may be the same as before.)
+    assert!(
+        after.is_disjoint(&before),
+        "every pod was replaced: {before:?} -> {after:?}"
+    );
     let switched = balancer_on(&balancer, &addrs(&after)).await?;
     traffic.wait_calls(50).await?;
     let stats = traffic.stats();
@@ -282,8 +285,9 @@ async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
     let deleted = check_deletes(&mut record, &before);
     println!(
         "leader kill during a rollout: member {leader} killed {:.2?} after the roll began, \
-         member {new_leader} leads after {election:.2?}; keys converged {converged:.2?} after the \
-         kill (balancer on the new pods {switched:.2?} later); {stats}; {} keys put, {} deleted \
+         member {new_leader} leads after {election:.2?}; rollout done {done:.2?} after the kill, \
+         etcd equal to the Ready pods {converged:.2?} later, the balancer on the new pods \
+         {switched:.2?} after that; {stats}; {} keys put, {} deleted \
          ({deleted:?}); lease {} (before {lease_before:x}, after {lease_after:x}, {ttl_left} s \
          left of {TTL} s; {grants} new grants); kubelet started {} servers, served {}",
         killed - rolled,
@@ -299,9 +303,10 @@ async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
     );
     assert_eq!(stats.failed, 0, "RPCs failed: {stats}");
     assert!(ttl_left > 0);
-    assert!(
-        deleted.len() <= before.len(),
-        "an old pod's key deleted twice"
+    assert_eq!(
+        deleted.len(),
+        before.len(),
+        "each old pod's key deleted once"
     );
     Ok(())
 }

@@ -6,6 +6,11 @@
 //! GOAWAY, in-flight calls finish) and is killed after the grace period. It never waits on etcd
 //! or on the operator, so what clients see includes every propagation delay.
 //!
+//! kwok deletes a terminating pod at once and hands its IP to the next pod, so a test that wants
+//! old and new pods on distinct IPs puts [`FINALIZER`] on its pods: the pod then stays
+//! Terminating (keeping its IP) until its server has stopped, when this removes the finalizer,
+//! as a real kubelet keeps a pod until its containers are gone.
+//!
 //! Pods are listed every [`EVERY`]; a server is keyed by its address, so a pod that gets the IP
 //! of a pod still in its `preStop` simply keeps that server.
 
@@ -15,11 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::greeter::{TestServer, try_serve};
+
+/// The finalizer that holds a pod in Terminating until its server has stopped.
+pub const FINALIZER: &str = "registrar.dev/test-kubelet";
 
 /// How often the pods are listed.
 pub const EVERY: Duration = Duration::from_millis(100);
@@ -98,6 +106,7 @@ impl PodServers {
                     })
                     .collect();
                 step(&state, &wanted, &names, termination).await;
+                release(&api, &pods.items, &state, port).await;
             }
         });
         PodServers { shared, task }
@@ -185,6 +194,42 @@ async fn step(
                 );
             }
             Err(e) => tracing::warn!(%addr, "stand-in kubelet: cannot serve: {e:#}"),
+        }
+    }
+}
+
+/// Removes [`FINALIZER`] from terminating pods whose server is gone.
+async fn release(api: &Api<Pod>, pods: &[Pod], state: &Mutex<Shared>, port: u16) {
+    for pod in pods {
+        let Some(finalizers) = pod.metadata.finalizers.as_ref() else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_none() || !finalizers.iter().any(|f| f == FINALIZER) {
+            continue;
+        }
+        let addr = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, port));
+        let serving = addr.is_some_and(|a| {
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .servers
+                .contains_key(&a)
+        });
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        if serving {
+            continue;
+        }
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+        let patch = Patch::Merge(serde_json::json!({"metadata": {"finalizers": rest}}));
+        if let Err(e) = api.patch(name, &PatchParams::default(), &patch).await {
+            tracing::debug!(pod = name, "stand-in kubelet: removing the finalizer: {e}");
         }
     }
 }
