@@ -90,17 +90,21 @@ impl EtcdCluster {
             .prefix("registrar-etcd-cluster-")
             .tempdir()?;
         let mut members = Vec::with_capacity(n);
-        for i in 0..n {
-            let client_port = free_port()?;
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            ports.push((free_port()?, free_port()?));
+        }
+        let reserved: Vec<u16> = ports.iter().flat_map(|(c, p)| [*c, *p]).collect();
+        for (i, (client_port, peer_port)) in ports.into_iter().enumerate() {
             let proxy = if proxied {
-                Some(DelayProxy::start(client_port, Duration::ZERO).await?)
+                Some(proxy_avoiding(client_port, &reserved).await?)
             } else {
                 None
             };
             members.push(Member {
                 name: format!("m{i}"),
                 client_port,
-                peer_port: free_port()?,
+                peer_port,
                 process: None,
                 frozen: false,
                 proxy,
@@ -369,6 +373,17 @@ impl EtcdCluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// A proxy to `target` on a port that is none of the member ports picked but not yet bound.
+async fn proxy_avoiding(target: u16, reserved: &[u16]) -> Result<DelayProxy> {
+    for _ in 0..20 {
+        let proxy = DelayProxy::start(target, Duration::ZERO).await?;
+        if !reserved.contains(&proxy.port) {
+            return Ok(proxy);
+        }
+    }
+    bail!("no free port for a client proxy outside the members' ports")
 }
 
 impl Drop for EtcdCluster {
