@@ -386,8 +386,7 @@ async fn killing_the_member_that_serves_the_operators_streams_moves_them() -> Re
     drop(kv0);
 
     let mut hand_deleted = BTreeSet::new();
-    let mut next_pod = 4;
-    for stream in [Stream::Keepalive, Stream::Watch] {
+    for (next_pod, stream) in (4..).zip([Stream::Keepalive, Stream::Watch]) {
         // No watch of the test is open here: every watch stream is the operator's.
         let victim = stream_holder(&etcd, stream).await?;
         let observer = (victim + 1) % etcd.len();
@@ -418,7 +417,6 @@ async fn killing_the_member_that_serves_the_operators_streams_moves_them() -> Re
         let repaired = removed.elapsed();
         // A change is published.
         let (name, ip) = (format!("p{next_pod}"), format!("127.0.2.{next_pod}"));
-        next_pod += 1;
         let changed = Instant::now();
         ready_pod(&client, &ns, &name, json!({"app": "g"}), &ip).await?;
         let (_, _) = wait_converged(&kv, &client, &ns, PREFIX).await?;

@@ -4,11 +4,12 @@
 //! the server in a random order, like on a slow, busy network (a zero delay forwards at once).
 //!
 //! The test controls its [`Link`]:
-//! - [`Link::Open`]: forwards.
-//! - [`Link::Frozen`]: accepts connections (new ones too) but moves no byte in either direction,
-//!   holding every socket open: a partition where packets are dropped, or a server whose process
-//!   lives but does not answer. Opening the link again resumes the held connections.
-//! - [`Link::Cut`]: drops every connection and refuses new ones (the client sees a reset).
+//! - open ([`Link::Open`]) forwards;
+//! - frozen ([`Link::Frozen`]) accepts connections (new ones too) but moves no byte in either
+//!   direction, holding every socket open: a partition where packets are dropped, or a server
+//!   whose process lives but does not answer. Opening the link again resumes the held
+//!   connections;
+//! - cut ([`Link::Cut`]) drops every connection and refuses new ones (the client sees a reset).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
