@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use registrar_testenv::poll;
+use registrar_testenv::{DelayProxy, Link, poll};
 use serde_json::json;
 use support::*;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -239,90 +239,17 @@ async fn a_graceful_stop_hands_the_lease_over_at_once() {
     assert_eq!(deleted, vec![unready], "only the unready pod's key may go");
 }
 
-/// What the forwarder does with traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    /// Forwards.
-    Open,
-    /// Drops every connection and refuses new ones (connection reset).
-    Cut,
-    /// Stops moving bytes but keeps every socket open, new ones too (packets dropped).
-    Blackhole,
-}
-
-/// A TCP forwarder on loopback whose link the test controls.
-struct Forwarder {
-    port: u16,
-    link: tokio::sync::watch::Sender<Link>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn forwarder(target: u16) -> Forwarder {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (link, link_rx) = tokio::sync::watch::channel(Link::Open);
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        let mut changes = link_rx.clone();
-        loop {
-            tokio::select! {
-                acc = listener.accept() => {
-                    let Ok((mut inbound, _)) = acc else { continue };
-                    let mut link = link_rx.clone();
-                    conns.spawn(async move {
-                        let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out),
-                                if *link.borrow() == Link::Open => {}
-                            _ = link.wait_for(|l| *l != Link::Open) => {}
-                        }
-                        if *link.borrow() == Link::Blackhole {
-                            // Hold both sockets, silent, until the forwarder goes away.
-                            std::future::pending::<()>().await;
-                        }
-                    });
-                }
-                r = changes.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    if *changes.borrow_and_update() == Link::Cut {
-                        conns.abort_all();
-                    }
-                }
-                Some(_) = conns.join_next() => {}
-            }
-        }
-    });
-    Forwarder { port, link, task }
-}
-
-/// op-a reaches the API server through a forwarder, op-b directly; the link of op-a is then
+/// op-a reaches the API server through a proxy, op-b directly; the link of op-a is then
 /// broken (`how`) while etcd stays reachable. op-a must stop writing before op-b may take over,
 /// and then etcd must be quiet: two writers would re-put each other's keys forever.
 async fn partition(how: Link) {
     let _serial = SERIAL.lock().await;
     let g = Ground::new().await.unwrap();
     let api_port: u16 = g.cp.url().rsplit(':').next().unwrap().parse().unwrap();
-    let fwd = forwarder(api_port).await;
+    let fwd = DelayProxy::start(api_port, Duration::ZERO).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("via-forwarder.kubeconfig");
-    let text = std::fs::read_to_string(g.cp.kubeconfig()).unwrap();
-    let from = format!("https://127.0.0.1:{api_port}");
-    assert!(text.contains(&from));
-    std::fs::write(
-        &kubeconfig,
-        text.replace(&from, &format!("https://127.0.0.1:{}", fwd.port)),
-    )
-    .unwrap();
+    let kubeconfig =
+        proxy::kubeconfig_via(g.cp.kubeconfig(), api_port, fwd.port, dir.path()).unwrap();
     let mut a_opts = replica(&g, "op-a");
     a_opts.kubeconfig = Some(kubeconfig);
     let a = Operator::start(&g.cp, &g.etcd, &a_opts).await.unwrap();
@@ -342,7 +269,7 @@ async fn partition(how: Link) {
     .unwrap();
     let mut events = watch_prefix(&g.kv, &g.prefix).await.unwrap();
 
-    fwd.link.send_replace(how);
+    fwd.set_link(how);
     let cut = Instant::now();
     let (mut a_down, mut b_up) = (None, None);
     while a_down.is_none() || b_up.is_none() {
@@ -386,5 +313,5 @@ async fn a_leader_whose_api_connections_are_reset_steps_down_before_the_standby_
 
 #[tokio::test]
 async fn a_leader_whose_api_traffic_is_dropped_steps_down_before_the_standby_takes_over() {
-    partition(Link::Blackhole).await;
+    partition(Link::Frozen).await;
 }

@@ -11,9 +11,10 @@
 //!   etcd says so: a keepalive answered with a TTL ≤ 0, or "lease not found" when opening the
 //!   keepalive stream or on a put/txn with the lease (the holder reports that through
 //!   [`KeptLease::report_not_found`]).
-//! - While etcd cannot be reached (a broken stream, or one silent for two keepalive
-//!   intervals), the state is [`LeaseState::Failing`]: unknown. The task keeps reopening the
-//!   stream with the holder's backoff, forever. A clock cannot tell whether the lease expired:
+//! - While etcd cannot be reached (a broken stream, or a keepalive not answered within
+//!   min(TTL/3, request timeout)), the state is [`LeaseState::Failing`]: unknown. The task keeps
+//!   reopening the stream with the holder's backoff, but never waits longer than TTL/3 between
+//!   attempts, forever. A clock cannot tell whether the lease expired:
 //!   etcd gives every lease a fresh TTL when it restarts or elects a new leader, so a lease
 //!   can outlive an outage longer than its TTL.
 //! - When the stream works again and the lease survived, it is kept: same id, no new grant,
@@ -21,6 +22,17 @@
 //! - When etcd says the lease is gone, the task grants a new one (retrying with backoff:
 //!   [`LeaseState::Granting`]), then reports [`LeaseState::Alive`] with the new id. The holder
 //!   puts every one of its keys again under the new id.
+//!
+//! Two timings keep a lease alive through faults that the TTL alone would not survive:
+//!
+//! - **An answer deadline per keepalive.** A member that stops answering without closing the
+//!   connection (frozen, a partition dropping packets) would otherwise be noticed only after
+//!   whole silent intervals, about a TTL after the last answer, when etcd has already expired
+//!   the lease and deleted every key. With the deadline a silent stream is given up at most
+//!   TTL/3 + min(TTL/3, request timeout) after the last answer and reopened on a member that
+//!   answers.
+//! - **Retries at least every TTL/3.** When quorum returns after a long outage, etcd gives the
+//!   lease only its TTL anew; a retry delay grown beyond it would come too late.
 //!
 //! Dropping a [`KeptLease`] stops its keepalives without revoking the lease (the operator's
 //! successor takes its keys over before the TTL ends); [`KeptLease::revoke`] revokes it.
@@ -342,15 +354,19 @@ impl Task {
             let delay = self.retry.next_delay();
             tracing::warn!(lease = id, %reason, ?delay, "lease keepalive failing, retrying");
             self.set(LeaseState::Failing { id, reason });
+            // Never wait longer than a keepalive interval between attempts: when etcd answers
+            // again (e.g. quorum is back, which gives leases their full TTL anew), a keepalive
+            // must get through within the TTL, however long the outage made the backoff.
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(delay.min(self.interval)) => {}
                 () = reported_gone(&mut self.gone, id) => return reported(id),
             }
         }
     }
 
-    /// Sends a keepalive every interval and reads the answers until the stream breaks, goes
-    /// silent for two intervals, or etcd says the lease is gone.
+    /// Sends a keepalive every interval and reads the answers until the stream breaks, a
+    /// keepalive goes unanswered for min(interval, request timeout), or etcd says the lease is
+    /// gone (see the module docs: the answer deadline).
     async fn keep_stream(
         &mut self,
         id: i64,
@@ -362,8 +378,18 @@ impl Task {
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_answer = Instant::now();
+        let answer_within = interval.min(self.request_timeout);
+        // When the oldest unanswered keepalive was sent.
+        let mut unanswered: Option<Instant> = None;
         loop {
+            let answer_due = unanswered.map(|sent| sent + answer_within);
             tokio::select! {
+                () = sleep_until_opt(answer_due) => {
+                    return StreamEnd::Broken(format!(
+                        "no keepalive answer within {answer_within:?} (last answer {:?} ago)",
+                        last_answer.elapsed()
+                    ));
+                }
                 _ = ticker.tick() => {
                     if last_answer.elapsed() > interval * 2 {
                         return StreamEnd::Broken(format!(
@@ -373,6 +399,7 @@ impl Task {
                     if let Err(e) = keeper.keep_alive().await {
                         return StreamEnd::Broken(e.to_string());
                     }
+                    unanswered.get_or_insert_with(Instant::now);
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) if resp.ttl() <= 0 => {
@@ -380,6 +407,7 @@ impl Task {
                     }
                     Ok(Some(_)) => {
                         last_answer = Instant::now();
+                        unanswered = None;
                         self.observer.kept_alive(id);
                         self.set(LeaseState::Alive { id });
                     }
@@ -390,6 +418,14 @@ impl Task {
                 () = reported_gone(&mut gone, id) => return StreamEnd::Gone(reported(id)),
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

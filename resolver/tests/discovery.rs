@@ -157,7 +157,7 @@ async fn malformed_values_are_skipped_and_logged() -> Result<()> {
 async fn calls_survive_an_etcd_outage_and_changes_made_meanwhile_apply() -> Result<()> {
     capture_logs();
     let mut etcd = Etcd::start().await?;
-    let proxy = Proxy::start(etcd_addr(&etcd.endpoint())?).await?;
+    let proxy = etcd_proxy(etcd_addr(&etcd.endpoint())?).await?;
     let mut kv = etcd.client().await?;
     let t = target("outage");
     let a = greeter::serve(loopback(30), "a".into()).await;
@@ -188,7 +188,7 @@ async fn calls_survive_an_etcd_outage_and_changes_made_meanwhile_apply() -> Resu
     assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
 
     // etcd back, but not yet for the balancer: change the set.
-    proxy.cut().await;
+    proxy.cut();
     etcd.restart().await?;
     let mut kv = etcd.client().await?;
     delete_endpoint(&mut kv, &t, a.addr()).await?;
@@ -197,7 +197,7 @@ async fn calls_survive_an_etcd_outage_and_changes_made_meanwhile_apply() -> Resu
     assert!(!balancer.resolver().is_connected());
     assert_eq!(spread(&mut client, 10).await?.len(), 2);
 
-    proxy.restore();
+    proxy.open();
     poll("the changes to apply", Duration::from_secs(30), || async {
         let addrs: BTreeSet<String> = balancer.backends().into_iter().map(|b| b.addr).collect();
         let want: BTreeSet<String> = [b.addr(), c.addr()].iter().map(|a| a.to_string()).collect();
@@ -216,7 +216,7 @@ async fn calls_survive_an_etcd_outage_and_changes_made_meanwhile_apply() -> Resu
 async fn relists_after_compaction_past_its_revision() -> Result<()> {
     capture_logs();
     let etcd = Etcd::start().await?;
-    let proxy = Proxy::start(etcd_addr(&etcd.endpoint())?).await?;
+    let proxy = etcd_proxy(etcd_addr(&etcd.endpoint())?).await?;
     let mut kv = etcd.client().await?;
     let t = target("compact");
     let k = |s: &str| format!("{t}/{s}");
@@ -230,7 +230,7 @@ async fn relists_after_compaction_past_its_revision() -> Result<()> {
     wait_keys(&resolver, &[k("a"), k("b")]).await?;
     let seen = resolver.snapshot().revision();
 
-    proxy.cut().await;
+    proxy.cut();
     poll("the watch to break", Duration::from_secs(20), || async {
         (!resolver.is_connected()).then_some(())
     })
@@ -249,7 +249,7 @@ async fn relists_after_compaction_past_its_revision() -> Result<()> {
         .await?;
     assert!(rev > seen + 1);
 
-    proxy.restore();
+    proxy.open();
     wait_keys(&resolver, &[k("b"), k("c"), k("d")]).await?;
     assert!(resolver.snapshot().revision() >= rev);
     assert!(
@@ -432,7 +432,7 @@ async fn notices_a_restore_even_when_the_revision_has_caught_up() -> Result<()> 
     kv.put(k("b"), value("127.0.0.71:1"), None).await?;
 
     // The resolver reaches etcd through a proxy, so it is away during the whole restore.
-    let proxy = Proxy::start(etcd_addr(&etcd.endpoint())?).await?;
+    let proxy = etcd_proxy(etcd_addr(&etcd.endpoint())?).await?;
     let resolver = Resolver::builder(Client::connect([proxy.endpoint()], None).await?, &t)
         .backoff(fast_etcd_backoff())
         .request_timeout(Duration::from_secs(2))
@@ -444,7 +444,7 @@ async fn notices_a_restore_even_when_the_revision_has_caught_up() -> Result<()> 
         .await?
         .header()
         .map_or(0, |h| h.revision());
-    proxy.cut().await;
+    proxy.cut();
     poll("the watch to break", Duration::from_secs(20), || async {
         (!resolver.is_connected()).then_some(())
     })
@@ -461,7 +461,7 @@ async fn notices_a_restore_even_when_the_revision_has_caught_up() -> Result<()> 
         "the restored store ({now}) must have passed {seen}"
     );
 
-    proxy.restore();
+    proxy.open();
     let started = tokio::time::Instant::now();
     wait_keys(&resolver, &[k("a"), k("c")]).await?;
     println!(

@@ -2,6 +2,13 @@
 //! bootstrapped statically; each member has its own data dir and process group. Members can be
 //! killed (SIGKILL), stopped, frozen (SIGSTOP) and restarted by fault tests; [`EtcdCluster::leader`]
 //! asks the members who leads.
+//!
+//! Started with [`EtcdCluster::start_proxied`], each member also gets a client TCP proxy (the
+//! test ground's [`DelayProxy`]): [`EtcdCluster::endpoints`] then name the proxies, and
+//! [`EtcdCluster::proxy`] lets a test freeze (accept but stall) or cut one member's client
+//! traffic while the member itself stays alive in raft. The test ground's own requests
+//! (status, [`EtcdCluster::client`], [`EtcdCluster::member_client`]) always go to the members
+//! directly.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,6 +19,7 @@ use etcd_client::Client;
 use tempfile::TempDir;
 
 use crate::process::{Process, free_port};
+use crate::proxy::DelayProxy;
 use crate::tools::tool;
 
 /// One member of an [`EtcdCluster`].
@@ -21,11 +29,22 @@ struct Member {
     peer_port: u16,
     process: Option<Process>,
     frozen: bool,
+    /// The client proxy in front of it, if the cluster has them.
+    proxy: Option<DelayProxy>,
 }
 
 impl Member {
-    fn endpoint(&self) -> String {
+    /// The member's own client URL.
+    fn direct(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL clients are given: the proxy's if there is one.
+    fn endpoint(&self) -> String {
+        match &self.proxy {
+            Some(p) => p.endpoint(),
+            None => self.direct(),
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -54,6 +73,16 @@ impl EtcdCluster {
 
     /// Starts an `n`-member cluster and waits until every member serves with a leader.
     pub async fn start_n(n: usize) -> Result<EtcdCluster> {
+        Self::launch(n, false).await
+    }
+
+    /// Starts an `n`-member cluster with a client proxy in front of every member (see the
+    /// module docs).
+    pub async fn start_proxied(n: usize) -> Result<EtcdCluster> {
+        Self::launch(n, true).await
+    }
+
+    async fn launch(n: usize, proxied: bool) -> Result<EtcdCluster> {
         if n == 0 {
             bail!("an etcd cluster needs at least one member");
         }
@@ -61,13 +90,24 @@ impl EtcdCluster {
             .prefix("registrar-etcd-cluster-")
             .tempdir()?;
         let mut members = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            ports.push((free_port()?, free_port()?));
+        }
+        let reserved: Vec<u16> = ports.iter().flat_map(|(c, p)| [*c, *p]).collect();
+        for (i, (client_port, peer_port)) in ports.into_iter().enumerate() {
+            let proxy = if proxied {
+                Some(proxy_avoiding(client_port, &reserved).await?)
+            } else {
+                None
+            };
             members.push(Member {
                 name: format!("m{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port,
+                peer_port,
                 process: None,
                 frozen: false,
+                proxy,
             });
         }
         let token = format!(
@@ -123,7 +163,7 @@ impl EtcdCluster {
         let (data, log) = (self.data_dir(i), self.log(i));
         let token = self.token.clone();
         let m = self.member_mut(i)?;
-        let (client_url, peer_url) = (m.endpoint(), m.peer_url());
+        let (client_url, peer_url) = (m.direct(), m.peer_url());
         let mut cmd = Command::new(tool("etcd")?);
         cmd.arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", data.display()))
@@ -163,7 +203,7 @@ impl EtcdCluster {
 
     /// `Some((own id, leader id))` from member `i`'s status, `None` while it knows no leader.
     async fn status_ids(&self, i: usize) -> Result<Option<(u64, u64)>> {
-        let endpoint = self.member(i)?.endpoint();
+        let endpoint = self.member(i)?.direct();
         let ask = async {
             let mut c = Client::connect([endpoint], None).await?;
             c.status().await
@@ -189,26 +229,41 @@ impl EtcdCluster {
         self.members.is_empty()
     }
 
-    /// Client URLs of all members, in member order.
+    /// Client URLs of all members, in member order (the proxies' if the cluster has them).
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::endpoint).collect()
     }
 
-    /// Client URL of member `i`.
+    /// Client URL of member `i` (its proxy's if the cluster has proxies).
     pub fn endpoint(&self, i: usize) -> Result<String> {
         Ok(self.member(i)?.endpoint())
     }
 
-    /// A client balanced over all members.
+    /// Member `i`'s own client URL (never through a proxy).
+    pub fn direct_endpoint(&self, i: usize) -> Result<String> {
+        Ok(self.member(i)?.direct())
+    }
+
+    /// The client proxy in front of member `i` (clusters started with
+    /// [`start_proxied`](Self::start_proxied)).
+    pub fn proxy(&self, i: usize) -> Result<&DelayProxy> {
+        self.member(i)?
+            .proxy
+            .as_ref()
+            .with_context(|| format!("etcd member {i} has no client proxy"))
+    }
+
+    /// A client balanced over all members, directly (never through a proxy).
     pub async fn client(&self) -> Result<Client> {
-        Client::connect(self.endpoints(), None)
+        let direct: Vec<String> = self.members.iter().map(Member::direct).collect();
+        Client::connect(direct, None)
             .await
             .context("connecting to the etcd cluster")
     }
 
-    /// A client of member `i` alone.
+    /// A client of member `i` alone, directly (never through a proxy).
     pub async fn member_client(&self, i: usize) -> Result<Client> {
-        Client::connect([self.endpoint(i)?], None)
+        Client::connect([self.direct_endpoint(i)?], None)
             .await
             .with_context(|| format!("connecting to etcd member {i}"))
     }
@@ -318,6 +373,17 @@ impl EtcdCluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// A proxy to `target` on a port that is none of the member ports picked but not yet bound.
+async fn proxy_avoiding(target: u16, reserved: &[u16]) -> Result<DelayProxy> {
+    for _ in 0..20 {
+        let proxy = DelayProxy::start(target, Duration::ZERO).await?;
+        if !reserved.contains(&proxy.port) {
+            return Ok(proxy);
+        }
+    }
+    bail!("no free port for a client proxy outside the members' ports")
 }
 
 impl Drop for EtcdCluster {

@@ -4,10 +4,12 @@
 //!
 //! - [`Etcd`]: etcd on random free ports in a temp data dir; stop/restart/wipe for fault tests.
 //! - [`EtcdCluster`]: a multi-member etcd (3 by default) whose members can be killed, stopped,
-//!   frozen and restarted.
+//!   frozen and restarted, optionally each behind a client proxy.
 //! - [`ControlPlane`]: etcd + kube-apiserver with TLS, an admin client certificate, RBAC and
 //!   service-account keys; the project's CRDs (`crds/`) installed and established.
 //! - [`Cluster`]: a control plane plus controllers and kwok; pod IPs are in 127.0.0.0/8.
+//!   [`pod_servers::PodServers`] runs a Greeter server on each such pod's IP (a stand-in kubelet).
+//! - [`DelayProxy`]: the one TCP proxy of fault tests (delay, freeze, cut).
 //!
 //! Every process runs in its own process group, is killed when its owner is dropped (also when
 //! a test panics) and dies with the test process (`PR_SET_PDEATHSIG`); temp dirs are removed.
@@ -22,6 +24,7 @@ pub mod greeter;
 mod http_get;
 mod operator;
 mod pki;
+pub mod pod_servers;
 mod process;
 pub mod prometheus;
 mod proxy;
@@ -40,7 +43,7 @@ pub use http_get::http_get;
 pub use operator::OperatorProcess;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
-pub use proxy::DelayProxy;
+pub use proxy::{DelayProxy, Link};
 pub use tools::{run_tool, tool, workspace_root};
 pub use watch::{PrefixEvent, watch_deletes, watch_prefix};
 

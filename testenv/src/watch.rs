@@ -1,6 +1,6 @@
 //! Recording what happens under an etcd prefix, for tests that check which keys were put or
 //! deleted (and when) while something else runs: a watch from the current revision whose events
-//! arrive on an unbounded channel.
+//! arrive on an unbounded channel. Dropping the receiver ends the watch.
 
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ pub struct PrefixEvent {
 }
 
 /// Records every PUT and DELETE under `prefix/` from now on (the watch is established when this
-/// returns). The recording stops when the receiver is dropped or the watch ends.
+/// returns). The recording (and the watch) stops when the receiver is dropped or the watch ends.
 pub async fn watch_prefix(etcd: &Client, prefix: &str) -> Result<UnboundedReceiver<PrefixEvent>> {
     watch_filtered(etcd, prefix, Some).await
 }
@@ -46,7 +46,15 @@ async fn watch_filtered<T: Send + 'static>(
         )
         .await?;
     tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
+        loop {
+            let resp = tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => resp,
+                    _ => return,
+                },
+                // The receiver is gone: end the watch (its stream closes with the task).
+                () = tx.closed() => return,
+            };
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let event = PrefixEvent {

@@ -3,6 +3,7 @@
 //! and to read etcd.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -73,12 +74,21 @@ impl OperatorOptions {
 impl Operator {
     /// Starts the operator binary against `cp` and `etcd`.
     pub async fn start(cp: &ControlPlane, etcd: &Etcd, opts: &OperatorOptions) -> Result<Operator> {
+        Self::start_with_endpoints(cp, &[etcd.endpoint()], opts).await
+    }
+
+    /// Starts the operator binary against `cp` and the etcd members at `endpoints`.
+    pub async fn start_with_endpoints(
+        cp: &ControlPlane,
+        endpoints: &[String],
+        opts: &OperatorOptions,
+    ) -> Result<Operator> {
         let kubeconfig = opts.kubeconfig.as_deref().unwrap_or(cp.kubeconfig());
         let mut args: Vec<String> = vec![
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
             "--etcd-endpoints".into(),
-            etcd.endpoint(),
+            endpoints.join(","),
             "--prefix".into(),
             opts.prefix.clone(),
             "--cluster-id".into(),

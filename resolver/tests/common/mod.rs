@@ -1,21 +1,17 @@
 //! Shared helpers of the resolver's integration tests: loopback addresses, Greeter calls that
-//! count which backend answered, plain (lease-less) endpoint keys, and a TCP proxy that can cut
-//! a client off etcd while etcd itself keeps running.
+//! count which backend answered, plain (lease-less) endpoint keys, and the test ground's TCP proxy (which can cut a
+//! client off etcd while etcd itself keeps running) started in front of an etcd endpoint.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use registrar_resolver::{Balancer, Endpoint, Metadata};
+use registrar_testenv::DelayProxy;
 use registrar_testenv::greeter::{GreeterClient, HelloRequest};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 
 /// Logs to the test output (`RUST_LOG` to change the level).
 pub fn init_tracing() {
@@ -95,67 +91,10 @@ pub async fn wait_ready(balancer: &Balancer, n: usize) -> Result<()> {
     .with_context(|| format!("backends: {:?}", balancer.backends()))
 }
 
-/// A loopback TCP proxy to `upstream` that can be cut (every connection closed, new ones
-/// refused) and restored.
-pub struct Proxy {
-    addr: SocketAddr,
-    enabled: Arc<AtomicBool>,
-    conns: Arc<Mutex<JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let enabled = Arc::new(AtomicBool::new(true));
-        let conns = Arc::new(Mutex::new(JoinSet::new()));
-        let accept = tokio::spawn({
-            let enabled = enabled.clone();
-            let conns = conns.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !enabled.load(Ordering::SeqCst) {
-                        continue; // dropped: connection closed at once
-                    }
-                    conns.lock().await.spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                }
-            }
-        });
-        Ok(Proxy {
-            addr,
-            enabled,
-            conns,
-            accept,
-        })
-    }
-
-    /// `http://127.0.0.1:PORT` of the proxy.
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Closes every proxied connection and refuses new ones.
-    pub async fn cut(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        self.conns.lock().await.abort_all();
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        self.enabled.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
+/// The test ground's proxy in front of `upstream` (a loopback address), forwarding at once.
+pub async fn etcd_proxy(upstream: SocketAddr) -> Result<DelayProxy> {
+    anyhow::ensure!(upstream.ip().is_loopback(), "{upstream} is not loopback");
+    DelayProxy::start(upstream.port(), Duration::ZERO).await
 }
 
 /// The socket address of an etcd endpoint URL `http://127.0.0.1:PORT`.
