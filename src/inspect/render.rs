@@ -1,0 +1,155 @@
+//! Printing an inspect [`Report`]: an aligned table (one line per row, the values of etcd
+//! after it) or JSON.
+
+use super::Report;
+use super::verdict::Row;
+
+/// The report as pretty JSON (the shape is documented in the README), ending in a newline.
+pub fn json(report: &Report) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    Ok(text)
+}
+
+const HEADER: [&str; 13] = [
+    "POD",
+    "NODE",
+    "IP",
+    "PHASE",
+    "READY",
+    "TERMINATING",
+    "PORT",
+    "KEY",
+    "LEASE",
+    "TTL",
+    "MOD-REV",
+    "VERDICT",
+    "DETAIL",
+];
+
+/// The report as a table: a header with the target and the claim, one line per row, then the
+/// values etcd holds (and the wanted ones where they differ).
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    if let Some(reg) = &report.registration {
+        out.push_str(&format!("registration: {reg}\n"));
+    }
+    out.push_str(&format!("target:       {}\n", report.target));
+    let owner = &report.owner;
+    out.push_str(&format!(
+        "owner:        {} = {} ({})\n",
+        owner.key,
+        owner.cluster.as_deref().unwrap_or("<none>"),
+        owner.claim
+    ));
+    out.push_str(&format!("revision:     {}\n\n", report.revision));
+    let lines: Vec<[String; 13]> = report.rows.iter().map(cells).collect();
+    let mut widths = HEADER.map(str::len);
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut push_line = |cells: &[String]| {
+        let last = cells.len() - 1;
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_line(&HEADER.map(String::from));
+    for line in &lines {
+        push_line(line);
+    }
+    if report.rows.is_empty() {
+        out.push_str("(no selected pod and no key in etcd)\n");
+    }
+    let values: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let key = row.key.as_deref()?;
+            let mut text = String::new();
+            if let Some(held) = &row.etcd {
+                text.push_str(&format!("{key}\n  etcd: {}\n", held.value));
+            }
+            if let Some(want) = &row.want
+                && row.etcd.as_ref().map(|e| &e.value) != Some(want)
+            {
+                if text.is_empty() {
+                    text.push_str(&format!("{key}\n"));
+                }
+                text.push_str(&format!("  want: {want}\n"));
+            }
+            (!text.is_empty()).then_some(text)
+        })
+        .collect();
+    if !values.is_empty() {
+        out.push_str("\nvalues:\n");
+        for v in values {
+            out.push_str(&v);
+        }
+    }
+    out
+}
+
+fn cells(row: &Row) -> [String; 13] {
+    let dash = || "-".to_string();
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let (name, node, ip, phase, ready, terminating, port) = match &row.pod {
+        Some(p) => (
+            p.name.clone(),
+            p.node.clone().unwrap_or_else(dash),
+            p.ip.clone().unwrap_or_else(dash),
+            p.phase.clone().unwrap_or_else(dash),
+            yes_no(p.ready),
+            yes_no(p.terminating),
+            p.port
+                .map_or_else(|| "missing".to_string(), |n| n.to_string()),
+        ),
+        None => (dash(), dash(), dash(), dash(), dash(), dash(), dash()),
+    };
+    let (lease, ttl, rev) = match &row.etcd {
+        Some(e) => (
+            if e.lease == 0 {
+                dash()
+            } else {
+                format!("{:x}", e.lease)
+            },
+            e.ttl.map_or_else(dash, |t| {
+                if t < 0 {
+                    "expired".to_string()
+                } else {
+                    format!("{t}s")
+                }
+            }),
+            e.mod_revision.to_string(),
+        ),
+        None => (dash(), dash(), dash()),
+    };
+    [
+        name,
+        node,
+        ip,
+        phase,
+        ready,
+        terminating,
+        port,
+        row.key.clone().unwrap_or_else(dash),
+        lease,
+        ttl,
+        rev,
+        row.verdict.to_string(),
+        if row.detail.is_empty() {
+            dash()
+        } else {
+            row.detail.clone()
+        },
+    ]
+}
