@@ -329,10 +329,7 @@ async fn etcd_checks(args: &RunArgs, cluster_id: Option<String>, report: &mut Re
             CompareOp::Less,
             0,
         )])
-        .and_then([
-            TxnOp::put(probe_key.as_str(), "", None),
-            TxnOp::delete(probe_key.as_str(), None),
-        ]);
+        .and_then([TxnOp::put(probe_key.as_str(), "", None)]);
     let fix = format!(
         "grant the etcd user a role with readwrite on the prefix: `etcdctl role grant-permission <role> readwrite {}/ --prefix`",
         args.prefix
@@ -344,10 +341,16 @@ async fn etcd_checks(args: &RunArgs, cluster_id: Option<String>, report: &mut Re
     };
     match (read, write) {
         (Ok(Ok(_)), Some(Ok(Ok(_)))) => report.push(Check::ok(access, "read and write")),
-        (Ok(Ok(_)), Some(Ok(Err(e)))) => {
-            report.push(Check::fail(access, format!("write refused: {e}"), fix.clone()))
-        }
-        (Ok(Err(e)), _) => report.push(Check::fail(access, format!("read refused: {e}"), fix.clone())),
+        (Ok(Ok(_)), Some(Ok(Err(e)))) => report.push(Check::fail(
+            access,
+            format!("write refused: {e}"),
+            fix.clone(),
+        )),
+        (Ok(Err(e)), _) => report.push(Check::fail(
+            access,
+            format!("read refused: {e}"),
+            fix.clone(),
+        )),
         (Err(e), _) | (_, Some(Err(e))) => {
             report.push(Check::fail(access, format!("{e:#}"), "check etcd"))
         }
