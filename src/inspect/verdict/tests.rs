@@ -201,7 +201,7 @@ fn a_key_of_another_registration_of_the_same_service_is_published_not_stale() {
     assert_eq!(got[0].verdict, Verdict::Published);
     assert!(got[0].pod.is_none());
     // Without the other registration, nobody wants it: stale.
-    let got = run(&r, &[r.clone()], &pods, &etcd, &Claim::Free);
+    let got = run(&r, std::slice::from_ref(&r), &pods, &etcd, &Claim::Free);
     assert_eq!(got[0].verdict, Verdict::StaleInEtcd);
 }
 
