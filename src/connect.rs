@@ -1,5 +1,8 @@
 //! Connecting as configured by [`ConnectArgs`]: the Kubernetes client and the cluster id. One
-//! place for `run`, `inspect` and `doctor`.
+//! place for `run`, `inspect` and `doctor`; and the deadline of the diagnostic commands'
+//! requests ([`timed`]).
+
+use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
@@ -36,4 +39,14 @@ pub async fn cluster_id(client: &kube::Client, args: &ConnectArgs) -> anyhow::Re
             .uid
             .context("kube-system has no uid; set --cluster-id"),
     }
+}
+
+/// How long one etcd or API request of a diagnostic command (`inspect`, `doctor`) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fut` with [`REQUEST_TIMEOUT`]; the error names `what`.
+pub async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("{what}: no answer within {REQUEST_TIMEOUT:?}"))
 }

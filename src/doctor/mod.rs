@@ -24,8 +24,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::config::{DoctorArgs, RunArgs, lease_ttl_covers_failover};
+use crate::connect::timed;
 use crate::crd::ServiceRegistration;
-use crate::inspect::timed;
 use check::Check;
 
 const CRD_NAME: &str = "serviceregistrations.registrar.dev";
@@ -225,13 +225,13 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Whether an etcd error means etcd did not answer (rather than answered no).
-fn is_unreachable(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 2 | 4 | 14),
-        _ => false,
-    }
+/// Whether an etcd error means etcd did not answer (rather than answered no): the writer's
+/// own classification.
+fn is_unreachable(e: etcd_client::Error) -> bool {
+    crate::etcd::is_unreachable(&crate::etcd::EtcdError::Etcd {
+        what: "status",
+        source: e,
+    })
 }
 
 async fn etcd_checks(args: &RunArgs, cluster_id: Option<String>, report: &mut Report) {
@@ -288,17 +288,22 @@ async fn etcd_checks(args: &RunArgs, cluster_id: Option<String>, report: &mut Re
             REACHABLE,
             format!("{endpoints}, etcd {}", s.version()),
         )),
-        Ok(Err(e)) if !is_unreachable(&e) => {
-            report.push(Check::ok(REACHABLE, format!("{endpoints} answered ({e})")))
-        }
         Ok(Err(e)) => {
-            report.push(Check::fail(
-                REACHABLE,
-                format!("{endpoints}: {e}"),
-                "check --etcd-endpoints, TLS and the network",
-            ));
-            skip_rest(report, "etcd is not reachable", true);
-            return;
+            let text = e.to_string();
+            if !is_unreachable(e) {
+                report.push(Check::ok(
+                    REACHABLE,
+                    format!("{endpoints} answered ({text})"),
+                ));
+            } else {
+                report.push(Check::fail(
+                    REACHABLE,
+                    format!("{endpoints}: {text}"),
+                    "check --etcd-endpoints, TLS and the network",
+                ));
+                skip_rest(report, "etcd is not reachable", true);
+                return;
+            }
         }
         Err(e) => {
             report.push(Check::fail(

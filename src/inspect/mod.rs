@@ -10,7 +10,6 @@ pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::GetOptions;
@@ -19,11 +18,9 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::config::{ConnectArgs, InspectArgs, OutputFormat};
+use crate::connect::timed;
 use crate::crd::ServiceRegistration;
 use verdict::{Claim, EtcdEntry, Row};
-
-/// How long one etcd or API request of a diagnostic command may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole report (`-o json` prints it as is; the README documents the shape).
 #[derive(Clone, Debug, Serialize)]
@@ -219,14 +216,4 @@ async fn read_etcd(
         owner,
         revision,
     })
-}
-
-/// `fut` with [`REQUEST_TIMEOUT`]; the error names `what`.
-pub(crate) async fn timed<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = T>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .with_context(|| format!("{what}: no answer within {REQUEST_TIMEOUT:?}"))
 }
