@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::*;
@@ -79,6 +79,14 @@ fn json_report(g: &Ground, args: &[&str]) -> Value {
 #[tokio::test]
 async fn every_verdict_from_a_real_cluster_and_etcd() {
     let g = Ground::new().await.unwrap();
+    // The pods' node, with a zone (no kubelet: the Node object only).
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1",
+        "labels": {"topology.kubernetes.io/zone": "zone-a"}}}))
+    .unwrap();
+    Api::<Node>::all(g.client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
     // A long lease: the keys must outlive the operator once it is stopped.
     let mut opts = g.options();
     opts.lease_ttl = 120;
@@ -146,6 +154,7 @@ async fn every_verdict_from_a_real_cluster_and_etcd() {
     assert!(etcd["modRevision"].as_i64().unwrap() > 0);
     assert_eq!(rows["p-published"]["want"], etcd["value"]);
     assert_eq!(rows["p-published"]["pod"]["node"], "node-1");
+    assert_eq!(rows["p-published"]["pod"]["zone"], "zone-a");
     assert_eq!(rows["p-published"]["pod"]["ip"], "127.0.0.151");
     assert_eq!(rows["p-published"]["pod"]["port"], 50051);
     assert_eq!(report["owner"]["claim"], "ours");

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use etcd_client::GetOptions;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
@@ -103,6 +103,7 @@ async fn inspect_registration(
             None
         }
     };
+    let zones = node_zones(&client, &pods).await;
     let target = verdict::target_of(&connect.prefix, &reg);
     let state = read_etcd(&etcd, &connect.prefix, &target).await?;
     let claim = verdict::claim(state.owner.as_deref(), cluster_id.as_deref());
@@ -113,6 +114,7 @@ async fn inspect_registration(
         pods: &pods,
         etcd: &state.keys,
         claim: &claim,
+        zones: &zones,
     });
     Ok(Report {
         registration: Some(format!("{namespace}/{name}")),
@@ -142,6 +144,32 @@ async fn inspect_target(connect: &ConnectArgs, target: &str) -> anyhow::Result<R
         rows,
     })
 }
+
+/// The zone of each node the pods run on (label `topology.kubernetes.io/zone`); nodes that
+/// cannot be read (not allowed, gone) are left out: the zone is for display only.
+async fn node_zones(client: &kube::Client, pods: &[Pod]) -> BTreeMap<String, String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let names: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .collect();
+    let mut zones = BTreeMap::new();
+    for name in names {
+        if let Ok(Ok(Some(node))) = timed("read a node", nodes.get_opt(name)).await
+            && let Some(zone) = node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+        {
+            zones.insert(name.to_string(), zone.clone());
+        }
+    }
+    zones
+}
+
+/// The well-known label of a node's zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 fn owner(prefix: &str, state: &EtcdState, this_cluster: Option<String>, claim: &Claim) -> Owner {
     Owner {

@@ -11,9 +11,10 @@ pub fn json(report: &Report) -> Result<String, serde_json::Error> {
     Ok(text)
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "POD",
     "NODE",
+    "ZONE",
     "IP",
     "PHASE",
     "READY",
@@ -43,7 +44,7 @@ pub fn table(report: &Report) -> String {
         owner.claim
     ));
     out.push_str(&format!("revision:     {}\n\n", report.revision));
-    let lines: Vec<[String; 13]> = report.rows.iter().map(cells).collect();
+    let lines: Vec<[String; 14]> = report.rows.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);
     for line in &lines {
         for (w, cell) in widths.iter_mut().zip(line) {
@@ -99,13 +100,14 @@ pub fn table(report: &Report) -> String {
     out
 }
 
-fn cells(row: &Row) -> [String; 13] {
+fn cells(row: &Row) -> [String; 14] {
     let dash = || "-".to_string();
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let (name, node, ip, phase, ready, terminating, port) = match &row.pod {
+    let (name, node, zone, ip, phase, ready, terminating, port) = match &row.pod {
         Some(p) => (
             p.name.clone(),
             p.node.clone().unwrap_or_else(dash),
+            p.zone.clone().unwrap_or_else(dash),
             p.ip.clone().unwrap_or_else(dash),
             p.phase.clone().unwrap_or_else(dash),
             yes_no(p.ready),
@@ -113,7 +115,16 @@ fn cells(row: &Row) -> [String; 13] {
             p.port
                 .map_or_else(|| "missing".to_string(), |n| n.to_string()),
         ),
-        None => (dash(), dash(), dash(), dash(), dash(), dash(), dash()),
+        None => (
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+        ),
     };
     let (lease, ttl, rev) = match &row.etcd {
         Some(e) => (
@@ -136,6 +147,7 @@ fn cells(row: &Row) -> [String; 13] {
     [
         name,
         node,
+        zone,
         ip,
         phase,
         ready,
@@ -152,4 +164,103 @@ fn cells(row: &Row) -> [String; 13] {
             row.detail.clone()
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Owner;
+    use crate::inspect::verdict::{EtcdEntry, PodFacts, Verdict};
+
+    fn report() -> Report {
+        Report {
+            registration: Some("shop/greeter".into()),
+            target: "registrar/shop/greeter".into(),
+            owner: Owner {
+                key: "registrar/.owner".into(),
+                cluster: Some("a".into()),
+                this_cluster: Some("a".into()),
+                claim: "ours",
+            },
+            revision: 9,
+            rows: vec![Row {
+                pod: Some(PodFacts {
+                    name: "p1".into(),
+                    node: Some("n1".into()),
+                    zone: Some("z1".into()),
+                    ip: Some("127.1.0.1".into()),
+                    phase: Some("Running".into()),
+                    ready: true,
+                    terminating: false,
+                    port: Some(50051),
+                    port_error: None,
+                }),
+                key: Some("registrar/shop/greeter/127.1.0.1:50051".into()),
+                want: Some("v".into()),
+                etcd: Some(EtcdEntry {
+                    value: "v".into(),
+                    lease: 255,
+                    ttl: Some(20),
+                    mod_revision: 4,
+                }),
+                verdict: Verdict::Published,
+                detail: String::new(),
+            }],
+        }
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// The JSON shape is documented in the README: changing it is a breaking change.
+    #[test]
+    fn the_json_shape_is_stable() {
+        let v: serde_json::Value = serde_json::from_str(&json(&report()).unwrap()).unwrap();
+        assert_eq!(
+            keys(&v),
+            ["owner", "registration", "revision", "rows", "target"]
+        );
+        assert_eq!(
+            keys(&v["owner"]),
+            ["claim", "cluster", "key", "thisCluster"]
+        );
+        let row = &v["rows"][0];
+        assert_eq!(
+            keys(row),
+            ["detail", "etcd", "key", "pod", "verdict", "want"]
+        );
+        assert_eq!(
+            keys(&row["pod"]),
+            [
+                "ip",
+                "name",
+                "node",
+                "phase",
+                "port",
+                "portError",
+                "ready",
+                "terminating",
+                "zone"
+            ]
+        );
+        assert_eq!(keys(&row["etcd"]), ["lease", "modRevision", "ttl", "value"]);
+        assert_eq!(row["verdict"], "published");
+    }
+
+    #[test]
+    fn the_table_has_one_line_per_row_and_the_lease_in_hex() {
+        let text = table(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines.iter().position(|l| l.starts_with("POD")).unwrap();
+        assert!(lines[header + 1].starts_with("p1 "), "{text}");
+        assert!(lines[header + 1].contains(" ff "), "{text}");
+        assert!(lines[header + 1].contains(" published"), "{text}");
+        assert!(
+            text.contains("owner:        registrar/.owner = a (ours)"),
+            "{text}"
+        );
+    }
 }

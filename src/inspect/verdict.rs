@@ -103,6 +103,8 @@ pub struct PodFacts {
     pub name: String,
     /// `spec.nodeName`.
     pub node: Option<String>,
+    /// The node's zone (label `topology.kubernetes.io/zone`), when known.
+    pub zone: Option<String>,
     /// The pod's primary IP.
     pub ip: Option<String>,
     /// `status.phase`.
@@ -117,8 +119,13 @@ pub struct PodFacts {
     pub port_error: Option<String>,
 }
 
-/// The facts of `pod` as `reg` sees it (the port resolved with the operator's rule).
-pub fn pod_facts(reg: &ServiceRegistration, pod: &Pod) -> PodFacts {
+/// The facts of `pod` as `reg` sees it (the port resolved with the operator's rule); `zones`
+/// maps node names to zones.
+pub fn pod_facts(
+    reg: &ServiceRegistration,
+    pod: &Pod,
+    zones: &BTreeMap<String, String>,
+) -> PodFacts {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let port = desired::resolve_port(pod, &reg.spec.port);
     let port_error = port.is_none().then(|| {
@@ -130,6 +137,12 @@ pub fn pod_facts(reg: &ServiceRegistration, pod: &Pod) -> PodFacts {
     });
     PodFacts {
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        zone: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .and_then(|n| zones.get(n))
+            .cloned(),
         ip: desired::pod_ip(pod).map(str::to_string),
         phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
         ready: desired::ready_condition(pod).is_some(),
@@ -175,6 +188,8 @@ pub struct Input<'a> {
     pub etcd: &'a BTreeMap<String, EtcdEntry>,
     /// Who holds the prefix claim.
     pub claim: &'a Claim,
+    /// Node name -> zone (`topology.kubernetes.io/zone`), for display.
+    pub zones: &'a BTreeMap<String, String>,
 }
 
 /// The target `<prefix>/<namespace>/<service>` of `reg`.
@@ -225,7 +240,7 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     let mut accounted: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     for pod in selected {
-        let facts = pod_facts(reg, pod);
+        let facts = pod_facts(reg, pod, input.zones);
         let decision = desired::pod_decision(reg, pod);
         let row = match decision {
             PodDecision::Endpoint(endpoint) => {

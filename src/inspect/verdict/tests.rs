@@ -64,6 +64,7 @@ fn run(
         pods,
         etcd,
         claim,
+        zones: &BTreeMap::from([("n1".to_string(), "zone-a".to_string())]),
     })
 }
 
@@ -153,6 +154,7 @@ fn each_verdict_from_its_situation() {
     assert!(port.port_error.as_deref().unwrap().contains("\"grpc\""));
     assert!(got[7].detail.contains("pod old"), "{}", got[7].detail);
     assert_eq!(got[0].pod.as_ref().unwrap().port, Some(50051));
+    assert_eq!(got[0].pod.as_ref().unwrap().zone.as_deref(), Some("zone-a"));
     assert_eq!(got[0].etcd.as_ref().unwrap().lease, 7);
 }
 
