@@ -11,9 +11,15 @@
 //!   is unreachable. Consumers get [`Snapshot`]s.
 //! - [`Balancer`] is a `Clone` [`tower::Service`] usable by any tonic-generated client: one
 //!   connection per backend address, round-robin over READY backends only, gRPC connection
-//!   backoff for failing ones, bounded wait then `Unavailable` when none is ready.
+//!   backoff for failing ones, bounded wait then `Unavailable` when none is ready. Opt-in
+//!   client-side health checking (gRFC A17, [`BalancerBuilder::health_check`]) keeps backends
+//!   that report NOT_SERVING out of the pick set while their connection stays open; opt-in
+//!   outlier ejection (gRFC A50, [`BalancerBuilder::outlier_detection`]) keeps backends that
+//!   fail far more calls than the others out for a while.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
+//! - [`Drain`] is the server half of a zero-error rollout: on SIGTERM, NOT_SERVING on the
+//!   health service, deregistration, a drain delay, then tonic's graceful shutdown.
 //! - [`EtcdConnect`] builds an etcd client with several endpoints, TLS and user/password; its
 //!   [`members`] guard keeps dead or frozen etcd members out of the client's balanced set.
 //!
@@ -77,6 +83,60 @@
 //! }
 //! ```
 //!
+//! # Health checking
+//!
+//! Off by default. [`BalancerBuilder::health_check`] turns it on for a service name (`""`: the
+//! whole server); [`BalancerBuilder::health_check_backoff`] sets the retry backoff of a failed
+//! Watch (default [`Backoff::GRPC`]). Servers offer the standard `grpc.health.v1.Health`
+//! service, e.g. with [`tonic_health`]:
+//!
+//! ```no_run
+//! # async fn f(etcd: registrar_resolver::etcd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! // Server: the health service next to the real ones; NOT_SERVING when it starts draining.
+//! let (reporter, health_service) = tonic_health::server::health_reporter();
+//! reporter
+//!     .set_service_status("greeter.v1.Greeter", tonic_health::ServingStatus::Serving)
+//!     .await;
+//! // Server::builder().add_service(health_service).add_service(greeter)...
+//! # drop(health_service);
+//!
+//! // Client: only backends whose Watch says SERVING are picked.
+//! let channel = registrar_resolver::Balancer::builder(etcd, "registrar/shop/greeter")
+//!     .health_check("greeter.v1.Greeter")
+//!     .build()
+//!     .await?;
+//! for backend in channel.health() {
+//!     println!("{} {:?} pickable={}", backend.addr, backend.health, backend.pickable);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Outlier ejection
+//!
+//! Off by default. [`BalancerBuilder::outlier_detection`] with an [`OutlierDetection`] turns
+//! it on; its defaults are gRFC A50's: a sweep every 10 s over the calls completed since the
+//! last one; the success-rate check (≥ 5 backends with ≥ 100 calls; eject below
+//! `mean − 1.9 × stdev`) and the failure-percentage check (≥ 5 backends with ≥ 50 calls; eject
+//! above 85 % failures); ejections last 30 s × the number of ejections in a row, at most
+//! 300 s; at most 10 % of the backends ejected at once (one always may be). Failures are
+//! transport errors and UNAVAILABLE, INTERNAL, UNKNOWN and DATA_LOSS (see
+//! [`OutlierDetection::failure_codes`]). Counting is one atomic add per completed call; an
+//! ejected backend keeps its connection. It composes with health checking: a backend is
+//! picked only when READY, healthy and not ejected ([`Balancer::health`] shows all three).
+//!
+//! ```no_run
+//! # async fn f(etcd: registrar_resolver::etcd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use registrar_resolver::{Balancer, OutlierDetection};
+//!
+//! let channel = Balancer::builder(etcd, "registrar/shop/greeter")
+//!     .outlier_detection(OutlierDetection::default())
+//!     .build()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Compatibility notes
 //!
 //! - The resolver reads `<target>/` (with the slash), as etcd's Go resolver 3.5+ does for its
@@ -98,6 +158,7 @@
 mod backoff;
 mod balancer;
 mod discovery;
+mod drain;
 mod error;
 pub use registrar_etcd::members;
 mod registration;
@@ -108,8 +169,12 @@ pub use backoff::Backoff;
 /// the public API.
 #[cfg(feature = "bench-internals")]
 pub use balancer::bench as bench_internals;
-pub use balancer::{BackendStatus, Balancer, BalancerBuilder, ConnectivityState, ResponseFuture};
+pub use balancer::{
+    BackendHealth, BackendStatus, Balancer, BalancerBuilder, ConnectivityState,
+    FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture, SuccessRateEjection,
+};
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
+pub use drain::Drain;
 pub use error::Error;
 pub use registrar_etcd::EtcdConnect;
 pub use registration::{Registration, RegistrationBuilder, SharedLease, SharedLeaseBuilder};

@@ -45,6 +45,7 @@ impl ReadyPool {
                     addr: Arc::from(format!("127.0.0.1:{port}")),
                     channel,
                     alive: Arc::new(Liveness::new()),
+                    outcome: None,
                 }))
             })
             .collect::<Result<Vec<_>, Error>>()?;

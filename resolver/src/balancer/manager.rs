@@ -44,7 +44,8 @@ pub(crate) async fn manage(
             let sink = pool.add(addr.clone(), generation);
             match factory(&addr) {
                 Ok(endpoint) => {
-                    let task = tokio::spawn(subchannel::run(endpoint, policy, sink.clone()));
+                    let task =
+                        tokio::spawn(subchannel::run(endpoint, policy.clone(), sink.clone()));
                     pool.attach(&sink, AbortOnDrop(task));
                 }
                 Err(e) => {

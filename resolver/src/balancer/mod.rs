@@ -11,11 +11,19 @@
 //! - A call that fails without having reached a backend's application (its connection got
 //!   GOAWAY or closed between the pick and the opening of the HTTP/2 stream, or the stream was
 //!   refused) is sent again to another backend, as gRPC's transparent retry does.
+//! - Opt-in health checking (gRFC A17, [`BalancerBuilder::health_check`]): a READY backend is
+//!   picked only while its `grpc.health.v1.Health/Watch` stream says SERVING.
+//! - Opt-in outlier ejection (gRFC A50, [`BalancerBuilder::outlier_detection`]): calls count
+//!   their outcome per backend as they complete; a periodic sweep ejects backends that fail far
+//!   more than the others (their connection stays open) and brings them back later.
 
 #[cfg(any(test, feature = "bench-internals"))]
 pub mod bench;
+mod calls;
 mod connector;
+mod health;
 mod manager;
+mod outlier;
 mod picker;
 mod pool;
 mod replay;
@@ -38,7 +46,10 @@ use tower::ServiceExt;
 use crate::backoff::Backoff;
 use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
+use health::HealthCheck;
+pub use health::HealthState;
 use manager::EndpointFactory;
+pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 use pool::{AbortOnDrop, Picked, Pool};
 use replay::{REPLAY_LIMIT, Replay};
 use subchannel::ConnectPolicy;
@@ -68,6 +79,22 @@ pub struct BackendStatus {
     pub last_error: Option<String>,
 }
 
+/// What health checking says of one backend, from [`Balancer::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendHealth {
+    /// `host:port`.
+    pub addr: String,
+    /// The health of its current connection ([`HealthState::Off`] when health checking is off).
+    pub health: HealthState,
+    /// Whether [outlier ejection](BalancerBuilder::outlier_detection) keeps it out now.
+    pub ejected: bool,
+    /// Whether calls may go to it now: READY, healthy and not ejected.
+    pub pickable: bool,
+    /// Why its last health Watch failed, while [`HealthState::Failed`].
+    pub last_error: Option<String>,
+}
+
 type Configure = dyn Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
 
 /// Options and constructor of a [`Balancer`].
@@ -78,6 +105,9 @@ pub struct BalancerBuilder {
     backoff: Backoff,
     min_connect_timeout: Duration,
     wait_for_ready: Duration,
+    health_service: Option<String>,
+    health_backoff: Backoff,
+    outlier: Option<OutlierDetection>,
 }
 
 impl fmt::Debug for BalancerBuilder {
@@ -89,6 +119,9 @@ impl fmt::Debug for BalancerBuilder {
             .field("backoff", &self.backoff)
             .field("min_connect_timeout", &self.min_connect_timeout)
             .field("wait_for_ready", &self.wait_for_ready)
+            .field("health_service", &self.health_service)
+            .field("health_backoff", &self.health_backoff)
+            .field("outlier", &self.outlier)
             .finish()
     }
 }
@@ -144,6 +177,72 @@ impl BalancerBuilder {
         self
     }
 
+    /// Turns on client-side health checking (gRFC A17) for `service` (`""`: the whole server;
+    /// off by default).
+    ///
+    /// Each backend connection carries one `grpc.health.v1.Health/Watch` stream for `service`
+    /// (on the same HTTP/2 connection as the calls; no extra connection). A READY backend is
+    /// picked only while the last answer is SERVING: it is not picked before the first answer,
+    /// and NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN take it out of the pick set without closing
+    /// its connection; SERVING brings it back on the same connection. A server without the
+    /// health service (`UNIMPLEMENTED`) counts as healthy: one error is logged and the Watch is
+    /// not sent again on that connection. Any other failure of the stream takes the backend out
+    /// and the Watch is sent again, after [`health_check_backoff`](Self::health_check_backoff)
+    /// unless the failed stream had delivered a message (then at once, and the backoff starts
+    /// over). [`Balancer::health`] shows what each backend's health checking says.
+    ///
+    /// A server pairs this with [`tonic_health`]: `health_reporter()` gives the service to add
+    /// and the reporter that sets NOT_SERVING when the server starts draining.
+    ///
+    /// ```
+    /// # fn f(b: registrar_resolver::BalancerBuilder) -> registrar_resolver::BalancerBuilder {
+    /// b.health_check("greeter.v1.Greeter")
+    /// # }
+    /// ```
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.health_service = Some(service.into());
+        self
+    }
+
+    /// Backoff before sending a health Watch again after one failed without any answer
+    /// (default [`Backoff::GRPC`]: 1 s, ×1.6, at most 120 s, jitter 0.2). Only used with
+    /// [`health_check`](Self::health_check).
+    pub fn health_check_backoff(mut self, backoff: Backoff) -> Self {
+        self.health_backoff = backoff;
+        self
+    }
+
+    /// Turns on outlier ejection (gRFC A50; off by default): every call's outcome is counted
+    /// per backend when it completes (one atomic add, no lock), and every
+    /// [`interval`](OutlierDetection::interval) a sweep ejects the backends that fail much more
+    /// than the others from the pick set, for `base_ejection_time × n` (the n-th ejection in a
+    /// row; at most `max_ejection_time`). An ejected backend keeps its connection.
+    ///
+    /// Two checks, each with A50's defaults ([`OutlierDetection::default`]): *success rate*
+    /// (among at least 5 backends with at least 100 calls in the interval, eject one below
+    /// `mean − 1.9 × stdev`) and *failure percentage* (among at least 5 backends with at least
+    /// 50 calls, eject one with more than 85 % failures). At most `max_ejection_percent` (10)
+    /// of the backends are ejected at once, but one always may be. A failure is a transport
+    /// error or a status in [`failure_codes`](OutlierDetection::failure_codes) (UNAVAILABLE,
+    /// INTERNAL, UNKNOWN, DATA_LOSS); errors of the caller's making such as NOT_FOUND or
+    /// INVALID_ARGUMENT never count. [`Balancer::health`] shows which backends are ejected.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn f(b: registrar_resolver::BalancerBuilder) -> registrar_resolver::BalancerBuilder {
+    /// use registrar_resolver::OutlierDetection;
+    ///
+    /// let mut outliers = OutlierDetection::default();
+    /// outliers.interval = Duration::from_secs(5);
+    /// outliers.failure_percentage = None; // the success-rate check only
+    /// b.outlier_detection(outliers)
+    /// # }
+    /// ```
+    pub fn outlier_detection(mut self, config: OutlierDetection) -> Self {
+        self.outlier = Some(config);
+        self
+    }
+
     /// Backoff between attempts to reach etcd again (see [`ResolverBuilder::backoff`]).
     pub fn etcd_backoff(mut self, backoff: Backoff) -> Self {
         self.resolver = self.resolver.backoff(backoff);
@@ -183,10 +282,21 @@ impl BalancerBuilder {
         // Fail early on settings that cannot work for any address.
         factory("127.0.0.1:1")?;
         let resolver = self.resolver.build().await?;
-        let pool = Arc::new(Pool::new());
+        let pool = Arc::new(Pool::counting(
+            self.outlier
+                .as_ref()
+                .map(|o| calls::FailureCodes::new(&o.failure_codes)),
+        ));
+        let sweeper = self
+            .outlier
+            .map(|config| AbortOnDrop(tokio::spawn(sweep(pool.clone(), config))));
         let policy = ConnectPolicy {
             backoff: self.backoff,
             min_connect_timeout: self.min_connect_timeout,
+            health: self.health_service.map(|service| HealthCheck {
+                service,
+                backoff: self.health_backoff,
+            }),
         };
         let manager = tokio::spawn(manager::manage(
             resolver.clone(),
@@ -200,6 +310,7 @@ impl BalancerBuilder {
                 resolver,
                 wait_for_ready: self.wait_for_ready,
                 _manager: AbortOnDrop(manager),
+                _sweeper: sweeper,
             }),
         })
     }
@@ -221,6 +332,7 @@ struct Inner {
     resolver: Resolver,
     wait_for_ready: Duration,
     _manager: AbortOnDrop,
+    _sweeper: Option<AbortOnDrop>,
 }
 
 impl fmt::Debug for Balancer {
@@ -242,6 +354,9 @@ impl Balancer {
             backoff: Backoff::GRPC,
             min_connect_timeout: Duration::from_secs(20),
             wait_for_ready: Duration::from_secs(10),
+            health_service: None,
+            health_backoff: health::DEFAULT_BACKOFF,
+            outlier: None,
         }
     }
 
@@ -255,9 +370,15 @@ impl Balancer {
         self.inner.pool.statuses()
     }
 
-    /// Number of READY backends.
+    /// Number of backends calls can go to: READY (and, with
+    /// [health checking](BalancerBuilder::health_check), healthy).
     pub fn ready_count(&self) -> usize {
         self.inner.pool.picker().len()
+    }
+
+    /// What health checking says of every known backend, ordered by address.
+    pub fn health(&self) -> Vec<BackendHealth> {
+        self.inner.pool.health()
     }
 }
 
@@ -330,11 +451,20 @@ async fn send(
         let error: tower::BoxError = match backend.channel.oneshot(request).await {
             Ok(response) => {
                 body.commit();
-                return Ok(response);
+                return Ok(match backend.outcome {
+                    Some(outcome) => outcome.watch(response),
+                    None => response,
+                });
             }
             Err(e) => e.into(),
         };
         let Some(why) = unsent(&*error) else {
+            // A transport failure, unless it is the caller's own deadline.
+            if let Some(outcome) = &backend.outcome
+                && !error.is::<tonic::TimeoutExpired>()
+            {
+                outcome.transport_failure();
+            }
             return Err(error);
         };
         if why.connection_unusable() {
@@ -360,6 +490,19 @@ async fn send(
             "call failed before reaching the backend; sending it again"
         );
         attempt = next;
+    }
+}
+
+/// Runs outlier ejection sweeps every `config.interval` (at least 1 ms) until aborted.
+async fn sweep(pool: Arc<Pool>, config: OutlierDetection) {
+    let every = config.interval.max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        pool.sweep(&config, tokio::time::Instant::now(), &mut || {
+            rand::Rng::random_range(&mut rand::rng(), 0..100)
+        });
     }
 }
 

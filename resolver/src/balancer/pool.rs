@@ -1,5 +1,6 @@
-//! The set of backends, one entry per distinct address: its connectivity, its subchannel task
-//! and, while READY, its channel; plus the picker, rebuilt whenever the READY set changes.
+//! The set of backends, one entry per distinct address: its connectivity, its health, its
+//! ejection state and call counter, its subchannel task and, while READY, its channel; plus the
+//! picker, rebuilt whenever the set of pickable backends (READY, healthy, not ejected) changes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -8,9 +9,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::calls::{CallCounter, FailureCodes, Outcome};
 use super::connector::Liveness;
+use super::health::HealthState;
+use super::outlier::{self, Change, EjectionState, Host, OutlierDetection};
 use super::picker::{PickEntry, Picker};
-use super::{BackendStatus, ConnectivityState};
+use super::{BackendHealth, BackendStatus, ConnectivityState};
 
 /// A backend picked for one call.
 #[derive(Clone, Debug)]
@@ -19,6 +23,8 @@ pub(crate) struct Picked {
     pub(crate) channel: Channel,
     /// The liveness of the channel's connection (cleared when it turns out unusable).
     pub(crate) alive: Arc<Liveness>,
+    /// Where the call's outcome is counted (with outlier ejection on).
+    pub(crate) outcome: Option<Outcome>,
 }
 
 /// Everything known about one backend address.
@@ -27,6 +33,14 @@ struct Entry {
     state: ConnectivityState,
     last_error: Option<String>,
     ready: Option<PickEntry<Picked>>,
+    /// What health checking says of the current connection.
+    health: HealthState,
+    /// Why the last health Watch failed, while [`HealthState::Failed`].
+    health_error: Option<String>,
+    /// Outlier ejection: whether and since when it is ejected.
+    ejection: EjectionState,
+    /// Outcomes of its calls since the last sweep (with outlier ejection on).
+    outcome: Option<Outcome>,
     /// The subchannel task keeping it connected; `None` while starting, or if its endpoint
     /// could not be configured. Dropping the entry aborts it.
     task: Option<AbortOnDrop>,
@@ -37,13 +51,21 @@ struct Entry {
 pub(crate) struct Pool {
     table: Mutex<BTreeMap<Arc<str>, Entry>>,
     picker: watch::Sender<Arc<Picker<Picked>>>,
+    /// Which statuses are failures, when call outcomes are counted (outlier ejection on).
+    counting: Option<FailureCodes>,
 }
 
 impl Pool {
     pub(crate) fn new() -> Self {
+        Pool::counting(None)
+    }
+
+    /// A pool whose backends count the outcomes of their calls, by `failures`.
+    pub(crate) fn counting(failures: Option<FailureCodes>) -> Self {
         Pool {
             table: Mutex::new(BTreeMap::new()),
             picker: watch::Sender::new(Arc::new(Picker::empty())),
+            counting: failures,
         }
     }
 
@@ -87,6 +109,19 @@ impl Pool {
             .collect()
     }
 
+    pub(crate) fn health(&self) -> Vec<BackendHealth> {
+        self.table()
+            .iter()
+            .map(|(addr, e)| BackendHealth {
+                addr: addr.to_string(),
+                health: e.health,
+                ejected: e.ejection.ejected_at.is_some(),
+                pickable: e.pickable(),
+                last_error: e.health_error.clone(),
+            })
+            .collect()
+    }
+
     fn set_state(
         &self,
         addr: &str,
@@ -105,12 +140,46 @@ impl Pool {
         if error.is_some() {
             entry.last_error = error;
         }
-        if entry.ready.take().is_some() {
+        let was_pickable = entry.pickable();
+        entry.ready = None;
+        // The next connection starts over with its own health checking.
+        if entry.health != HealthState::Off {
+            entry.health = HealthState::Pending;
+            entry.health_error = None;
+        }
+        if was_pickable {
             self.rebuild(&table);
         }
     }
 
-    fn set_ready(&self, addr: &str, generation: u64, channel: Channel, alive: Arc<Liveness>) {
+    fn set_health(&self, addr: &str, generation: u64, health: HealthState, error: Option<String>) {
+        let mut table = self.table();
+        let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {
+            return;
+        };
+        if entry.health != health {
+            if health.is_pickable() {
+                tracing::info!(%addr, from = ?entry.health, to = ?health, "backend healthy");
+            } else {
+                tracing::info!(%addr, from = ?entry.health, to = ?health, error = ?error, "backend not healthy");
+            }
+        }
+        let was_pickable = entry.pickable();
+        entry.health = health;
+        entry.health_error = error;
+        if entry.pickable() != was_pickable {
+            self.rebuild(&table);
+        }
+    }
+
+    fn set_ready(
+        &self,
+        addr: &str,
+        generation: u64,
+        channel: Channel,
+        alive: Arc<Liveness>,
+        health: HealthState,
+    ) {
         let mut table = self.table();
         let Some((addr, entry)) = table
             .get_key_value(addr)
@@ -120,17 +189,23 @@ impl Pool {
         else {
             return;
         };
+        let was_pickable = entry.pickable();
         entry.state = ConnectivityState::Ready;
         entry.last_error = None;
+        entry.health = health;
+        entry.health_error = None;
         entry.ready = Some(PickEntry {
             value: Picked {
                 addr,
                 channel,
                 alive: alive.clone(),
+                outcome: entry.outcome.clone(),
             },
             alive,
         });
-        self.rebuild(&table);
+        if was_pickable || entry.pickable() {
+            self.rebuild(&table);
+        }
     }
 
     /// The addresses of every backend.
@@ -147,6 +222,13 @@ impl Pool {
                 state: ConnectivityState::Idle,
                 last_error: None,
                 ready: None,
+                health: HealthState::Off,
+                health_error: None,
+                ejection: EjectionState::default(),
+                outcome: self.counting.map(|failures| Outcome {
+                    counter: Arc::new(CallCounter::default()),
+                    failures,
+                }),
                 task: None,
             },
         );
@@ -175,7 +257,7 @@ impl Pool {
         let removed = {
             let mut table = self.table();
             let removed = table.remove(addr);
-            if removed.as_ref().is_some_and(|e| e.ready.is_some()) {
+            if removed.as_ref().is_some_and(Entry::pickable) {
                 self.rebuild(&table);
             }
             removed
@@ -183,10 +265,69 @@ impl Pool {
         drop(removed);
     }
 
+    /// One outlier ejection sweep at `now` over the calls counted since the last one.
+    pub(crate) fn sweep(
+        &self,
+        config: &OutlierDetection,
+        now: tokio::time::Instant,
+        roll: &mut impl FnMut() -> u32,
+    ) {
+        let mut table = self.table();
+        let mut hosts: Vec<Host> = table
+            .values()
+            .map(|e| Host {
+                state: e.ejection,
+                counts: e
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.counter.take())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let counts: Vec<_> = hosts.iter().map(|h| h.counts).collect();
+        let changes = outlier::sweep(config, now, &mut hosts, roll);
+        let mut rebuild = false;
+        for (entry, host) in table.values_mut().zip(&hosts) {
+            let was_pickable = entry.pickable();
+            entry.ejection = host.state;
+            rebuild |= entry.pickable() != was_pickable;
+        }
+        let addrs: Vec<&Arc<str>> = table.keys().collect();
+        for (i, change) in changes {
+            let (Some(addr), Some(c)) = (addrs.get(i), counts.get(i)) else {
+                continue;
+            };
+            match change {
+                Change::Ejected(time) => tracing::warn!(
+                    %addr,
+                    successes = c.successes,
+                    failures = c.failures,
+                    ?time,
+                    "outlier ejected"
+                ),
+                Change::Returned => tracing::info!(%addr, "outlier ejection over"),
+            }
+        }
+        if rebuild {
+            self.rebuild(&table);
+        }
+    }
+
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
-        let ready: Vec<_> = table.values().filter_map(|e| e.ready.clone()).collect();
-        tracing::debug!(ready = ready.len(), backends = table.len(), "new picker");
+        let ready: Vec<_> = table
+            .values()
+            .filter(|e| e.pickable())
+            .filter_map(|e| e.ready.clone())
+            .collect();
+        tracing::debug!(pickable = ready.len(), backends = table.len(), "new picker");
         self.picker.send_replace(Arc::new(Picker::new(ready)));
+    }
+}
+
+impl Entry {
+    /// Whether calls may go to this backend: READY, healthy and not ejected.
+    fn pickable(&self) -> bool {
+        self.ready.is_some() && self.health.is_pickable() && self.ejection.ejected_at.is_none()
     }
 }
 
@@ -225,10 +366,18 @@ impl Sink {
         }
     }
 
-    /// Reports READY: calls may be sent on `channel` while `alive` holds.
-    pub(crate) fn ready(&self, channel: Channel, alive: Arc<Liveness>) {
+    /// Reports READY: calls may be sent on `channel` while `alive` holds and `health` (the
+    /// connection's initial health: [`HealthState::Off`] or [`HealthState::Pending`]) allows.
+    pub(crate) fn ready(&self, channel: Channel, alive: Arc<Liveness>, health: HealthState) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.set_ready(&self.addr, self.generation, channel, alive);
+            pool.set_ready(&self.addr, self.generation, channel, alive, health);
+        }
+    }
+
+    /// Reports what health checking says of the current connection.
+    pub(crate) fn health(&self, health: HealthState, error: Option<String>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.set_health(&self.addr, self.generation, health, error);
         }
     }
 }
@@ -271,6 +420,89 @@ mod tests {
         assert!(!handles[1].is_finished());
         drop(pool);
         finished(&handles[1]).await;
+    }
+
+    /// A READY backend's channel (lazy: nothing is dialed).
+    fn ready(sink: &Sink, health: HealthState) -> Arc<Liveness> {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let alive = Arc::new(Liveness::new());
+        sink.ready(channel, alive.clone(), health);
+        alive
+    }
+
+    fn picked(pool: &Pool) -> Vec<String> {
+        let picker = pool.picker();
+        let mut addrs: Vec<String> = (0..picker.len())
+            .filter_map(|_| picker.pick().map(|p| p.addr.to_string()))
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    #[tokio::test]
+    async fn only_ready_healthy_backends_are_picked_and_health_restarts_with_each_connection() {
+        let pool = Arc::new(Pool::new());
+        let a = pool.add(Arc::from("127.0.0.1:1"), 1);
+        let b = pool.add(Arc::from("127.0.0.1:2"), 2);
+        ready(&a, HealthState::Off);
+        ready(&b, HealthState::Pending);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"], "no answer yet: not picked");
+        b.health(HealthState::Serving, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:2"]);
+        b.health(HealthState::NotServing, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"]);
+        let status = pool.statuses();
+        assert_eq!(status[1].state, ConnectivityState::Ready, "still connected");
+        b.health(HealthState::Unimplemented, None);
+        assert_eq!(picked(&pool).len(), 2);
+        // A new connection starts unhealthy until its own first answer.
+        b.state(ConnectivityState::Idle, None);
+        assert_eq!(pool.health()[1].health, HealthState::Pending);
+        ready(&b, HealthState::Pending);
+        assert_eq!(picked(&pool), ["127.0.0.1:1"]);
+        b.health(HealthState::Failed, Some("stream reset".into()));
+        let health = pool.health();
+        assert!(!health[1].pickable);
+        assert_eq!(health[1].last_error.as_deref(), Some("stream reset"));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_ejects_from_the_picker_and_brings_back() {
+        let codes = FailureCodes::new(&[tonic::Code::Unavailable]);
+        let pool = Arc::new(Pool::counting(Some(codes)));
+        let sinks: Vec<Sink> = (1..=5u64)
+            .map(|i| pool.add(Arc::from(format!("127.0.0.1:{i}")), i))
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        let picker = pool.picker();
+        for _ in 0..100 {
+            let picked = picker.pick().unwrap();
+            let outcome = picked.outcome.as_ref().unwrap();
+            if &*picked.addr == "127.0.0.1:3" {
+                outcome.transport_failure();
+            } else {
+                outcome.counter.success();
+            }
+        }
+        let config = OutlierDetection {
+            success_rate: None,
+            failure_percentage: Some(outlier::FailurePercentageEjection {
+                request_volume: 20,
+                ..Default::default()
+            }),
+            ..OutlierDetection::default()
+        };
+        let now = tokio::time::Instant::now();
+        pool.sweep(&config, now, &mut || 0);
+        assert_eq!(picked(&pool).len(), 4);
+        assert!(!picked(&pool).contains(&"127.0.0.1:3".to_owned()));
+        let ejected: Vec<bool> = pool.health().iter().map(|h| h.ejected).collect();
+        assert_eq!(ejected, [false, false, true, false, false]);
+        assert_eq!(pool.statuses()[2].state, ConnectivityState::Ready);
+        pool.sweep(&config, now + config.base_ejection_time, &mut || 0);
+        assert_eq!(picked(&pool).len(), 5);
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {

@@ -5,6 +5,9 @@
 //! Attempts follow gRPC's connection backoff: each attempt gets
 //! `max(backoff window, min_connect_timeout)`; the next one starts when the window ends; the
 //! window grows ×multiplier with jitter up to its maximum and resets once connected.
+//!
+//! With health checking on, each connection runs its own health Watch on its own channel while
+//! it lasts ([`health::watch`]); it is pickable only while that says so.
 
 use std::time::Duration;
 
@@ -13,14 +16,16 @@ use tonic::transport::Endpoint;
 
 use super::ConnectivityState;
 use super::connector::{OneShotConnector, TcpSettings};
+use super::health::{self, HealthCheck, HealthState};
 use super::pool::Sink;
 use crate::backoff::{Backoff, BackoffState};
 
-/// When and how long to try connecting.
-#[derive(Clone, Copy, Debug)]
+/// When and how long to try connecting, and whether to check health once connected.
+#[derive(Clone, Debug)]
 pub(crate) struct ConnectPolicy {
     pub(crate) backoff: Backoff,
     pub(crate) min_connect_timeout: Duration,
+    pub(crate) health: Option<HealthCheck>,
 }
 
 /// Runs the connection of one backend through `endpoint`, reporting to `sink`, until aborted
@@ -44,8 +49,22 @@ pub(crate) async fn run(endpoint: Endpoint, policy: ConnectPolicy, sink: Sink) {
                     let ready_at = Instant::now();
                     backoff.reset();
                     tracing::debug!(%addr, "backend connected");
-                    sink.ready(channel, live.clone());
-                    live.gone().await;
+                    match &policy.health {
+                        None => {
+                            sink.ready(channel, live.clone(), HealthState::Off);
+                            live.gone().await;
+                        }
+                        Some(check) => {
+                            sink.ready(channel.clone(), live.clone(), HealthState::Pending);
+                            // The Watch runs as long as the connection; never past it.
+                            tokio::select! {
+                                () = live.gone() => {}
+                                () = health::watch(channel, check, |state, error| {
+                                    sink.health(state, error)
+                                }) => {}
+                            }
+                        }
+                    }
                     tracing::info!(%addr, "backend connection lost or draining; reconnecting");
                     sink.state(ConnectivityState::Idle, None);
                     // A connection that dies right after connecting must not make us redial in a
