@@ -1,5 +1,8 @@
 //! Command line and environment: every flag of `registrar run` is also an environment variable.
 //! Bad configuration fails at start with one line that names the flag.
+//!
+//! The connection flags (Kubernetes, etcd, prefix, cluster id) are defined once, in
+//! [`ConnectArgs`], and shared by `run`, `inspect` and `doctor`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,6 +29,66 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the ServiceRegistration CustomResourceDefinition as YAML.
     Crd,
+    /// Show, per pod of a registration, what should be in etcd, what is, and why.
+    Inspect(Box<InspectArgs>),
+    /// Check connectivity and permissions to the API server and etcd; non-zero exit on failure.
+    Doctor(Box<DoctorArgs>),
+}
+
+/// Output format of `registrar inspect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table.
+    Table,
+    /// One JSON document (see the README for its shape).
+    Json,
+}
+
+/// Flags of `registrar inspect`.
+#[derive(Clone, Debug, Args)]
+pub struct InspectArgs {
+    /// The registration, as `<namespace>/<name>`.
+    #[arg(value_name = "NAMESPACE/REGISTRATION", required_unless_present = "target", conflicts_with = "target", value_parser = parse_registration_ref)]
+    pub registration: Option<(String, String)>,
+
+    /// Inspect only what etcd holds under this target (`<prefix>/<namespace>/<service>`),
+    /// without the Kubernetes API.
+    #[arg(long, value_parser = parse_target)]
+    pub target: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Connection flags.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Flags of `registrar doctor`: exactly those of `registrar run`, so that it checks the
+/// configuration the operator would run with.
+#[derive(Clone, Debug, Args)]
+pub struct DoctorArgs {
+    /// The operator's flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn parse_registration_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err("expected <namespace>/<registration>".into()),
+    }
+}
+
+fn parse_target(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err("expected <prefix>/<namespace>/<service> (no leading or trailing '/')".into());
+    }
+    Ok(s.to_string())
 }
 
 /// Log output format.
@@ -61,9 +124,10 @@ impl FromStr for Secret {
     }
 }
 
-/// Flags of `registrar run`.
+/// The connection flags shared by `run`, `inspect` and `doctor`: Kubernetes, etcd, the prefix
+/// and the cluster id.
 #[derive(Clone, Debug, Args)]
-pub struct RunArgs {
+pub struct ConnectArgs {
     /// Kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
     #[arg(long, env = "REGISTRAR_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -117,6 +181,15 @@ pub struct RunArgs {
     /// kube-system namespace).
     #[arg(long, env = "REGISTRAR_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+}
+
+/// Flags of `registrar run`: the shared [`ConnectArgs`] (reachable through `Deref`) and the
+/// operator's own.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 
     /// TTL of the etcd lease that holds every published key, in seconds (keepalive every TTL/3).
     #[arg(long, env = "REGISTRAR_LEASE_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
@@ -203,6 +276,24 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
+impl std::ops::Deref for RunArgs {
+    type Target = ConnectArgs;
+
+    fn deref(&self) -> &ConnectArgs {
+        &self.connect
+    }
+}
+
+/// Whether an etcd lease of `lease_ttl` seconds outlives a leader change with a leader-election
+/// lease of `lease_duration` seconds: a new leader re-puts every key under its own etcd lease
+/// before the old one can expire only if it takes over in time. The old lease may have as
+/// little as 2/3 of its TTL left when the leader dies (keepalives every TTL/3), and a standby
+/// takes over up to the lease duration plus about 2 s (release jitter, API calls, first write)
+/// later: `lease_ttl >= 1.5 x (lease_duration + 2)`. The chart enforces the same rule.
+pub fn lease_ttl_covers_failover(lease_ttl: u64, lease_duration: u64) -> bool {
+    2 * lease_ttl >= 3 * (lease_duration + 2)
+}
+
 impl RunArgs {
     /// The lease TTL.
     pub fn lease_ttl(&self) -> Duration {
@@ -230,7 +321,9 @@ impl RunArgs {
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".to_string())
     }
+}
 
+impl ConnectArgs {
     /// The etcd connection from the endpoint, TLS and auth flags (reads the files now, so a
     /// missing file fails at start). The shared builder's timeout policy applies: no deadline on
     /// the channel; every unary request is timed by its caller, streams never.
@@ -308,7 +401,7 @@ mod tests {
         all.extend_from_slice(args);
         Cli::try_parse_from(all).map(|cli| match cli.command {
             Command::Run(args) => *args,
-            Command::Crd => panic!("parsed as crd"),
+            _ => panic!("parsed as another subcommand"),
         })
     }
 

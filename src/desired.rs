@@ -86,8 +86,121 @@ pub struct RegistrationOutcome {
     pub created: Option<Time>,
 }
 
+/// What the rules decide for one pod of a registration: published (with the endpoint), or why
+/// not. [`registration_outcome`] is built from it, so a diagnosis (`registrar inspect`) and the
+/// operator can never disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodDecision {
+    /// The registration is being deleted: it wants nothing.
+    RegistrationDeleting,
+    /// The registration's numeric port is unusable (the API server normally refuses it).
+    InvalidPort(Problem),
+    /// Another namespace, or the selector does not match.
+    NotSelected,
+    /// The pod has no IP yet.
+    NoIp,
+    /// The pod is Succeeded or Failed.
+    Terminal,
+    /// The pod's `Ready` condition is not True.
+    NotReady,
+    /// The pod is being deleted (`deletionTimestamp` set).
+    Terminating,
+    /// The pod has no TCP container port with the registration's port name.
+    PortNotFound(Problem),
+    /// The pod's IP cannot be parsed.
+    InvalidIp(Problem),
+    /// The pod is an endpoint.
+    Endpoint(Endpoint),
+}
+
+impl fmt::Display for PodDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodDecision::RegistrationDeleting => f.write_str("the registration is being deleted"),
+            PodDecision::InvalidPort(p)
+            | PodDecision::PortNotFound(p)
+            | PodDecision::InvalidIp(p) => p.fmt(f),
+            PodDecision::NotSelected => f.write_str("not selected by the registration"),
+            PodDecision::NoIp => f.write_str("the pod has no IP yet"),
+            PodDecision::Terminal => f.write_str("the pod has terminated (Succeeded/Failed)"),
+            PodDecision::NotReady => f.write_str("the pod's Ready condition is not True"),
+            PodDecision::Terminating => f.write_str("the pod is terminating"),
+            PodDecision::Endpoint(e) => write!(f, "endpoint {}", e.addr),
+        }
+    }
+}
+
+/// The registration-level part of the rules: `Some` when no pod of `reg` can be an endpoint.
+fn registration_gate(reg: &ServiceRegistration) -> Option<PodDecision> {
+    let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
+    if reg.metadata.deletion_timestamp.is_some() || namespace.is_empty() {
+        return Some(PodDecision::RegistrationDeleting);
+    }
+    if let IntOrString::Int(port) = reg.spec.port
+        && u16::try_from(port).map_or(true, |p| p == 0)
+    {
+        return Some(PodDecision::InvalidPort(Problem::InvalidPort {
+            port: port.to_string(),
+        }));
+    }
+    None
+}
+
+/// The decision for one `pod` of `reg` (any pod: namespace, selector, phase, IP, readiness and
+/// port are checked here).
+pub fn pod_decision(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
+    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod))
+}
+
+/// The per-pod rules, once [`registration_gate`] let the registration through.
+fn pod_rules(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
+    let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
+    if pod.metadata.namespace.as_deref() != Some(namespace)
+        || !selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref())
+    {
+        return PodDecision::NotSelected;
+    }
+    let Some(ip) = pod_ip(pod) else {
+        return PodDecision::NoIp;
+    };
+    if is_terminal(pod) {
+        return PodDecision::Terminal;
+    }
+    let ready = ready_condition(pod);
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    if !reg.spec.publish_not_ready {
+        if ready.is_none() {
+            return PodDecision::NotReady;
+        }
+        if terminating {
+            return PodDecision::Terminating;
+        }
+    }
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(port) = resolve_port(pod, &reg.spec.port) else {
+        return PodDecision::PortNotFound(Problem::PortNotFound {
+            pod: pod_name,
+            port: port_label(&reg.spec.port),
+        });
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return PodDecision::InvalidIp(Problem::InvalidPodIp {
+            pod: pod_name,
+            ip: ip.to_string(),
+        });
+    };
+    let addr = SocketAddr::new(ip, port).to_string();
+    let metadata = endpoint_metadata(reg, pod);
+    PodDecision::Endpoint(Endpoint {
+        value: value::encode(&addr, Some(&metadata)),
+        addr,
+        pod: pod_name,
+        ready_since: ready.and_then(|c| c.last_transition_time.clone()),
+    })
+}
+
 /// The endpoints `reg` wants published, from the candidate `pods` (any pods: this function
-/// checks namespace, selector, phase, IP and readiness itself).
+/// checks namespace, selector, phase, IP and readiness itself, through [`pod_decision`]).
 ///
 /// A registration being deleted (`deletionTimestamp` set) wants nothing, so that its keys are
 /// removed before its finalizer is released.
@@ -103,57 +216,24 @@ pub fn registration_outcome<'a>(
         created: reg.metadata.creation_timestamp.clone(),
         ..RegistrationOutcome::default()
     };
-    if reg.metadata.deletion_timestamp.is_some() || namespace.is_empty() {
-        return outcome;
+    match registration_gate(reg) {
+        Some(PodDecision::InvalidPort(problem)) => {
+            outcome.problems.push(problem);
+            return outcome;
+        }
+        Some(_) => return outcome,
+        None => {}
     }
-    if let IntOrString::Int(port) = reg.spec.port
-        && u16::try_from(port).map_or(true, |p| p == 0)
-    {
-        outcome.problems.push(Problem::InvalidPort {
-            port: port.to_string(),
-        });
-        return outcome;
-    }
-    let publish_not_ready = reg.spec.publish_not_ready;
     for pod in pods {
-        if pod.metadata.namespace.as_deref() != Some(namespace)
-            || !selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref())
-        {
-            continue;
-        }
-        let Some(ip) = pod_ip(pod) else { continue };
-        if is_terminal(pod) {
-            continue;
-        }
-        let ready = ready_condition(pod);
-        let terminating = pod.metadata.deletion_timestamp.is_some();
-        if !publish_not_ready && (ready.is_none() || terminating) {
-            continue;
-        }
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let Some(port) = resolve_port(pod, &reg.spec.port) else {
-            outcome.problems.push(Problem::PortNotFound {
-                pod: pod_name,
-                port: port_label(&reg.spec.port),
-            });
-            continue;
+        let endpoint = match pod_rules(reg, pod) {
+            PodDecision::Endpoint(endpoint) => endpoint,
+            PodDecision::PortNotFound(problem) | PodDecision::InvalidIp(problem) => {
+                outcome.problems.push(problem);
+                continue;
+            }
+            _ => continue,
         };
-        let Ok(ip) = ip.parse::<IpAddr>() else {
-            outcome.problems.push(Problem::InvalidPodIp {
-                pod: pod_name,
-                ip: ip.to_string(),
-            });
-            continue;
-        };
-        let addr = SocketAddr::new(ip, port).to_string();
-        let metadata = endpoint_metadata(reg, pod);
-        let endpoint = Endpoint {
-            value: value::encode(&addr, Some(&metadata)),
-            addr: addr.clone(),
-            pod: pod_name,
-            ready_since: ready.and_then(|c| c.last_transition_time.clone()),
-        };
-        match outcome.endpoints.entry(addr) {
+        match outcome.endpoints.entry(endpoint.addr.clone()) {
             Entry::Vacant(slot) => {
                 slot.insert(endpoint);
             }
@@ -245,7 +325,7 @@ pub fn selector_matches(
 }
 
 /// The pod's primary IP (`status.podIP`, else the first of `status.podIPs`).
-fn pod_ip(pod: &Pod) -> Option<&str> {
+pub fn pod_ip(pod: &Pod) -> Option<&str> {
     let status = pod.status.as_ref()?;
     status
         .pod_ip
@@ -269,7 +349,7 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 /// The pod's `Ready` condition when it is True (readiness gates included; not ContainersReady).
-fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
+pub fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -279,7 +359,7 @@ fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
 }
 
 /// The port number `port` resolves to on `pod`, like `FindPort` for a Service's targetPort.
-fn resolve_port(pod: &Pod, port: &IntOrString) -> Option<u16> {
+pub fn resolve_port(pod: &Pod, port: &IntOrString) -> Option<u16> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
         IntOrString::String(name) => {
@@ -306,7 +386,7 @@ fn named_tcp_port(container: &Container, name: &str) -> Option<u16> {
     })
 }
 
-fn port_label(port: &IntOrString) -> String {
+pub fn port_label(port: &IntOrString) -> String {
     match port {
         IntOrString::Int(n) => n.to_string(),
         IntOrString::String(s) => s.clone(),

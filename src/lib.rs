@@ -7,17 +7,21 @@
 //! - [`status`]: the pure status computation.
 //! - [`etcd`]: the etcd writer (lease, diffs, batching, drift repair, prefix ownership).
 //! - [`controller`]: the engine that wires watches, the index, the writer and the API writes.
-//! - [`leader`], [`admin`], [`metrics`], [`config`]: running it.
+//! - [`leader`], [`admin`], [`metrics`], [`config`], [`connect`]: running it.
+//! - [`inspect`] and [`doctor`]: the diagnostic commands (`registrar inspect`, `registrar doctor`).
 
 pub mod admin;
 pub mod backoff;
 pub mod coalesce;
 pub mod config;
+pub mod connect;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod doctor;
 pub mod etcd;
 pub mod index;
+pub mod inspect;
 pub mod leader;
 pub mod metrics;
 pub mod status;

@@ -1,13 +1,12 @@
 //! `registrar`: the operator binary. `registrar run` mirrors ready endpoints into etcd;
-//! `registrar crd` prints the CustomResourceDefinition.
+//! `registrar crd` prints the CustomResourceDefinition; `registrar inspect` and `registrar
+//! doctor` diagnose. Invoked as `kubectl-registrar` (a symlink), it is a kubectl plugin:
+//! `kubectl registrar inspect ...`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::Parser;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
+use clap::{CommandFactory, FromArgMatches};
 use registrar::admin::{AdminServer, AdminState};
 use registrar::config::{Cli, Command, LogFormat, RunArgs};
 use registrar::controller::Engine;
@@ -26,8 +25,19 @@ const MEMBER_PROBE: members::ProbeSettings = members::ProbeSettings {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
+        Command::Inspect(args) => {
+            init_cli_logging();
+            report(registrar::inspect::run(*args).await)
+        }
+        Command::Doctor(args) => {
+            init_cli_logging();
+            report(registrar::doctor::run(*args).await)
+        }
         Command::Crd => match registrar::crd::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -52,6 +62,40 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Parses the command line; as `kubectl-registrar`, help and errors say `kubectl registrar`.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("kubectl-registrar") {
+        command = command.bin_name("kubectl registrar");
+    }
+    Cli::from_arg_matches(&command.try_get_matches()?)
+}
+
+/// Exit code of a diagnostic command: its own on success, 1 (after the error) on failure.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Diagnostic commands log warnings only (to stderr), unless `RUST_LOG` says otherwise.
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -62,22 +106,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .context("--kubeconfig")?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration found")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -108,17 +136,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let client = kube_client(&args).await?;
-    let cluster_id = match &args.cluster_id {
-        Some(id) => id.clone(),
-        None => Api::<Namespace>::all(client.clone())
-            .get("kube-system")
-            .await
-            .context("reading the kube-system namespace for the default --cluster-id")?
-            .metadata
-            .uid
-            .context("kube-system has no uid; set --cluster-id")?,
-    };
+    let client = registrar::connect::kube_client(&args).await?;
+    let cluster_id = registrar::connect::cluster_id(&client, &args).await?;
     tracing::info!(prefix = %args.prefix, cluster_id = %cluster_id, lease_ttl = ?args.lease_ttl(), "starting");
 
     if args.leader_elect {
@@ -145,14 +164,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// A new leader re-puts every key under its own etcd lease before the old one can expire only
-/// if it takes over in time: the old lease may have as little as 2/3 of its TTL left when the
-/// leader dies (keepalives every TTL/3), and a standby takes over up to the leader-election
-/// lease duration plus about 2 s (release jitter, API calls, first write) later.
+/// Warns when the etcd lease may expire before a new leader re-puts the keys
+/// ([`lease_ttl_covers_failover`](registrar::config::lease_ttl_covers_failover)).
 fn warn_on_short_lease_ttl(args: &RunArgs) {
     let ttl = args.lease_ttl;
     let duration = args.leader_election_lease_duration;
-    if 2 * ttl < 3 * (duration + 2) {
+    if !registrar::config::lease_ttl_covers_failover(ttl, duration) {
         tracing::warn!(
             lease_ttl = ttl,
             leader_election_lease_duration = duration,

@@ -130,6 +130,8 @@ struct Inner {
     errors: Family<KindLabels, Counter>,
     published: Gauge,
     registrations: Gauge,
+    not_ready: Gauge,
+    etcd_unavailable: Gauge,
     leader: Gauge,
     txns: Family<ResultLabels, Counter>,
     txn_ops: Counter,
@@ -192,6 +194,20 @@ impl Metrics {
             registrations.clone(),
         );
 
+        let not_ready = Gauge::default();
+        registry.register(
+            "registrations_not_ready",
+            "ServiceRegistrations whose Ready condition is not True (set by the leader; 0 on a standby)",
+            not_ready.clone(),
+        );
+
+        let etcd_unavailable = Gauge::default();
+        registry.register(
+            "etcd_unavailable",
+            "1 while the leader's etcd writer cannot reach etcd (connecting or failing), else 0",
+            etcd_unavailable.clone(),
+        );
+
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -250,6 +266,8 @@ impl Metrics {
                 errors,
                 published,
                 registrations,
+                not_ready,
+                etcd_unavailable,
                 leader,
                 txns,
                 txn_ops,
@@ -284,6 +302,16 @@ impl Metrics {
     /// Sets the number of ServiceRegistrations known.
     pub fn set_registrations(&self, n: usize) {
         self.inner.registrations.set(saturating_i64(n));
+    }
+
+    /// Sets the number of ServiceRegistrations whose Ready condition is not True.
+    pub fn set_not_ready(&self, n: usize) {
+        self.inner.not_ready.set(saturating_i64(n));
+    }
+
+    /// Records whether the leader's etcd writer cannot reach etcd.
+    pub fn set_etcd_unavailable(&self, down: bool) {
+        self.inner.etcd_unavailable.set(i64::from(down));
     }
 
     /// Records whether this replica is the leader.

@@ -102,6 +102,10 @@ pub enum Metric {
     Published(usize),
     /// Registrations known.
     Registrations(usize),
+    /// Registrations whose Ready condition (as last decided by this leader) is not True.
+    NotReady(usize),
+    /// Whether the leader's etcd writer cannot reach etcd (connecting or failing).
+    EtcdUnavailable(bool),
     /// One registration reconciled (ok or not).
     Reconciled(bool),
     /// An error of this kind.
@@ -318,6 +322,8 @@ impl Core {
     fn lose_leadership(&mut self, out: &mut Out) {
         self.leader = false;
         out.push(Effect::Metric(Metric::Leader(false)));
+        out.push(Effect::Metric(Metric::NotReady(0)));
+        out.push(Effect::Metric(Metric::EtcdUnavailable(false)));
         if self.writing {
             tracing::warn!("lost leadership: stopping the etcd writer");
             self.writing = false;
@@ -423,6 +429,10 @@ impl Core {
                 (Publishing::PrefixOwnedElsewhere(owner), false)
             }
         };
+        out.push(Effect::Metric(Metric::EtcdUnavailable(matches!(
+            publishing,
+            Publishing::EtcdUnavailable(_)
+        ))));
         // Keep the reason text from flapping every retry: compare the kind only.
         if std::mem::discriminant(&publishing) != std::mem::discriminant(&self.raw_publishing) {
             match &publishing {
@@ -560,6 +570,20 @@ impl Core {
                 status: update.status,
             });
         }
+        let not_ready = self
+            .index
+            .registrations()
+            .filter(|(_, reg)| reg.metadata.deletion_timestamp.is_none())
+            .filter(|(key, reg)| {
+                let status = self.statuses.get(*key).or(reg.status.as_ref());
+                !status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == crate::crd::READY_CONDITION && c.status == "True")
+                })
+            })
+            .count();
+        out.push(Effect::Metric(Metric::NotReady(not_ready)));
     }
 
     /// The periodic resync: every status that differs from what the API server shows (as the

@@ -265,6 +265,8 @@ impl Io {
                 Metric::Leader(on) => self.metrics.set_leader(on),
                 Metric::Published(n) => self.metrics.set_published(n),
                 Metric::Registrations(n) => self.metrics.set_registrations(n),
+                Metric::NotReady(n) => self.metrics.set_not_ready(n),
+                Metric::EtcdUnavailable(down) => self.metrics.set_etcd_unavailable(down),
                 Metric::Reconciled(ok) => self.metrics.reconciled(ok),
                 Metric::Error(kind) => self.metrics.error(kind),
                 Metric::Propagated(times) => {

@@ -34,6 +34,7 @@ pub use config::WriterConfig;
 pub use dial::EtcdSource;
 pub use error::EtcdError;
 pub use observer::WriterObserver;
+pub(crate) use reachable::is_unreachable;
 pub use registrar_etcd::value;
 pub use stats::{StatsSnapshot, WriterStats};
 pub use writer::{WriterHandle, spawn_writer, spawn_writer_with};
