@@ -12,6 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# protoc, the one Debian package a machine with Rust and Go lacks (installed, or named).
+# shellcheck source=hack/prereqs.sh
+source hack/prereqs.sh
+prereqs_protoc
+
 echo "==> control-plane binaries (built the first time, then cached)" >&2
 REGISTRAR_TOOLS_BIN=$(bash hack/tools.sh)
 export REGISTRAR_TOOLS_BIN
