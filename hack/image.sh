@@ -13,9 +13,10 @@
 #   bash hack/image.sh     # prints the image name (localhost/registrar:<version>) on its last line
 #
 # Cached under $REGISTRAR_CACHE (default ~/.cache/registrar): the stand-ins are podman images
-# tagged by Debian suite and rustc version and built only when missing; the in-image build keeps
+# tagged by Debian suite and rustc version and built only when missing; the image is not rebuilt
+# when its label says it was built from the same files and bases; the in-image build keeps
 # cargo's registry and target dir in cache mounts (hack/podman.sh puts them in the cache), so a
-# second build only recompiles what changed. Progress goes to stderr.
+# rebuild only recompiles what changed. Progress goes to stderr.
 #   REGISTRAR_IMAGE          image name (default localhost/registrar:<package version>)
 #   REGISTRAR_DEBIAN_MIRROR  Debian archive (default http://deb.debian.org/debian)
 #   REGISTRAR_REBUILD_BASES  1: rebuild the stand-ins even when present (e.g. for Debian updates)
@@ -124,11 +125,30 @@ build_builder_base() {
   log "$builder_base built in $((SECONDS - start)) s"
 }
 
+# The build's inputs: every file of the checkout that git knows of (tracked, or untracked and not
+# ignored) and the two base images. Empty outside a git checkout (then it always builds).
+inputs_hash() {
+  git -C "$root" rev-parse --git-dir >/dev/null 2>&1 || return 0
+  {
+    (cd "$root" && git ls-files -z --cached --others --exclude-standard | sort -z |
+      xargs -0 sha256sum 2>/dev/null) || true
+    "${podman[@]}" image inspect --format '{{.Id}}' "$builder_base" "$runtime_base"
+  } | sha256sum | cut -c1-32
+}
+
 build_runtime_base
 build_builder_base
 
+inputs=$(inputs_hash)
+if [ -n "$inputs" ] && [ "$("${podman[@]}" image inspect --format '{{index .Labels "registrar.inputs"}}' \
+  "$image" 2>/dev/null)" = "$inputs" ]; then
+  log "$image is up to date (built from the same files and base images)"
+  echo "$image"
+  exit 0
+fi
+
 start=$SECONDS
-log "building $image from the Dockerfile (podman build; the first build compiles every crate)"
+log "building $image from the Dockerfile (podman build; a cold build compiles every crate)"
 # --layers=false: with the vfs driver every committed layer is a full copy of the file system;
 # the cargo cache mounts make rebuilding cheap instead. --network host: cargo fetches crates
 # (once; the registry cache mount keeps them), trusting the CAs this machine trusts (the bundle
@@ -139,6 +159,7 @@ host_ca=/etc/ssl/certs/ca-certificates.crt
 "${podman[@]}" build --layers=false --network host "${limits[@]}" "${trust[@]}" \
   --build-arg "BUILDER_IMAGE=$builder_base" \
   --build-arg "RUNTIME_IMAGE=$runtime_base" \
+  --label "registrar.inputs=$inputs" \
   --tag "$image" --file "$root/Dockerfile" "$root" >&2
 # Nothing else is kept: a rebuilt image leaves its predecessor unnamed.
 "${podman[@]}" image prune --force >/dev/null
