@@ -41,14 +41,19 @@ log() { printf '[image] %s\n' "$*" >&2; }
 sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 rust_version=$(rustc -vV | sed -n 's/^release: //p')
-# Bump when what goes into a stand-in changes (the tags are the cache keys).
-standin_rev=2
+# Bump when what goes into a stand-in changes (the tags are the cache keys). podman import takes
+# one variable per ENV change.
+standin_rev=3
 builder_base=localhost/registrar-builder-base:$suite-rust-$rust_version-r$standin_rev
 runtime_base=localhost/registrar-runtime-base:$suite-r$standin_rev
 
-scratch() { # a temp dir in the cache (same file system as the images), removed on exit
+scratch_dirs=()
+cleanup() { [ ${#scratch_dirs[@]} -eq 0 ] || rm -rf "${scratch_dirs[@]}"; }
+trap cleanup EXIT
+new_scratch() { # sets $dir to a new temp dir in the cache (the images' file system), removed on exit
   mkdir -p "$cache/podman/tmp"
-  mktemp -d "$cache/podman/tmp/standin.XXXXXX"
+  dir=$(mktemp -d "$cache/podman/tmp/standin.XXXXXX")
+  scratch_dirs+=("$dir")
 }
 
 needs_build() {
@@ -58,7 +63,7 @@ needs_build() {
 build_runtime_base() {
   needs_build "$runtime_base" || return 0
   local start=$SECONDS dir
-  dir=$(scratch)
+  new_scratch
   log "building $runtime_base (mmdebstrap, Debian $suite)"
   # extract: the packages' files only, no maintainer scripts; what those scripts would create
   # (the CA bundle, users) is written below.
@@ -88,7 +93,8 @@ EOF
   fi
   tar -C "$r" -c . | "${podman[@]}" import \
     --change 'USER 65532:65532' --change 'WORKDIR /home/nonroot' \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
     - "$runtime_base" >/dev/null
   rm -rf "$dir"
   log "$runtime_base built in $((SECONDS - start)) s"
@@ -101,7 +107,7 @@ build_builder_base() {
     return 1
   fi
   local start=$SECONDS dir
-  dir=$(scratch)
+  new_scratch
   log "building $builder_base (mmdebstrap, Debian $suite, + Rust $rust_version from $sysroot)"
   mmdebstrap --quiet --variant=minbase --include=ca-certificates,protobuf-compiler,libprotobuf-dev,gcc,libc6-dev \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -118,7 +124,7 @@ build_builder_base() {
   ln -s "$tc/bin/cargo" "$r/usr/local/cargo/bin/cargo"
   tar -C "$r" -c . | "${podman[@]}" import \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo' \
+    --change 'ENV RUSTUP_HOME=/usr/local/rustup' --change 'ENV CARGO_HOME=/usr/local/cargo' \
     --change "ENV RUST_VERSION=$rust_version" \
     - "$builder_base" >/dev/null
   rm -rf "$dir"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # podman with the settings that work on the machines Registrar is tested on, for hack/image.sh,
-# tests/image.rs and by hand:
+# tests/image/ and by hand:
 #   bash hack/podman.sh images
-#   bash hack/podman.sh run --rm localhost/registrar:0.1.0 --version
+#   bash hack/podman.sh run --rm --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+#     localhost/registrar:0.1.0 --version
 #
 # - its own storage in the cache (images, build cache), apart from any other podman storage;
-# - the vfs storage driver (overlay mounts are not available inside these VMs' containers);
+# - the vfs storage driver (slow and disk-hungry, but what is known to work here);
 # - runc (crun fails to set rlimits here, as do runc's defaults: containers need
 #   `--ulimit nofile=1024:1024 --ulimit nproc=1024:1024`, which hack/image.sh and the test pass).
 #   REGISTRAR_CACHE   cache root (default: $XDG_CACHE_HOME/registrar or ~/.cache/registrar)

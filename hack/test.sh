@@ -4,7 +4,7 @@
 #   kube-apiserver (and a kwok cluster), Go interop tests, Helm chart checks (tests/helm.rs runs
 #   hack/chart-check.sh, then installs the chart into the test API server), the demo's short mode.
 #   The container image is built from the Dockerfile (hack/image.sh, podman on stand-in base
-#   images) and run by tests/image.rs as the chart's Deployment runs it.
+#   images) and run by tests/image/ as the chart's Deployment runs it.
 # The control-plane binaries are built the first time (see hack/tools.sh) and cached; so are the
 # image's stand-in bases and its cargo caches. What a fresh Debian machine with Rust and Go lacks
 # is installed first (hack/prereqs.sh says what), or the script stops at once naming the command.

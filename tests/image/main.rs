@@ -121,8 +121,7 @@ fn process_security(pid: u32) -> BTreeMap<&'static str, String> {
     let root_options = mountinfo
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.get(4) == Some(&"/"))
-        .last()
+        .rfind(|f| f.get(4) == Some(&"/"))
         .and_then(|f| f.get(5).map(|o| o.to_string()))
         .unwrap_or_default();
     BTreeMap::from([
