@@ -60,6 +60,13 @@ needs_build() {
   [ "${REGISTRAR_REBUILD_BASES:-0}" = 1 ] || ! "${podman[@]}" image exists "$1"
 }
 
+remove_other_tags() { # remove_other_tags IMAGE: older stand-ins of the same kind (~1 GB each)
+  local old
+  for old in $("${podman[@]}" images --format '{{.Repository}}:{{.Tag}}' "${1%:*}"); do
+    [ "$old" = "$1" ] || "${podman[@]}" rmi --force "$old" >/dev/null || true
+  done
+}
+
 build_runtime_base() {
   needs_build "$runtime_base" || return 0
   local start=$SECONDS dir
@@ -97,6 +104,7 @@ EOF
     --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
     - "$runtime_base" >/dev/null
   rm -rf "$dir"
+  remove_other_tags "$runtime_base"
   log "$runtime_base built in $((SECONDS - start)) s"
 }
 
@@ -128,6 +136,7 @@ build_builder_base() {
     --change "ENV RUST_VERSION=$rust_version" \
     - "$builder_base" >/dev/null
   rm -rf "$dir"
+  remove_other_tags "$builder_base"
   log "$builder_base built in $((SECONDS - start)) s"
 }
 
