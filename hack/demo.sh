@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# protoc, the one Debian package a machine with Rust and Go lacks (installed, or named).
+# protoc (Debian protobuf-compiler, libprotobuf-dev): what a machine with Rust and Go lacks for
+# the demo; installed, or the exact command to run is printed.
 # shellcheck source=hack/prereqs.sh
 source hack/prereqs.sh
 prereqs_protoc
