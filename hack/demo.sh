@@ -12,6 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# protoc (Debian protobuf-compiler, libprotobuf-dev): what a machine with Rust and Go lacks for
+# the demo; installed, or the exact command to run is printed.
+# shellcheck source=hack/prereqs.sh
+source hack/prereqs.sh
+prereqs_protoc
+
 echo "==> control-plane binaries (built the first time, then cached)" >&2
 REGISTRAR_TOOLS_BIN=$(bash hack/tools.sh)
 export REGISTRAR_TOOLS_BIN
