@@ -46,6 +46,7 @@ impl ReadyPool {
                     channel,
                     alive: Arc::new(Liveness::new()),
                     outcome: None,
+                    picks: Arc::default(),
                 }))
             })
             .collect::<Result<Vec<_>, Error>>()?;
