@@ -165,6 +165,52 @@ mod tests {
     }
 
     #[test]
+    fn weighted_shares_hold_with_eight_concurrent_callers() {
+        let entries = vec![entry("a"), entry("b"), entry("c")];
+        let weights = stride::scale(&[Some(1), Some(2), Some(3)]);
+        let p = Arc::new(Picker::continuing(
+            entries,
+            weights,
+            Arc::new(AtomicUsize::new(0)),
+        ));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut counts = HashMap::new();
+                    for _ in 0..7500 {
+                        *counts.entry(*p.pick().unwrap()).or_insert(0usize) += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for t in threads {
+            for (k, v) in t.join().unwrap() {
+                *counts.entry(k).or_insert(0) += v;
+            }
+        }
+        for (name, w) in [("a", 1.0), ("b", 2.0), ("c", 3.0)] {
+            let share = counts[name] as f64 / 60_000.0;
+            assert!((share - w / 6.0).abs() < 0.02, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn equal_weights_any_n_consecutive_picks_are_distinct() {
+        let entries = vec![entry("a"), entry("b"), entry("c"), entry("d")];
+        let weights = stride::scale(&[Some(5); 4]);
+        assert!(weights.is_none());
+        let p = Picker::continuing(entries, weights, Arc::new(AtomicUsize::new(7)));
+        let picks: Vec<_> = (0..400).map(|_| *p.pick().unwrap()).collect();
+        for w in picks.windows(4) {
+            let distinct: std::collections::HashSet<_> = w.iter().collect();
+            assert_eq!(distinct.len(), 4, "{w:?}");
+        }
+    }
+
+    #[test]
     fn skips_dead_entries() {
         let b = entry("b");
         let p = Picker::new(vec![entry("a"), b.clone(), entry("c")]);

@@ -684,6 +684,99 @@ mod tests {
         assert_eq!(picked(&pool).len(), 5);
     }
 
+    fn meta(zone: Option<&str>, weight: Option<u32>) -> BackendMeta {
+        BackendMeta {
+            zone: zone.map(Arc::from),
+            weight,
+            weight_invalid: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn zone_preference_follows_pickability_and_metadata() {
+        let pool = Arc::new(Pool::new().routing(Routing {
+            zone: Some(ZonePreference {
+                zone: "a".into(),
+                min_local: 2,
+            }),
+            weighted: false,
+        }));
+        let zones = [Some("a"), Some("a"), Some("b")];
+        let sinks: Vec<Sink> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                pool.add_with(
+                    Arc::from(format!("127.0.0.1:{}", i + 1)),
+                    i as u64,
+                    meta(*z, None),
+                )
+            })
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(pool.snapshot().zone_filter, ZoneFilter::Local);
+        // One local backend left < min_local 2: every zone.
+        sinks[1].state(ConnectivityState::TransientFailure, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:3"]);
+        assert_eq!(pool.snapshot().zone_filter, ZoneFilter::FallBack);
+        ready(&sinks[1], HealthState::Off);
+        assert_eq!(picked(&pool).len(), 2);
+        // The third loses its zone: no filtering.
+        pool.set_meta("127.0.0.1:3", meta(None, None));
+        assert_eq!(picked(&pool).len(), 3);
+        let snap = pool.snapshot();
+        assert_eq!(snap.zone_filter, ZoneFilter::MissingZone);
+        assert!(snap.backends.iter().all(|b| b.in_pick_set));
+        assert_eq!(snap.backends[2].state, BackendState::Ready);
+    }
+
+    #[tokio::test]
+    async fn weights_change_without_resetting_the_sequence_and_picks_are_counted() {
+        let pool = Arc::new(Pool::new().routing(Routing {
+            zone: None,
+            weighted: true,
+        }));
+        let sinks: Vec<Sink> = (1..=3u32)
+            .map(|i| {
+                pool.add_with(
+                    Arc::from(format!("127.0.0.1:{i}")),
+                    i.into(),
+                    meta(None, Some(i)),
+                )
+            })
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        let before = pool.picker().sequence();
+        for _ in 0..600 {
+            pool.pick();
+        }
+        let at = before.load(Ordering::Relaxed);
+        pool.set_meta("127.0.0.1:1", meta(None, Some(3)));
+        let after = pool.picker().sequence();
+        assert!(Arc::ptr_eq(&before, &after), "a new sequence");
+        assert_eq!(after.load(Ordering::Relaxed), at, "the sequence was reset");
+        let picks: Vec<u64> = pool.snapshot().backends.iter().map(|b| b.picks).collect();
+        assert_eq!(picks.iter().sum::<u64>(), 600);
+        assert!(
+            picks[0].abs_diff(100) <= 10 && picks[2].abs_diff(300) <= 10,
+            "{picks:?}"
+        );
+        // All three weigh 3 now: plain round-robin.
+        pool.set_meta("127.0.0.1:2", meta(None, Some(3)));
+        let picker = pool.picker();
+        let cycle: std::collections::BTreeSet<_> = (0..3)
+            .map(|_| picker.pick().unwrap().addr.clone())
+            .collect();
+        assert_eq!(cycle.len(), 3, "equal weights: round-robin");
+        let snap = pool.snapshot();
+        assert_eq!((snap.weights_defaulted, snap.weights_invalid), (0, 0));
+    }
+
     async fn finished(task: &tokio::task::AbortHandle) {
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while !task.is_finished() {
