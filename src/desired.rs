@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::crd::ServiceRegistration;
 use crate::etcd::value;
+use crate::topology::NodeTopology;
 
 /// One endpoint a registration wants published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +97,17 @@ pub fn registration_outcome<'a>(
     reg: &ServiceRegistration,
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> RegistrationOutcome {
+    registration_outcome_on(prefix, reg, pods, |_| None)
+}
+
+/// [`registration_outcome`] with each pod's node topology from `node` (by node name): its
+/// `zone` and `region`, when the node has them, join the endpoint's metadata.
+pub fn registration_outcome_on<'a, 'n>(
+    prefix: &str,
+    reg: &ServiceRegistration,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    node: impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> RegistrationOutcome {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     let mut outcome = RegistrationOutcome {
         target: target(prefix, namespace, reg.service_name()),
@@ -146,7 +158,7 @@ pub fn registration_outcome<'a>(
             continue;
         };
         let addr = SocketAddr::new(ip, port).to_string();
-        let metadata = endpoint_metadata(reg, pod);
+        let metadata = endpoint_metadata(reg, pod, &node);
         let endpoint = Endpoint {
             value: value::encode(&addr, Some(&metadata)),
             addr: addr.clone(),
@@ -313,9 +325,14 @@ fn port_label(port: &IntOrString) -> String {
     }
 }
 
-/// `spec.metadata` plus `pod` (the pod's name) and `node` (its node, once scheduled); the
-/// operator's keys override the spec's (which the API server already refuses).
-fn endpoint_metadata(reg: &ServiceRegistration, pod: &Pod) -> Map<String, Value> {
+/// `spec.metadata` plus `pod` (the pod's name), `node` (its node, once scheduled) and the
+/// node's `zone` and `region` (when labelled); the operator's keys override the spec's (which
+/// the API server already refuses).
+fn endpoint_metadata<'n>(
+    reg: &ServiceRegistration,
+    pod: &Pod,
+    topology: &impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> Map<String, Value> {
     let mut metadata: Map<String, Value> = reg
         .spec
         .metadata
@@ -334,6 +351,13 @@ fn endpoint_metadata(reg: &ServiceRegistration, pod: &Pod) -> Map<String, Value>
         .filter(|n| !n.is_empty())
     {
         metadata.insert("node".into(), Value::String(node.to_string()));
+        if let Some(t) = topology(node) {
+            for (key, value) in [("zone", &t.zone), ("region", &t.region)] {
+                if let Some(v) = value {
+                    metadata.insert(key.into(), Value::String(v.clone()));
+                }
+            }
+        }
     }
     metadata
 }

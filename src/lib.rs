@@ -21,3 +21,4 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod status;
+pub mod topology;
