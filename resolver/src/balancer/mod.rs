@@ -449,7 +449,8 @@ impl Balancer {
     }
 
     /// Number of backends calls can go to: READY (and, with
-    /// [health checking](BalancerBuilder::health_check), healthy).
+    /// [health checking](BalancerBuilder::health_check), healthy; not ejected; with
+    /// [zone preference](BalancerBuilder::zone), only those the zone filter admits).
     pub fn ready_count(&self) -> usize {
         self.inner.pool.picker().len()
     }
