@@ -36,7 +36,7 @@ pub const MAX_STATUS_ENDPOINTS: usize = 50;
 /// Upper bound of the serialized size of `spec.metadata`, in bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
 /// Metadata keys the operator sets itself on every endpoint; a spec may not use them.
-pub const RESERVED_METADATA_KEYS: [&str; 2] = ["pod", "node"];
+pub const RESERVED_METADATA_KEYS: [&str; 5] = ["pod", "node", "zone", "region", "cluster"];
 
 /// DNS-1123 label (without the length limit, which the schema checks with `maxLength`).
 const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -119,8 +119,9 @@ pub struct ServiceRegistrationSpec {
     pub port: IntOrString,
 
     /// Extra metadata copied into every endpoint's etcd value (its Metadata object), next to the
-    /// keys "pod" and "node" that the operator sets. A map of strings, at most 4 KiB serialized;
-    /// the keys "pod" and "node" are reserved.
+    /// keys "pod", "node", "zone" and "region" that the operator sets. A map of strings, at most
+    /// 4 KiB serialized; the keys "pod", "node", "zone", "region" and "cluster" are reserved.
+    /// "weight" (a positive integer as a string) is read by the Rust balancer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "metadata_schema")]
     pub metadata: Option<BTreeMap<String, String>>,
@@ -195,6 +196,32 @@ pub fn crd_yaml() -> Result<String, CrdError> {
 /// One `x-kubernetes-validations` entry.
 fn rule(rule: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "rule": rule, "message": message })
+}
+
+/// Refuses the [`RESERVED_METADATA_KEYS`] in `spec.metadata`, naming the (first) one that was
+/// set. The message is a chain of constant choices: CEL's `join` over a list costs too much for
+/// the API server's estimate.
+fn reserved_keys_rule() -> serde_json::Value {
+    let keys = RESERVED_METADATA_KEYS.map(|k| format!("'{k}'")).join(", ");
+    let (last, others) = RESERVED_METADATA_KEYS
+        .split_last()
+        .map_or(("", &[][..]), |(l, o)| (*l, o));
+    let named = others
+        .iter()
+        .rev()
+        .fold(format!("\"'{last}'\""), |rest, k| {
+            format!("('{k}' in self ? \"'{k}'\" : {rest})")
+        });
+    let why = "'pod' and 'node' are set by the operator on every endpoint, 'zone' and 'region' \
+               from the pod's node (labels topology.kubernetes.io/zone and /region), 'cluster' \
+               is the cluster id";
+    serde_json::json!({
+        "rule": RESERVED_METADATA_KEYS.map(|k| format!("!('{k}' in self)")).join(" && "),
+        "message": format!("spec.metadata must not set the reserved keys {keys}: {why}"),
+        "messageExpression": format!(
+            "'spec.metadata must not set the reserved key ' + {named} + \": {why}\""
+        ),
+    })
 }
 
 fn service_schema(_: &mut SchemaGenerator) -> Schema {
@@ -282,10 +309,7 @@ fn metadata_schema(_: &mut SchemaGenerator) -> Schema {
         "maxProperties": 64,
         "additionalProperties": { "type": "string", "maxLength": MAX_METADATA_BYTES },
         "x-kubernetes-validations": [
-            rule(
-                "!('pod' in self) && !('node' in self)",
-                "spec.metadata must not set the keys 'pod' and 'node': the operator sets them on every endpoint",
-            ),
+            reserved_keys_rule(),
             rule(
                 "self.all(k, size(k) > 0)",
                 "spec.metadata keys must not be empty",

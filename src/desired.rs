@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::crd::ServiceRegistration;
 use crate::etcd::value;
+use crate::topology::NodeTopology;
 
 /// One endpoint a registration wants published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,13 +148,27 @@ fn registration_gate(reg: &ServiceRegistration) -> Option<PodDecision> {
 }
 
 /// The decision for one `pod` of `reg` (any pod: namespace, selector, phase, IP, readiness and
-/// port are checked here).
+/// port are checked here), without node topology in the endpoint's metadata.
 pub fn pod_decision(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
-    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod))
+    pod_decision_on(reg, pod, &|_| None)
+}
+
+/// [`pod_decision`] with the pod's node topology from `node` (by node name): its `zone` and
+/// `region`, when the node has them, join the endpoint's metadata, as the operator publishes it.
+pub fn pod_decision_on<'n>(
+    reg: &ServiceRegistration,
+    pod: &Pod,
+    node: &impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> PodDecision {
+    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod, node))
 }
 
 /// The per-pod rules, once [`registration_gate`] let the registration through.
-fn pod_rules(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
+fn pod_rules<'n>(
+    reg: &ServiceRegistration,
+    pod: &Pod,
+    node: &impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> PodDecision {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     if pod.metadata.namespace.as_deref() != Some(namespace)
         || !selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref())
@@ -190,7 +205,7 @@ fn pod_rules(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
         });
     };
     let addr = SocketAddr::new(ip, port).to_string();
-    let metadata = endpoint_metadata(reg, pod);
+    let metadata = endpoint_metadata(reg, pod, node);
     PodDecision::Endpoint(Endpoint {
         value: value::encode(&addr, Some(&metadata)),
         addr,
@@ -209,6 +224,17 @@ pub fn registration_outcome<'a>(
     reg: &ServiceRegistration,
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> RegistrationOutcome {
+    registration_outcome_on(prefix, reg, pods, |_| None)
+}
+
+/// [`registration_outcome`] with each pod's node topology from `node` (by node name): its
+/// `zone` and `region`, when the node has them, join the endpoint's metadata.
+pub fn registration_outcome_on<'a, 'n>(
+    prefix: &str,
+    reg: &ServiceRegistration,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    node: impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> RegistrationOutcome {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     let mut outcome = RegistrationOutcome {
         target: target(prefix, namespace, reg.service_name()),
@@ -225,7 +251,7 @@ pub fn registration_outcome<'a>(
         None => {}
     }
     for pod in pods {
-        let endpoint = match pod_rules(reg, pod) {
+        let endpoint = match pod_rules(reg, pod, &node) {
             PodDecision::Endpoint(endpoint) => endpoint,
             PodDecision::PortNotFound(problem) | PodDecision::InvalidIp(problem) => {
                 outcome.problems.push(problem);
@@ -393,9 +419,14 @@ pub fn port_label(port: &IntOrString) -> String {
     }
 }
 
-/// `spec.metadata` plus `pod` (the pod's name) and `node` (its node, once scheduled); the
-/// operator's keys override the spec's (which the API server already refuses).
-fn endpoint_metadata(reg: &ServiceRegistration, pod: &Pod) -> Map<String, Value> {
+/// `spec.metadata` plus `pod` (the pod's name), `node` (its node, once scheduled) and the
+/// node's `zone` and `region` (when labelled); the operator's keys override the spec's (which
+/// the API server already refuses).
+fn endpoint_metadata<'n>(
+    reg: &ServiceRegistration,
+    pod: &Pod,
+    topology: &impl Fn(&str) -> Option<&'n NodeTopology>,
+) -> Map<String, Value> {
     let mut metadata: Map<String, Value> = reg
         .spec
         .metadata
@@ -414,6 +445,13 @@ fn endpoint_metadata(reg: &ServiceRegistration, pod: &Pod) -> Map<String, Value>
         .filter(|n| !n.is_empty())
     {
         metadata.insert("node".into(), Value::String(node.to_string()));
+        if let Some(t) = topology(node) {
+            for (key, value) in [("zone", &t.zone), ("region", &t.region)] {
+                if let Some(v) = value {
+                    metadata.insert(key.into(), Value::String(v.clone()));
+                }
+            }
+        }
     }
     metadata
 }

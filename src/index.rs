@@ -13,11 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodCondition, PodSpec, PodStatus};
 use kube::runtime::watcher::Event;
 
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, RegistrationOutcome, selector_matches};
+use crate::topology::NodeTopology;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -78,6 +79,9 @@ pub struct Index {
     dirty: BTreeSet<RegKey>,
     reg_kind: Kind<ServiceRegistration>,
     pod_kind: Kind<Pod>,
+    /// Node topology by node name (empty, and synced from the start, without topology).
+    nodes: HashMap<String, NodeTopology>,
+    node_kind: Kind<Node>,
 }
 
 fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
@@ -98,12 +102,93 @@ impl Index {
             dirty: BTreeSet::new(),
             reg_kind: Kind::default(),
             pod_kind: Kind::default(),
+            nodes: HashMap::new(),
+            node_kind: Kind {
+                synced: true,
+                init: None,
+            },
         }
     }
 
-    /// Both kinds have completed their first full list.
+    /// An empty index that also publishes node topology: not synced before Nodes are listed.
+    pub fn with_topology(prefix: impl Into<String>) -> Self {
+        let mut index = Index::new(prefix);
+        index.node_kind.synced = false;
+        index
+    }
+
+    /// Every kind has completed its first full list.
     pub fn synced(&self) -> bool {
-        self.reg_kind.synced && self.pod_kind.synced
+        self.reg_kind.synced && self.pod_kind.synced && self.node_kind.synced
+    }
+
+    /// Applies one Node watcher event (nodes should already be trimmed); a node whose topology
+    /// changed marks the registrations of the pods on it.
+    pub fn apply_node(&mut self, event: Event<Node>) {
+        match event {
+            Event::Init => self.node_kind.init = Some(Vec::new()),
+            Event::InitApply(node) => match self.node_kind.init.as_mut() {
+                Some(buffer) => buffer.push(node),
+                None => self.upsert_node(&node),
+            },
+            Event::InitDone => {
+                let listed = self.node_kind.init.take().unwrap_or_default();
+                let nodes: HashMap<String, NodeTopology> = listed
+                    .iter()
+                    .filter_map(|n| Some((n.metadata.name.clone()?, NodeTopology::of(n))))
+                    .collect();
+                let changed: BTreeSet<String> = nodes
+                    .keys()
+                    .chain(self.nodes.keys())
+                    .filter(|n| nodes.get(*n) != self.nodes.get(*n))
+                    .cloned()
+                    .collect();
+                self.nodes = nodes;
+                self.mark_nodes(&changed);
+                self.node_kind.synced = true;
+            }
+            Event::Apply(node) => self.upsert_node(&node),
+            Event::Delete(node) => {
+                if let Some(name) = node.metadata.name.as_deref()
+                    && self.nodes.remove(name).is_some()
+                {
+                    self.mark_nodes(&BTreeSet::from([name.to_owned()]));
+                }
+            }
+        }
+    }
+
+    fn upsert_node(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let topology = NodeTopology::of(node);
+        if self.nodes.get(&name) != Some(&topology) {
+            self.nodes.insert(name.clone(), topology);
+            self.mark_nodes(&BTreeSet::from([name]));
+        }
+    }
+
+    /// Marks the registrations of every pod on one of `nodes`.
+    fn mark_nodes(&mut self, nodes: &BTreeSet<String>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let on_them: Vec<Arc<Pod>> = self
+            .pods
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| nodes.contains(n))
+            })
+            .cloned()
+            .collect();
+        for pod in on_them {
+            self.mark_for_pod(&pod);
+        }
     }
 
     /// Whether `key` changed since the last flush.
@@ -272,7 +357,9 @@ impl Index {
                 .get(&key.namespace)
                 .into_iter()
                 .flat_map(|m| m.values().map(Arc::as_ref));
-            let outcome = desired::registration_outcome(&self.prefix, reg, pods);
+            let nodes = &self.nodes;
+            let outcome =
+                desired::registration_outcome_on(&self.prefix, reg, pods, |n| nodes.get(n));
             if self.outcomes.get(&key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
                 flushed.changed.push(key);
@@ -379,6 +466,59 @@ mod tests {
         .unwrap();
         trim_pod(&mut p);
         p
+    }
+
+    fn node(name: &str, zone: Option<&str>) -> Node {
+        let mut n: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+            "status": {"capacity": {"cpu": "1"}}
+        }))
+        .unwrap();
+        if let (Some(z), Some(labels)) = (zone, n.metadata.labels.as_mut()) {
+            labels.insert(crate::topology::ZONE_LABEL.into(), z.into());
+        }
+        crate::topology::trim_node(&mut n);
+        n
+    }
+
+    #[test]
+    fn with_topology_waits_for_nodes_and_a_relabel_rewrites_their_pods_endpoints() {
+        let mut idx = Index::with_topology("registrar");
+        idx.apply_registration(Event::Init);
+        idx.apply_registration(Event::InitApply(reg("shop", "a", "g")));
+        idx.apply_registration(Event::InitDone);
+        idx.apply_pod(Event::Init);
+        idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "10.0.0.1", true)));
+        idx.apply_pod(Event::InitDone);
+        assert!(!idx.synced(), "synced before the nodes are listed");
+        idx.apply_node(Event::Init);
+        idx.apply_node(Event::InitApply(node("n1", Some("z1"))));
+        idx.apply_node(Event::InitApply(node("n2", Some("z2"))));
+        idx.apply_node(Event::InitDone);
+        assert!(idx.synced());
+        idx.flush();
+        let values: Vec<String> = idx.desired_keys().into_values().collect();
+        assert_eq!(values.len(), 1);
+        assert!(values[0].contains(r#""zone":"z1""#), "{values:?}");
+        // A node with no pods changing, or a status-only update, marks nothing.
+        idx.apply_node(Event::Apply(node("n2", Some("z9"))));
+        idx.apply_node(Event::Apply(node("n1", Some("z1"))));
+        assert!(!idx.has_dirty());
+        // Relabelling the pod's node rewrites its endpoint.
+        idx.apply_node(Event::Apply(node("n1", Some("z3"))));
+        assert!(idx.is_dirty(&RegKey::new("shop", "a")));
+        let flushed = idx.flush();
+        assert_eq!(flushed.changed, [RegKey::new("shop", "a")]);
+        let values: Vec<String> = idx.desired_keys().into_values().collect();
+        assert!(
+            values.iter().all(|v| v.contains(r#""zone":"z3""#)),
+            "{values:?}"
+        );
+        // The label removed: no zone key.
+        idx.apply_node(Event::Apply(node("n1", None)));
+        idx.flush();
+        let values: Vec<String> = idx.desired_keys().into_values().collect();
+        assert!(values.iter().all(|v| !v.contains("zone")), "{values:?}");
     }
 
     fn synced_index(regs: Vec<ServiceRegistration>, pods: Vec<Pod>) -> Index {

@@ -25,3 +25,4 @@ pub mod inspect;
 pub mod leader;
 pub mod metrics;
 pub mod status;
+pub mod topology;

@@ -150,8 +150,9 @@ async fn spec_changes_replace_old_keys() {
         .await
         .unwrap();
 
-    // Metadata change rewrites the value.
-    patch_reg(&g.client, &g.ns, "svc", json!({"metadata": {"zone": "z1"}}))
+    // Metadata change rewrites the value ("zone" is reserved now: the operator sets it from
+    // the node; "rack" is the user's own key).
+    patch_reg(&g.client, &g.ns, "svc", json!({"metadata": {"rack": "z1"}}))
         .await
         .unwrap();
     let key = g.key("svc", "127.0.0.21:50051");
@@ -162,7 +163,7 @@ async fn spec_changes_replace_old_keys() {
         let prefix = g.prefix.clone();
         async move {
             let keys = etcd_keys(&mut kv, &prefix).await.ok()?;
-            keys.get(&key)?.contains(r#""zone":"z1""#).then_some(())
+            keys.get(&key)?.contains(r#""rack":"z1""#).then_some(())
         }
     })
     .await

@@ -1,6 +1,8 @@
 //! Per-call overhead of choosing a backend, for 1, 100 and 10,000 READY backends (criterion).
 //!
 //! - `pick/picker/N`: the bare round-robin step (one atomic increment and a liveness check).
+//! - `pick/weighted/N`: the same picker with weights 1 to 10 through the static-stride scheduler
+//!   (one or more atomic increments; with a single backend there is nothing to weigh).
 //! - `pick/balancer/N`: everything [`Balancer`](registrar_resolver::Balancer) does per call
 //!   before sending: load the current picker, pick, clone the backend's channel (and drop it).
 //!
@@ -15,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use registrar_resolver::bench_internals::{IndexPicker, ReadyPool};
+use registrar_resolver::bench_internals::{IndexPicker, ReadyPool, WeightedIndexPicker};
 
 const BACKENDS: [usize; 3] = [1, 100, 10_000];
 
@@ -32,6 +34,10 @@ fn pick(c: &mut Criterion) {
     for n in BACKENDS {
         let picker = IndexPicker::new(n);
         group.bench_with_input(BenchmarkId::new("picker", n), &picker, |b, p| {
+            b.iter(|| black_box(p.pick()))
+        });
+        let weighted = WeightedIndexPicker::new(n);
+        group.bench_with_input(BenchmarkId::new("weighted", n), &weighted, |b, p| {
             b.iter(|| black_box(p.pick()))
         });
         let pool = ReadyPool::new(n).expect("building the READY backends");

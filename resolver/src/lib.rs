@@ -170,8 +170,9 @@ pub use backoff::Backoff;
 #[cfg(feature = "bench-internals")]
 pub use balancer::bench as bench_internals;
 pub use balancer::{
-    BackendHealth, BackendStatus, Balancer, BalancerBuilder, ConnectivityState,
-    FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture, SuccessRateEjection,
+    BackendHealth, BackendSnapshot, BackendState, BackendStatus, Balancer, BalancerBuilder,
+    ConnectivityState, FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture,
+    RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use drain::Drain;

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 use tokio::time::Instant;
@@ -65,6 +65,8 @@ pub enum Input {
     Registration(Box<watcher::Event<ServiceRegistration>>),
     /// A Pod watcher event (trimmed).
     Pod(Box<watcher::Event<Pod>>),
+    /// A Node watcher event (trimmed to name and topology labels).
+    Node(Box<watcher::Event<Node>>),
     /// The debounce window ended ([`Core::flush_at`]).
     FlushDue,
     /// A writer state change may have held long enough ([`Core::settle_at`]).
@@ -90,6 +92,11 @@ impl Input {
     /// A Pod watcher event (trimmed).
     pub fn pod(ev: watcher::Event<Pod>) -> Self {
         Input::Pod(Box::new(ev))
+    }
+
+    /// A Node watcher event (trimmed).
+    pub fn node(ev: watcher::Event<Node>) -> Self {
+        Input::Node(Box::new(ev))
     }
 }
 
@@ -167,6 +174,9 @@ pub struct CoreConfig {
     pub coalesce: Duration,
     /// How long a new kind of writer state must hold before statuses show it.
     pub hold: Duration,
+    /// Whether endpoints carry their node's `zone` and `region` (then Nodes are watched, and
+    /// the first sync waits for them).
+    pub topology: bool,
 }
 
 /// See the module docs.
@@ -207,7 +217,11 @@ impl Core {
     /// A core that is not leading, with nothing seen yet.
     pub fn new(cfg: CoreConfig) -> Self {
         Core {
-            index: Index::new(cfg.prefix.clone()),
+            index: if cfg.topology {
+                Index::with_topology(cfg.prefix.clone())
+            } else {
+                Index::new(cfg.prefix.clone())
+            },
             settle: Settled::new(cfg.hold),
             cfg,
             desired: Desired {
@@ -251,6 +265,7 @@ impl Core {
                 self.index.apply_registration(*ev);
             }
             Input::Pod(ev) => self.index.apply_pod(*ev),
+            Input::Node(ev) => self.index.apply_node(*ev),
             Input::FlushDue => {
                 self.flush_at = None;
                 // Only a new desired state starts a window: a flush that changed nothing

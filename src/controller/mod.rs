@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
@@ -101,6 +101,11 @@ impl Engine {
             .default_backoff()
             .map_ok(|ev| ev.modify(trim_pod))
             .boxed();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut node_events = watcher(nodes, watcher::Config::default())
+            .default_backoff()
+            .map_ok(|ev| ev.modify(crate::topology::trim_node))
+            .boxed();
 
         let (desired_tx, _) = watch::channel(Desired {
             seq: 0,
@@ -111,6 +116,7 @@ impl Engine {
             prefix: self.writer.prefix.clone(),
             coalesce: self.coalesce,
             hold: settle::DEFAULT_HOLD,
+            topology: true,
         });
         let mut io = Io {
             desired_tx,
@@ -177,6 +183,15 @@ impl Engine {
                         continue;
                     }
                     None => anyhow::bail!("the Pod watch ended"),
+                },
+                ev = node_events.next() => match ev {
+                    Some(Ok(ev)) => Input::node(ev),
+                    Some(Err(e)) => {
+                        io.metrics.error(ErrorKind::KubeApi);
+                        tracing::warn!(error = %e, "Node watch failed; retrying");
+                        continue;
+                    }
+                    None => anyhow::bail!("the Node watch ended"),
                 },
                 _ = debounce => Input::FlushDue,
                 res = leader.changed() => {

@@ -629,3 +629,26 @@ fn pod_ip_falls_back_to_pod_ips() {
     });
     assert_eq!(pod_ip(&p), Some("192.0.2.29"));
 }
+
+#[test]
+fn node_topology_adds_zone_and_region_over_the_spec() {
+    let mut reg = grpc_registration();
+    reg.spec.metadata = Some(labels(&[("tier", "gold")]));
+    let p = pod("greeter-0", "192.0.2.25");
+    let topo = crate::topology::NodeTopology {
+        zone: Some("z1".into()),
+        region: Some("r1".into()),
+    };
+    let outcome = registration_outcome_on(PREFIX, &reg, [&p], |n| (n == "n1").then_some(&topo));
+    assert_eq!(
+        outcome.endpoints["192.0.2.25:50051"].value,
+        r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","region":"r1","tier":"gold","zone":"z1"}}"#
+    );
+    // A node without the labels (or unknown): no zone or region key.
+    let bare = crate::topology::NodeTopology::default();
+    let outcome = registration_outcome_on(PREFIX, &reg, [&p], |_| Some(&bare));
+    assert_eq!(
+        outcome.endpoints["192.0.2.25:50051"].value,
+        r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold"}}"#
+    );
+}

@@ -76,6 +76,10 @@ pub const REQUIRED: &[Permission] = &[
     cluster("", "pods", "", "get"),
     cluster("", "pods", "", "list"),
     cluster("", "pods", "", "watch"),
+    // Nodes: their zone and region labels join the endpoints' metadata.
+    cluster("", "nodes", "", "get"),
+    cluster("", "nodes", "", "list"),
+    cluster("", "nodes", "", "watch"),
     cluster("registrar.dev", "serviceregistrations", "", "get"),
     cluster("registrar.dev", "serviceregistrations", "", "list"),
     cluster("registrar.dev", "serviceregistrations", "", "watch"),

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::config::{ConnectArgs, InspectArgs, OutputFormat};
 use crate::connect::timed;
 use crate::crd::ServiceRegistration;
+use crate::topology::NodeTopology;
 use verdict::{Claim, EtcdEntry, Row};
 
 /// The whole report (`-o json` prints it as is; the README documents the shape).
@@ -103,7 +104,7 @@ async fn inspect_registration(
             None
         }
     };
-    let zones = node_zones(&client, &pods).await;
+    let nodes = node_topology(&client, &pods).await;
     let target = verdict::target_of(&connect.prefix, &reg);
     let state = read_etcd(&etcd, &connect.prefix, &target).await?;
     let claim = verdict::claim(state.owner.as_deref(), cluster_id.as_deref());
@@ -114,7 +115,7 @@ async fn inspect_registration(
         pods: &pods,
         etcd: &state.keys,
         claim: &claim,
-        zones: &zones,
+        nodes: &nodes,
     });
     Ok(Report {
         registration: Some(format!("{namespace}/{name}")),
@@ -145,31 +146,23 @@ async fn inspect_target(connect: &ConnectArgs, target: &str) -> anyhow::Result<R
     })
 }
 
-/// The zone of each node the pods run on (label `topology.kubernetes.io/zone`); nodes that
-/// cannot be read (not allowed, gone) are left out: the zone is for display only.
-async fn node_zones(client: &kube::Client, pods: &[Pod]) -> BTreeMap<String, String> {
+/// The zone and region of each node the pods run on, as the operator reads them
+/// ([`NodeTopology::of`]); nodes that cannot be read (not allowed, gone) are left out, and
+/// their pods' values are then compared without zone and region.
+async fn node_topology(client: &kube::Client, pods: &[Pod]) -> BTreeMap<String, NodeTopology> {
     let nodes: Api<Node> = Api::all(client.clone());
     let names: std::collections::BTreeSet<&str> = pods
         .iter()
         .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
         .collect();
-    let mut zones = BTreeMap::new();
+    let mut topology = BTreeMap::new();
     for name in names {
-        if let Ok(Ok(Some(node))) = timed("read a node", nodes.get_opt(name)).await
-            && let Some(zone) = node
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(ZONE_LABEL))
-        {
-            zones.insert(name.to_string(), zone.clone());
+        if let Ok(Ok(Some(node))) = timed("read a node", nodes.get_opt(name)).await {
+            topology.insert(name.to_string(), NodeTopology::of(&node));
         }
     }
-    zones
+    topology
 }
-
-/// The well-known label of a node's zone.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 fn owner(prefix: &str, state: &EtcdState, this_cluster: Option<String>, claim: &Claim) -> Owner {
     Owner {

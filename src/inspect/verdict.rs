@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, PodDecision, Problem};
 use crate::etcd::value;
+use crate::topology::NodeTopology;
 
 /// What etcd holds at one key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -119,12 +120,12 @@ pub struct PodFacts {
     pub port_error: Option<String>,
 }
 
-/// The facts of `pod` as `reg` sees it (the port resolved with the operator's rule); `zones`
-/// maps node names to zones.
+/// The facts of `pod` as `reg` sees it (the port resolved with the operator's rule); `nodes`
+/// maps node names to their topology.
 pub fn pod_facts(
     reg: &ServiceRegistration,
     pod: &Pod,
-    zones: &BTreeMap<String, String>,
+    nodes: &BTreeMap<String, NodeTopology>,
 ) -> PodFacts {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let port = desired::resolve_port(pod, &reg.spec.port);
@@ -141,8 +142,8 @@ pub fn pod_facts(
             .spec
             .as_ref()
             .and_then(|s| s.node_name.as_ref())
-            .and_then(|n| zones.get(n))
-            .cloned(),
+            .and_then(|n| nodes.get(n))
+            .and_then(|t| t.zone.clone()),
         ip: desired::pod_ip(pod).map(str::to_string),
         phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
         ready: desired::ready_condition(pod).is_some(),
@@ -188,8 +189,8 @@ pub struct Input<'a> {
     pub etcd: &'a BTreeMap<String, EtcdEntry>,
     /// Who holds the prefix claim.
     pub claim: &'a Claim,
-    /// Node name -> zone (`topology.kubernetes.io/zone`), for display.
-    pub zones: &'a BTreeMap<String, String>,
+    /// Node name -> its zone and region: shown, and part of the values the operator publishes.
+    pub nodes: &'a BTreeMap<String, NodeTopology>,
 }
 
 /// The target `<prefix>/<namespace>/<service>` of `reg`.
@@ -208,6 +209,8 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     let target = target_of(input.prefix, reg);
     let under = format!("{target}/");
+    // The nodes' zone and region join the endpoints' values, as the operator publishes them.
+    let topology = |node: &str| input.nodes.get(node);
     let same_target = |r: &&ServiceRegistration| {
         r.metadata.name != reg.metadata.name
             && r.metadata.namespace.as_deref() == Some(namespace)
@@ -215,7 +218,7 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     };
     let outcomes: Vec<_> = std::iter::once(reg)
         .chain(input.registrations.iter().filter(same_target))
-        .map(|r| desired::registration_outcome(input.prefix, r, input.pods))
+        .map(|r| desired::registration_outcome_on(input.prefix, r, input.pods, topology))
         .collect();
     let wanted: BTreeMap<String, String> = desired::desired_keys(input.prefix, &outcomes)
         .into_iter()
@@ -240,8 +243,8 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     let mut accounted: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     for pod in selected {
-        let facts = pod_facts(reg, pod, input.zones);
-        let decision = desired::pod_decision(reg, pod);
+        let facts = pod_facts(reg, pod, input.nodes);
+        let decision = desired::pod_decision_on(reg, pod, &topology);
         let row = match decision {
             PodDecision::Endpoint(endpoint) => {
                 let key = value::key(&target, &endpoint.addr);

@@ -4,12 +4,14 @@
 //! may change at any time.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use tonic::transport::{Channel, Endpoint};
 
 use super::connector::Liveness;
 use super::picker::{PickEntry, Picker};
 use super::pool::{Picked, Pool};
+use super::stride;
 use crate::error::Error;
 
 /// The bare round-robin `Picker` over `n` live entries, each holding its index.
@@ -20,6 +22,28 @@ impl IndexPicker {
     /// A picker over `n` live entries, starting at a random one.
     pub fn new(n: usize) -> Self {
         IndexPicker(Picker::new((0..n).map(live).collect()))
+    }
+
+    /// The next entry's index, as [`Picker::pick`] finds it.
+    pub fn pick(&self) -> Option<usize> {
+        self.0.pick().copied()
+    }
+}
+
+/// A weighted `Picker` over `n` live entries weighing 1 to 10 (entry `i` weighs `i % 10 + 1`),
+/// picking through the static-stride scheduler (a single entry needs no scheduler).
+#[derive(Debug)]
+pub struct WeightedIndexPicker(Picker<usize>);
+
+impl WeightedIndexPicker {
+    /// A weighted picker over `n` live entries.
+    pub fn new(n: usize) -> Self {
+        let weights: Vec<Option<u32>> = (0..n).map(|i| Some((i % 10) as u32 + 1)).collect();
+        WeightedIndexPicker(Picker::continuing(
+            (0..n).map(live).collect(),
+            stride::scale(&weights),
+            Arc::new(AtomicUsize::new(0)),
+        ))
     }
 
     /// The next entry's index, as [`Picker::pick`] finds it.
@@ -46,6 +70,7 @@ impl ReadyPool {
                     channel,
                     alive: Arc::new(Liveness::new()),
                     outcome: None,
+                    picks: Arc::default(),
                 }))
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -77,6 +102,18 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         assert_eq!(IndexPicker::new(0).pick(), None);
+    }
+
+    #[test]
+    fn weighted_index_picker_follows_the_weights() {
+        let p = WeightedIndexPicker::new(10);
+        let mut counts = [0usize; 10];
+        for _ in 0..55_000 {
+            counts[p.pick().unwrap()] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            assert!(c.abs_diff(1000 * (i + 1)) <= 100, "{counts:?}");
+        }
     }
 
     #[tokio::test]

@@ -1,13 +1,15 @@
 //! The manager task: keeps the pool's backends equal to the distinct addresses of the
 //! resolver's snapshots, starting a subchannel for each new address and removing the ones that
-//! left.
+//! left, and giving each backend the zone and weight of its endpoint's metadata (the first key
+//! naming the address wins).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tonic::transport::Endpoint;
 
 use super::ConnectivityState;
+use super::meta::BackendMeta;
 use super::pool::{AbortOnDrop, Pool};
 use super::subchannel::{self, ConnectPolicy};
 use crate::discovery::Resolver;
@@ -28,6 +30,12 @@ pub(crate) async fn manage(
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let desired = snapshot.addrs();
+        let mut metas: BTreeMap<&str, BackendMeta> = BTreeMap::new();
+        for endpoint in snapshot.endpoints().values() {
+            metas
+                .entry(endpoint.addr.as_str())
+                .or_insert_with(|| BackendMeta::read(&endpoint.metadata));
+        }
         let current: BTreeSet<Arc<str>> = pool.addrs().into_iter().collect();
         for addr in current.iter().filter(|a| !desired.contains(&***a)) {
             tracing::info!(%addr, "backend removed");
@@ -35,13 +43,15 @@ pub(crate) async fn manage(
             pool.remove(addr);
         }
         for addr in desired {
+            let meta = metas.remove(addr).unwrap_or_default();
             if current.contains(addr) {
+                pool.set_meta(addr, meta);
                 continue;
             }
             generation += 1;
             let addr: Arc<str> = Arc::from(addr);
             tracing::info!(%addr, "backend added");
-            let sink = pool.add(addr.clone(), generation);
+            let sink = pool.add_with(addr.clone(), generation, meta);
             match factory(&addr) {
                 Ok(endpoint) => {
                     let task =

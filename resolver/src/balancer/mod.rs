@@ -16,17 +16,26 @@
 //! - Opt-in outlier ejection (gRFC A50, [`BalancerBuilder::outlier_detection`]): calls count
 //!   their outcome per backend as they complete; a periodic sweep ejects backends that fail far
 //!   more than the others (their connection stays open) and brings them back later.
+//! - Opt-in zone preference ([`BalancerBuilder::zone`]): only backends in the client's zone
+//!   while at least `min_local` of them are pickable.
+//! - Opt-in weights ([`BalancerBuilder::weighted`]): the endpoints' `weight` metadata through
+//!   gRPC's static-stride scheduler.
+//! - [`Balancer::snapshot`] shows every backend's zone, weight, state and picks.
 
 #[cfg(any(test, feature = "bench-internals"))]
 pub mod bench;
 mod calls;
 mod connector;
 mod health;
+mod locality;
 mod manager;
+mod meta;
 mod outlier;
 mod picker;
 mod pool;
 mod replay;
+mod snapshot;
+mod stride;
 mod subchannel;
 mod unsent;
 
@@ -48,10 +57,12 @@ use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
 use health::HealthCheck;
 pub use health::HealthState;
+use locality::ZonePreference;
 use manager::EndpointFactory;
 pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
-use pool::{AbortOnDrop, Picked, Pool};
+use pool::{AbortOnDrop, Picked, Pool, Routing};
 use replay::{REPLAY_LIMIT, Replay};
+pub use snapshot::{BackendSnapshot, BackendState, RoutingSnapshot, ZoneFilter};
 use subchannel::ConnectPolicy;
 use unsent::unsent;
 
@@ -108,7 +119,13 @@ pub struct BalancerBuilder {
     health_service: Option<String>,
     health_backoff: Backoff,
     outlier: Option<OutlierDetection>,
+    zone: Option<String>,
+    min_local: usize,
+    weighted: bool,
 }
+
+/// The environment variable naming the client's zone when [`BalancerBuilder::zone`] is not set.
+pub const ZONE_ENV: &str = "REGISTRAR_ZONE";
 
 impl fmt::Debug for BalancerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,6 +139,9 @@ impl fmt::Debug for BalancerBuilder {
             .field("health_service", &self.health_service)
             .field("health_backoff", &self.health_backoff)
             .field("outlier", &self.outlier)
+            .field("zone", &self.zone)
+            .field("min_local", &self.min_local)
+            .field("weighted", &self.weighted)
             .finish()
     }
 }
@@ -243,6 +263,47 @@ impl BalancerBuilder {
         self
     }
 
+    /// Turns on zone preference (off by default; when this is not called, the zone is read
+    /// from the `REGISTRAR_ZONE` environment variable at [`build`](Self::build), if set and
+    /// not empty): calls go only to backends whose `zone` metadata is `zone` while at least
+    /// [`min_local`](Self::min_local) of them are pickable (READY and, with the policies that
+    /// are on, healthy and not ejected); otherwise to every zone. This is decided again at
+    /// every change of the pick set, so traffic leaves the zone when its last backend goes and
+    /// comes back when one returns. When some backend has no `zone` metadata, or none is in
+    /// `zone`, there is no filtering and one warning is logged.
+    /// [`Balancer::snapshot`] shows what was decided.
+    ///
+    /// ```
+    /// # fn f(b: registrar_resolver::BalancerBuilder) -> registrar_resolver::BalancerBuilder {
+    /// b.zone("eu-west-1a").min_local(2)
+    /// # }
+    /// ```
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// How many same-zone backends must be pickable for calls to stay in the client's
+    /// [zone](Self::zone) (default 1; 0 counts as 1).
+    pub fn min_local(mut self, min_local: usize) -> Self {
+        self.min_local = min_local;
+        self
+    }
+
+    /// Turns on weights (off by default): each backend gets a share of the calls proportional
+    /// to its endpoint's `weight` metadata (a positive integer, as a string such as `"3"`),
+    /// picked by gRPC's static-stride scheduler (lock-free, a few atomic increments per pick on
+    /// average). A backend with no valid weight (missing, zero, negative, not a number) weighs
+    /// the mean of the others and is counted in [`RoutingSnapshot::weights_defaulted`] (and,
+    /// when set but not valid, in [`RoutingSnapshot::weights_invalid`]); a weight is capped at
+    /// 10 × the mean. Equal weights give exact round-robin, and a change of weights goes on
+    /// with the same pick sequence. Weights apply among the backends the
+    /// [zone preference](Self::zone) admits.
+    pub fn weighted(mut self, on: bool) -> Self {
+        self.weighted = on;
+        self
+    }
+
     /// Backoff between attempts to reach etcd again (see [`ResolverBuilder::backoff`]).
     pub fn etcd_backoff(mut self, backoff: Backoff) -> Self {
         self.resolver = self.resolver.backoff(backoff);
@@ -282,11 +343,25 @@ impl BalancerBuilder {
         // Fail early on settings that cannot work for any address.
         factory("127.0.0.1:1")?;
         let resolver = self.resolver.build().await?;
-        let pool = Arc::new(Pool::counting(
-            self.outlier
-                .as_ref()
-                .map(|o| calls::FailureCodes::new(&o.failure_codes)),
-        ));
+        let zone = self
+            .zone
+            .or_else(|| std::env::var(ZONE_ENV).ok())
+            .filter(|z| !z.is_empty());
+        let routing = Routing {
+            zone: zone.map(|zone| ZonePreference {
+                zone,
+                min_local: self.min_local.max(1),
+            }),
+            weighted: self.weighted,
+        };
+        let pool = Arc::new(
+            Pool::counting(
+                self.outlier
+                    .as_ref()
+                    .map(|o| calls::FailureCodes::new(&o.failure_codes)),
+            )
+            .routing(routing),
+        );
         let sweeper = self
             .outlier
             .map(|config| AbortOnDrop(tokio::spawn(sweep(pool.clone(), config))));
@@ -357,6 +432,9 @@ impl Balancer {
             health_service: None,
             health_backoff: health::DEFAULT_BACKOFF,
             outlier: None,
+            zone: None,
+            min_local: 1,
+            weighted: false,
         }
     }
 
@@ -371,7 +449,8 @@ impl Balancer {
     }
 
     /// Number of backends calls can go to: READY (and, with
-    /// [health checking](BalancerBuilder::health_check), healthy).
+    /// [health checking](BalancerBuilder::health_check), healthy; not ejected; with
+    /// [zone preference](BalancerBuilder::zone), only those the zone filter admits).
     pub fn ready_count(&self) -> usize {
         self.inner.pool.picker().len()
     }
@@ -379,6 +458,12 @@ impl Balancer {
     /// What health checking says of every known backend, ordered by address.
     pub fn health(&self) -> Vec<BackendHealth> {
         self.inner.pool.health()
+    }
+
+    /// How the balancer routes now: every known backend (ordered by address) with its zone,
+    /// weight, state and picks, and what the [zone preference](BalancerBuilder::zone) decided.
+    pub fn snapshot(&self) -> RoutingSnapshot {
+        self.inner.pool.snapshot()
     }
 }
 
@@ -521,7 +606,7 @@ async fn wait_until(
     let mut pickers = pool.subscribe();
     loop {
         if let Some(picked) = pickers.borrow_and_update().pick().cloned() {
-            return Ok(picked);
+            return Ok(picked.counted());
         }
         // A picker can also become empty of live entries without being replaced (its only
         // connection just closed); the replacement follows at once, so waiting for it is right.

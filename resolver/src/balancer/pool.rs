@@ -1,8 +1,11 @@
 //! The set of backends, one entry per distinct address: its connectivity, its health, its
 //! ejection state and call counter, its subchannel task and, while READY, its channel; plus the
-//! picker, rebuilt whenever the set of pickable backends (READY, healthy, not ejected) changes.
+//! picker, rebuilt whenever the set of pickable backends (READY, healthy, not ejected) or their
+//! routing metadata changes, applying the zone preference ([`super::locality`]) and the weights
+//! ([`super::stride`]) on each rebuild.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::watch;
@@ -12,8 +15,12 @@ use tonic::transport::Channel;
 use super::calls::{CallCounter, FailureCodes, Outcome};
 use super::connector::Liveness;
 use super::health::HealthState;
+use super::locality::{self, ZoneFilter, ZonePreference};
+use super::meta::BackendMeta;
 use super::outlier::{self, Change, EjectionState, Host, OutlierDetection};
 use super::picker::{PickEntry, Picker};
+use super::snapshot::{BackendSnapshot, BackendState, RoutingSnapshot};
+use super::stride;
 use super::{BackendHealth, BackendStatus, ConnectivityState};
 
 /// A backend picked for one call.
@@ -25,6 +32,16 @@ pub(crate) struct Picked {
     pub(crate) alive: Arc<Liveness>,
     /// Where the call's outcome is counted (with outlier ejection on).
     pub(crate) outcome: Option<Outcome>,
+    /// How many times this backend was picked.
+    pub(crate) picks: Arc<AtomicU64>,
+}
+
+impl Picked {
+    /// Counts one pick of this backend; the backend.
+    pub(crate) fn counted(self) -> Self {
+        self.picks.fetch_add(1, Ordering::Relaxed);
+        self
+    }
 }
 
 /// Everything known about one backend address.
@@ -44,6 +61,17 @@ struct Entry {
     /// The subchannel task keeping it connected; `None` while starting, or if its endpoint
     /// could not be configured. Dropping the entry aborts it.
     task: Option<AbortOnDrop>,
+    /// Its zone and weight, from the endpoint's metadata.
+    meta: BackendMeta,
+    /// How many times it was picked.
+    picks: Arc<AtomicU64>,
+}
+
+/// How the pool routes: zone preference and weights (both off by default).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Routing {
+    pub(crate) zone: Option<ZonePreference>,
+    pub(crate) weighted: bool,
 }
 
 /// Every backend (its connectivity and its subchannel task) and the current picker, shared by
@@ -53,9 +81,18 @@ pub(crate) struct Pool {
     picker: watch::Sender<Arc<Picker<Picked>>>,
     /// Which statuses are failures, when call outcomes are counted (outlier ejection on).
     counting: Option<FailureCodes>,
+    routing: Routing,
+    /// The pick sequence, shared by every picker (rebuilds never reset it).
+    sequence: Arc<AtomicUsize>,
+    /// What the zone preference decided at the last rebuild.
+    zone_filter: Mutex<ZoneFilter>,
+    /// Whether "no filtering" was already logged for a missing zone / an unknown client zone.
+    warned_missing: AtomicBool,
+    warned_unknown: AtomicBool,
 }
 
 impl Pool {
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn new() -> Self {
         Pool::counting(None)
     }
@@ -66,7 +103,18 @@ impl Pool {
             table: Mutex::new(BTreeMap::new()),
             picker: watch::Sender::new(Arc::new(Picker::empty())),
             counting: failures,
+            routing: Routing::default(),
+            sequence: Arc::new(AtomicUsize::new(rand::random::<u32>() as usize)),
+            zone_filter: Mutex::new(ZoneFilter::Off),
+            warned_missing: AtomicBool::new(false),
+            warned_unknown: AtomicBool::new(false),
         }
+    }
+
+    /// The same pool, routing by `routing`.
+    pub(crate) fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Entry>> {
@@ -90,7 +138,7 @@ impl Pool {
 
     /// The backend for the next call: the current picker's next live entry, if any.
     pub(crate) fn pick(&self) -> Option<Picked> {
-        self.picker().pick().cloned()
+        self.picker().pick().cloned().map(Picked::counted)
     }
 
     /// A receiver woken whenever the picker is replaced.
@@ -200,6 +248,7 @@ impl Pool {
                 channel,
                 alive: alive.clone(),
                 outcome: entry.outcome.clone(),
+                picks: entry.picks.clone(),
             },
             alive,
         });
@@ -214,7 +263,19 @@ impl Pool {
     }
 
     /// Adds (or replaces) the backend `addr` as IDLE under `generation`; its reporting sink.
+    #[cfg(test)]
     pub(crate) fn add(self: &Arc<Self>, addr: Arc<str>, generation: u64) -> Sink {
+        self.add_with(addr, generation, BackendMeta::default())
+    }
+
+    /// Adds (or replaces) the backend `addr` with routing metadata `meta` as IDLE under
+    /// `generation`; its reporting sink.
+    pub(crate) fn add_with(
+        self: &Arc<Self>,
+        addr: Arc<str>,
+        generation: u64,
+        meta: BackendMeta,
+    ) -> Sink {
         let replaced = self.table().insert(
             addr.clone(),
             Entry {
@@ -230,8 +291,14 @@ impl Pool {
                     failures,
                 }),
                 task: None,
+                meta,
+                picks: Arc::new(AtomicU64::new(0)),
             },
         );
+        if self.routing.zone.is_some() {
+            // A new backend (not pickable yet) may still change what the zone filter decides.
+            self.rebuild(&self.table());
+        }
         drop(replaced);
         Sink {
             pool: Arc::downgrade(self),
@@ -257,7 +324,7 @@ impl Pool {
         let removed = {
             let mut table = self.table();
             let removed = table.remove(addr);
-            if removed.as_ref().is_some_and(Entry::pickable) {
+            if removed.as_ref().is_some_and(Entry::pickable) || self.routing.zone.is_some() {
                 self.rebuild(&table);
             }
             removed
@@ -313,14 +380,126 @@ impl Pool {
         }
     }
 
+    /// Sets the zone and weight of `addr` from its endpoint's metadata (rebuilding the picker
+    /// when they changed).
+    pub(crate) fn set_meta(&self, addr: &str, meta: BackendMeta) {
+        let mut table = self.table();
+        let Some(entry) = table.get_mut(addr) else {
+            return;
+        };
+        if entry.meta != meta {
+            tracing::debug!(%addr, zone = ?meta.zone, weight = ?meta.weight, "backend metadata");
+            entry.meta = meta;
+            self.rebuild(&table);
+        }
+    }
+
+    /// What the zone preference decides for `table`, logging a change of decision (and each
+    /// reason not to filter only once).
+    fn zone_filter(&self, table: &BTreeMap<Arc<str>, Entry>) -> ZoneFilter {
+        let preference = self.routing.zone.as_ref();
+        let filter = locality::select(
+            preference,
+            table
+                .values()
+                .map(|e| (e.meta.zone.as_deref(), e.pickable())),
+        );
+        let mut last = self.zone_filter.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != filter {
+            let zone = preference.map(|p| p.zone.as_str());
+            match filter {
+                ZoneFilter::MissingZone if !self.warned_missing.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(
+                        ?zone,
+                        "some backends have no zone metadata: zone preference off"
+                    )
+                }
+                ZoneFilter::UnknownZone if !self.warned_unknown.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(
+                        ?zone,
+                        "no backend in the client's zone: zone preference off"
+                    )
+                }
+                ZoneFilter::Local | ZoneFilter::FallBack => {
+                    tracing::info!(?zone, ?filter, "zone preference")
+                }
+                _ => {}
+            }
+            *last = filter;
+        }
+        filter
+    }
+
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
-        let ready: Vec<_> = table
+        let filter = self.zone_filter(table);
+        let preference = self.routing.zone.as_ref();
+        let chosen: Vec<&Entry> = table
             .values()
-            .filter(|e| e.pickable())
-            .filter_map(|e| e.ready.clone())
+            .filter(|e| {
+                e.pickable() && locality::admits(filter, preference, e.meta.zone.as_deref())
+            })
             .collect();
-        tracing::debug!(pickable = ready.len(), backends = table.len(), "new picker");
-        self.picker.send_replace(Arc::new(Picker::new(ready)));
+        let weights = if self.routing.weighted {
+            stride::scale(&chosen.iter().map(|e| e.meta.weight).collect::<Vec<_>>())
+        } else {
+            None
+        };
+        let ready: Vec<_> = chosen.iter().filter_map(|e| e.ready.clone()).collect();
+        tracing::debug!(
+            pickable = ready.len(),
+            backends = table.len(),
+            ?filter,
+            weighted = weights.is_some(),
+            "new picker"
+        );
+        self.picker.send_replace(Arc::new(Picker::continuing(
+            ready,
+            weights,
+            self.sequence.clone(),
+        )));
+    }
+
+    /// Every backend's routing: zone, weight, state, picks.
+    pub(crate) fn snapshot(&self) -> RoutingSnapshot {
+        let table = self.table();
+        let filter = *self.zone_filter.lock().unwrap_or_else(|p| p.into_inner());
+        let preference = self.routing.zone.as_ref();
+        let backends: Vec<BackendSnapshot> = table
+            .iter()
+            .map(|(addr, e)| BackendSnapshot {
+                addr: addr.to_string(),
+                zone: e.meta.zone.as_deref().map(str::to_owned),
+                weight: e.meta.weight,
+                state: if e.ejection.ejected_at.is_some() {
+                    BackendState::Ejected
+                } else if e.ready.is_some() && !e.health.is_pickable() {
+                    BackendState::Unhealthy
+                } else {
+                    match e.state {
+                        ConnectivityState::Ready => BackendState::Ready,
+                        ConnectivityState::Idle => BackendState::Idle,
+                        ConnectivityState::Connecting => BackendState::Connecting,
+                        ConnectivityState::TransientFailure => BackendState::TransientFailure,
+                    }
+                },
+                in_pick_set: e.pickable()
+                    && locality::admits(filter, preference, e.meta.zone.as_deref()),
+                picks: e.picks.load(Ordering::Relaxed),
+            })
+            .collect();
+        RoutingSnapshot {
+            zone: preference.map(|p| p.zone.clone()),
+            min_local: preference.map(|p| p.min_local),
+            zone_filter: filter,
+            weighted: self.routing.weighted,
+            weights_defaulted: if self.routing.weighted {
+                table.values().filter(|e| e.meta.weight.is_none()).count()
+            } else {
+                0
+            },
+            weights_invalid: table.values().filter(|e| e.meta.weight_invalid).count(),
+            backends,
+        }
     }
 }
 
@@ -503,6 +682,99 @@ mod tests {
         assert_eq!(pool.statuses()[2].state, ConnectivityState::Ready);
         pool.sweep(&config, now + config.base_ejection_time, &mut || 0);
         assert_eq!(picked(&pool).len(), 5);
+    }
+
+    fn meta(zone: Option<&str>, weight: Option<u32>) -> BackendMeta {
+        BackendMeta {
+            zone: zone.map(Arc::from),
+            weight,
+            weight_invalid: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn zone_preference_follows_pickability_and_metadata() {
+        let pool = Arc::new(Pool::new().routing(Routing {
+            zone: Some(ZonePreference {
+                zone: "a".into(),
+                min_local: 2,
+            }),
+            weighted: false,
+        }));
+        let zones = [Some("a"), Some("a"), Some("b")];
+        let sinks: Vec<Sink> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                pool.add_with(
+                    Arc::from(format!("127.0.0.1:{}", i + 1)),
+                    i as u64,
+                    meta(*z, None),
+                )
+            })
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(pool.snapshot().zone_filter, ZoneFilter::Local);
+        // One local backend left < min_local 2: every zone.
+        sinks[1].state(ConnectivityState::TransientFailure, None);
+        assert_eq!(picked(&pool), ["127.0.0.1:1", "127.0.0.1:3"]);
+        assert_eq!(pool.snapshot().zone_filter, ZoneFilter::FallBack);
+        ready(&sinks[1], HealthState::Off);
+        assert_eq!(picked(&pool).len(), 2);
+        // The third loses its zone: no filtering.
+        pool.set_meta("127.0.0.1:3", meta(None, None));
+        assert_eq!(picked(&pool).len(), 3);
+        let snap = pool.snapshot();
+        assert_eq!(snap.zone_filter, ZoneFilter::MissingZone);
+        assert!(snap.backends.iter().all(|b| b.in_pick_set));
+        assert_eq!(snap.backends[2].state, BackendState::Ready);
+    }
+
+    #[tokio::test]
+    async fn weights_change_without_resetting_the_sequence_and_picks_are_counted() {
+        let pool = Arc::new(Pool::new().routing(Routing {
+            zone: None,
+            weighted: true,
+        }));
+        let sinks: Vec<Sink> = (1..=3u32)
+            .map(|i| {
+                pool.add_with(
+                    Arc::from(format!("127.0.0.1:{i}")),
+                    i.into(),
+                    meta(None, Some(i)),
+                )
+            })
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Off);
+        }
+        let before = pool.picker().sequence();
+        for _ in 0..600 {
+            pool.pick();
+        }
+        let at = before.load(Ordering::Relaxed);
+        pool.set_meta("127.0.0.1:1", meta(None, Some(3)));
+        let after = pool.picker().sequence();
+        assert!(Arc::ptr_eq(&before, &after), "a new sequence");
+        assert_eq!(after.load(Ordering::Relaxed), at, "the sequence was reset");
+        let picks: Vec<u64> = pool.snapshot().backends.iter().map(|b| b.picks).collect();
+        assert_eq!(picks.iter().sum::<u64>(), 600);
+        assert!(
+            picks[0].abs_diff(100) <= 10 && picks[2].abs_diff(300) <= 10,
+            "{picks:?}"
+        );
+        // All three weigh 3 now: plain round-robin.
+        pool.set_meta("127.0.0.1:2", meta(None, Some(3)));
+        let picker = pool.picker();
+        let cycle: std::collections::BTreeSet<_> = (0..3)
+            .map(|_| picker.pick().unwrap().addr.clone())
+            .collect();
+        assert_eq!(cycle.len(), 3, "equal weights: round-robin");
+        let snap = pool.snapshot();
+        assert_eq!((snap.weights_defaulted, snap.weights_invalid), (0, 0));
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {

@@ -157,6 +157,7 @@ impl Sim {
                 prefix: "registrar".into(),
                 coalesce: Duration::from_millis(50),
                 hold: Duration::from_secs(5),
+                topology: false,
             }),
             t0: Instant::now(),
             ms: 0,

@@ -44,7 +44,8 @@ fn entry(value: &str) -> EtcdEntry {
 
 /// The value the operator writes for `pod` at `addr` (its own encoder and metadata).
 fn wanted_value(r: &ServiceRegistration, p: &Pod) -> String {
-    match desired::pod_decision(r, p) {
+    let nodes = nodes();
+    match desired::pod_decision_on(r, p, &|n| nodes.get(n)) {
         PodDecision::Endpoint(e) => e.value,
         other => panic!("not an endpoint: {other}"),
     }
@@ -64,8 +65,19 @@ fn run(
         pods,
         etcd,
         claim,
-        zones: &BTreeMap::from([("n1".to_string(), "zone-a".to_string())]),
+        nodes: &nodes(),
     })
+}
+
+/// Node `n1` is in zone `zone-a` (no region).
+fn nodes() -> BTreeMap<String, NodeTopology> {
+    BTreeMap::from([(
+        "n1".to_string(),
+        NodeTopology {
+            zone: Some("zone-a".to_string()),
+            region: None,
+        },
+    )])
 }
 
 #[test]
@@ -294,7 +306,8 @@ proptest! {
                     k8s_openapi::jiff::Timestamp::from_second(1).unwrap()));
             }
             let key = format!("{TARGET}/{ip}:50051");
-            let value = match desired::pod_decision(&r, &p) {
+            let nodes = nodes();
+            let value = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n)) {
                 PodDecision::Endpoint(e) => e.value,
                 _ => "{}".to_string(),
             };
