@@ -99,8 +99,8 @@ struct Setup {
 /// What one run saw.
 struct Outcome {
     stats: TrafficStats,
-    /// Per drained server: how long after the trigger it answered its last call.
-    drains: Vec<(String, Option<Duration>)>,
+    /// Per drained server: when it answered its last call, in ms after the drain trigger.
+    drains: Vec<(String, Option<f64>)>,
     took: Duration,
 }
 
@@ -214,15 +214,19 @@ fn print(label: &str, setup: Setup, o: &Outcome) {
         .drains
         .iter()
         .map(|(name, d)| match d {
-            Some(d) => format!("{name}: {:.0?}", d),
-            None => format!("{name}: none"),
+            Some(ms) => format!("{name}: {ms:+.1} ms"),
+            None => format!("{name}: never served"),
         })
         .collect();
-    let max = o.drains.iter().filter_map(|(_, d)| *d).max();
+    let latest = o
+        .drains
+        .iter()
+        .filter_map(|(_, d)| *d)
+        .fold(f64::NEG_INFINITY, f64::max);
     println!(
         "{label} ({setup:?}): {ROLLOUTS} rollouts of {REPLICAS} replicas in {:.1?}: {} RPCs \
-         sent, {} failed ({}); drain trigger -> last RPC the terminating server received: \
-         max {max:.0?} [{}]",
+         sent, {} failed ({}); drain trigger -> last RPC each terminating server received \
+         (negative: before the trigger): latest {latest:+.1} ms [{}]",
         o.took,
         o.stats.sent,
         o.stats.failed,

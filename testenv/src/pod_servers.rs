@@ -9,8 +9,8 @@
 //! With a [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1`
 //! and the end of `preStop` triggers the drainer (the SIGTERM equivalent: e.g. the resolver's
 //! drain helper sets NOT_SERVING, keeps serving for its drain delay, then shuts down
-//! gracefully); [`PodServers::drains`] tells, per stopped server, how long after that trigger
-//! it answered its last call.
+//! gracefully); [`PodServers::drains`] tells, per stopped server, when it answered its last
+//! call relative to that trigger.
 //!
 //! kwok deletes a terminating pod at once and hands its IP to the next pod, so a test that wants
 //! old and new pods on distinct IPs puts [`FINALIZER`] on its pods: the pod then stays
@@ -61,9 +61,9 @@ struct Shared {
     served_by_gone: u64,
     /// Servers started so far.
     started: u64,
-    /// Per stopped server that was drained: its name and how long after the drain trigger it
-    /// answered its last call (`None`: none after the trigger).
-    drains: Vec<(String, Option<Duration>)>,
+    /// Per stopped server that was drained: its name and when it answered its last call,
+    /// in milliseconds after the drain trigger (negative: before it; `None`: never).
+    drains: Vec<(String, Option<f64>)>,
 }
 
 /// The running stand-in kubelet; its servers are killed when it is dropped.
@@ -172,9 +172,9 @@ impl PodServers {
         self.lock().started
     }
 
-    /// Per stopped server that was drained: its name and how long after the drain trigger it
-    /// answered its last call (`None`: no call after the trigger).
-    pub fn drains(&self) -> Vec<(String, Option<Duration>)> {
+    /// Per stopped server that was drained: its name and when it answered its last call, in
+    /// milliseconds after the drain trigger (negative: before it; `None`: never).
+    pub fn drains(&self) -> Vec<(String, Option<f64>)> {
         self.lock().drains.clone()
     }
 
@@ -214,10 +214,13 @@ async fn step(
                 e.server.stop();
                 s.served_by_gone += e.server.served();
                 if let Some(at) = e.server.drained_at() {
-                    let last = e
-                        .server
-                        .last_served_at()
-                        .and_then(|l| l.checked_duration_since(at));
+                    let last =
+                        e.server
+                            .last_served_at()
+                            .map(|l| match l.checked_duration_since(at) {
+                                Some(after) => after.as_secs_f64() * 1e3,
+                                None => -(at - l).as_secs_f64() * 1e3,
+                            });
                     s.drains.push((e.server.name().to_string(), last));
                 }
             }
