@@ -3,6 +3,10 @@
 //! together. A lone pod turning Ready is written immediately, a rollout of hundreds in a
 //! handful of transactions.
 //!
+//! Removals are the exception: a change that takes a published endpoint away (a pod deleted,
+//! terminating or not Ready) is acted on at once, even inside a window filled by unrelated
+//! changes, since clients keep sending to that endpoint until its key is gone ([`schedule`]).
+//!
 //! This is the operator's one coalescing window (`--coalesce-ms`): the engine debounces the
 //! desired states it publishes with it; the etcd writer adds no window of its own.
 
@@ -18,6 +22,24 @@ pub fn next_action(last: Option<Instant>, window: Duration, now: Instant) -> Ins
     match last {
         Some(last) => (last + window).max(now),
         None => now,
+    }
+}
+
+/// When the pending changes are acted on, seen at `now`: `scheduled` is the time already
+/// chosen for them (if any), `removal` whether one of them removes a published endpoint.
+/// A removal is acted on at once; other changes keep the time already chosen, or get one
+/// from [`next_action`].
+pub fn schedule(
+    scheduled: Option<Instant>,
+    last: Option<Instant>,
+    window: Duration,
+    now: Instant,
+    removal: bool,
+) -> Instant {
+    match (removal, scheduled) {
+        (true, _) => now,
+        (false, Some(at)) => at,
+        (false, None) => next_action(last, window, now),
     }
 }
 
@@ -39,5 +61,31 @@ mod tests {
             next_action(Some(now), window, Instant::now()),
             Instant::now()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removals_are_acted_on_at_once() {
+        let window = Duration::from_millis(50);
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let now = Instant::now();
+        let end = t0 + window;
+        // (scheduled, last action, removal) -> when.
+        let table = [
+            (None, None, false, now),
+            (None, None, true, now),
+            (None, Some(t0), false, end),
+            (None, Some(t0), true, now),
+            (Some(end), Some(t0), false, end),
+            (Some(end), Some(t0), true, now),
+            (Some(now), Some(t0), false, now),
+        ];
+        for (i, (scheduled, last, removal, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                schedule(scheduled, last, window, now, removal),
+                want,
+                "row {i}: scheduled={scheduled:?} last={last:?} removal={removal}"
+            );
+        }
     }
 }

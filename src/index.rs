@@ -7,6 +7,9 @@
 //!   make the operator delete keys.
 //! - A pod event marks dirty only the registrations of its namespace whose selector matches the
 //!   pod now, or that published it before; [`Index::flush`] recomputes just those outcomes.
+//! - A pod event that takes a published endpoint away (the pod was deleted, turned terminating
+//!   or not Ready, or moved) is a removal ([`Index::has_removal`]): the engine flushes it at
+//!   once instead of holding it behind the coalescing window.
 //! - [`Index::synced`] is true once both kinds finished their first list: only then may the
 //!   etcd writer delete anything.
 
@@ -77,6 +80,8 @@ pub struct Index {
     pods: HashMap<String, BTreeMap<String, Arc<Pod>>>,
     outcomes: BTreeMap<RegKey, RegistrationOutcome>,
     dirty: BTreeSet<RegKey>,
+    /// A pending change removes a published endpoint.
+    removal: bool,
     reg_kind: Kind<ServiceRegistration>,
     pod_kind: Kind<Pod>,
     /// Node topology by node name (empty, and synced from the start, without topology).
@@ -100,6 +105,7 @@ impl Index {
             pods: HashMap::new(),
             outcomes: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            removal: false,
             reg_kind: Kind::default(),
             pod_kind: Kind::default(),
             nodes: HashMap::new(),
@@ -201,6 +207,11 @@ impl Index {
         !self.dirty.is_empty()
     }
 
+    /// Whether a pending pod change removes a published endpoint (see the module docs).
+    pub fn has_removal(&self) -> bool {
+        self.removal
+    }
+
     /// Applies one ServiceRegistration watcher event.
     pub fn apply_registration(&mut self, event: Event<ServiceRegistration>) {
         match event {
@@ -285,6 +296,7 @@ impl Index {
                 };
                 let removed = self.pods.get_mut(ns).and_then(|m| m.remove(name));
                 if let Some(old) = removed {
+                    self.note_removal(&old, None);
                     self.mark_for_pod(&old);
                 }
             }
@@ -302,9 +314,45 @@ impl Index {
             return;
         }
         if let Some(old) = old {
+            self.note_removal(&old, Some(&pod));
             self.mark_for_pod(&old);
         }
         self.mark_for_pod(&pod);
+    }
+
+    /// Notes a removal when `old` is published by some registration and `new` (`None`: the pod
+    /// is gone) no longer gives that registration the same endpoint.
+    fn note_removal(&mut self, old: &Pod, new: Option<&Pod>) {
+        if self.removal {
+            return;
+        }
+        let (Some(ns), Some(name)) = (
+            old.metadata.namespace.as_deref(),
+            old.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
+        let start = RegKey::new(ns, "");
+        self.removal = self
+            .outcomes
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == ns)
+            .any(|(key, outcome)| {
+                outcome
+                    .endpoints
+                    .values()
+                    .filter(|e| e.pod == name)
+                    .any(|published| {
+                        let kept = match (new, self.regs.get(key)) {
+                            (Some(new), Some(reg)) => matches!(
+                                desired::pod_decision(reg, new),
+                                desired::PodDecision::Endpoint(e) if e.addr == published.addr
+                            ),
+                            _ => false,
+                        };
+                        !kept
+                    })
+            });
     }
 
     /// Marks the registrations that select `pod` or published it.
@@ -344,6 +392,7 @@ impl Index {
     /// Recomputes the outcomes of dirty registrations.
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
+        self.removal = false;
         for key in std::mem::take(&mut self.dirty) {
             flushed.touched.push(key.clone());
             let Some(reg) = self.regs.get(&key) else {

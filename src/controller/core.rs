@@ -16,7 +16,8 @@
 //! - finalizers: deleted registrations wait in `releasing` for the writer to apply the seq that
 //!   removed their keys; that list is dropped with leadership;
 //! - the debounce of watcher events (leading-edge coalescing, [`crate::coalesce`]: the one
-//!   place where changes are coalesced before they reach etcd) and readiness.
+//!   place where changes are coalesced before they reach etcd; removals of published
+//!   endpoints are not held by it) and readiness.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use super::kube_writes::FINALIZER;
 use super::settle::Settled;
-use crate::coalesce::next_action;
+use crate::coalesce::schedule;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{Desired, WriterState};
 use crate::index::{Index, RegKey};
@@ -302,9 +303,16 @@ impl Core {
 
     /// What follows any input: the debounce window and the first sync.
     fn after(&mut self, now: &Now, out: &mut Out) {
-        if self.index.has_dirty() && self.flush_at.is_none() {
-            // Leading edge: at once after a quiet period, else when the window ends.
-            self.flush_at = Some(next_action(self.last_flush, self.cfg.coalesce, now.at));
+        if self.index.has_dirty() {
+            // Leading edge: at once after a quiet period, else when the window ends; a
+            // removal of a published endpoint at once.
+            self.flush_at = Some(schedule(
+                self.flush_at,
+                self.last_flush,
+                self.cfg.coalesce,
+                now.at,
+                self.index.has_removal(),
+            ));
         }
         if self.index.synced() && !self.ready {
             tracing::info!(pods = self.index.pod_count(), "initial sync complete");

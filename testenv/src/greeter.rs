@@ -6,14 +6,19 @@
 //! keep a call in flight. A [`TestServer`] counts the RPCs it served and is killed abruptly when stopped or
 //! dropped: it runs on its own Tokio runtime, and shutting that runtime down closes the listener
 //! and every open connection at once, like a crashed process (no GOAWAY, no draining).
-//! [`TestServer::drain`] instead shuts down gracefully (GOAWAY, in-flight calls finish).
+//! [`TestServer::drain`] instead shuts down gracefully (GOAWAY, in-flight calls finish), or,
+//! for a server started with a [`Drainer`] ([`try_serve_draining`]), triggers that drainer
+//! (e.g. the resolver's drain helper: NOT_SERVING on `grpc.health.v1`, a drain delay, then the
+//! graceful shutdown).
 //!
 //! [`GracefulServer`] is the same Greeter as a workload runs it (the demo's pods): on the
 //! caller's runtime, with a shutdown bounded by a grace period.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -28,20 +33,39 @@ pub use graceful::{GracefulServer, ServeError, Shutdown};
 pub use greeter_client::GreeterClient;
 pub use greeter_server::{Greeter, GreeterServer};
 
+/// A boxed future of `()`.
+pub type BoxUnit = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How a server drains: given the server's health reporter (`grpc.health.v1`, the whole server
+/// `""` SERVING) and the trigger (resolves on [`TestServer::drain`]), the future whose end
+/// starts tonic's graceful shutdown.
+pub type Drainer =
+    Arc<dyn Fn(tonic_health::server::HealthReporter, BoxUnit) -> BoxUnit + Send + Sync>;
+
+/// The base of the nanosecond timestamps of [`TestServer::last_served_at`].
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
 /// A Greeter that answers `Hello <name>` and names itself in `backend` (`sleep:<ms>` delays the
 /// answer).
 #[derive(Clone, Debug)]
 pub struct NamedGreeter {
     name: String,
     served: Arc<AtomicU64>,
+    /// When it last answered: nanoseconds since [`epoch`] plus one (0: never).
+    last: Arc<AtomicU64>,
 }
 
 impl NamedGreeter {
     /// A greeter called `name` that counts served calls in `served`.
     pub fn new(name: impl Into<String>, served: Arc<AtomicU64>) -> Self {
+        epoch();
         Self {
             name: name.into(),
             served,
+            last: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -60,6 +84,8 @@ impl Greeter for NamedGreeter {
             tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
         }
         self.served.fetch_add(1, Ordering::Relaxed);
+        let since = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last.fetch_max(since + 1, Ordering::Relaxed);
         Ok(Response::new(HelloReply {
             message: format!("Hello {who}"),
             backend: self.name.clone(),
@@ -72,8 +98,10 @@ pub struct TestServer {
     addr: SocketAddr,
     name: String,
     served: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
     drain: Option<tokio::sync::oneshot::Sender<()>>,
+    drained_at: Option<std::time::Instant>,
 }
 
 impl TestServer {
@@ -96,7 +124,21 @@ impl TestServer {
     /// lets in-flight calls finish; [`stop`](Self::stop) or drop then kills what is left.
     pub fn drain(&mut self) {
         if let Some(tx) = self.drain.take() {
+            self.drained_at = Some(std::time::Instant::now());
             let _ = tx.send(());
+        }
+    }
+
+    /// When [`drain`](Self::drain) was called.
+    pub fn drained_at(&self) -> Option<std::time::Instant> {
+        self.drained_at
+    }
+
+    /// When it last answered a call.
+    pub fn last_served_at(&self) -> Option<std::time::Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_nanos(n - 1)),
         }
     }
 
@@ -145,6 +187,16 @@ pub async fn serve(addr: SocketAddr, name: String) -> TestServer {
 
 /// Like [`serve`], returning an error instead of panicking.
 pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
+    try_serve_draining(addr, name, None).await
+}
+
+/// Like [`try_serve`]; with a `drainer`, the server also runs the `grpc.health.v1` service and
+/// [`TestServer::drain`] triggers the drainer instead of shutting down at once.
+pub async fn try_serve_draining(
+    addr: SocketAddr,
+    name: String,
+    drainer: Option<Drainer>,
+) -> Result<TestServer> {
     anyhow::ensure!(
         addr.ip().is_loopback(),
         "test servers listen on loopback only, not {addr}"
@@ -165,15 +217,26 @@ pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
     let addr = listener.local_addr()?;
     let served = Arc::new(AtomicU64::new(0));
     let greeter = NamedGreeter::new(name.clone(), served.clone());
+    let last = greeter.last.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task_name = name.clone();
     let (drain, drained) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(GreeterServer::new(greeter))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = drained.await;
-            })
+        let trigger: BoxUnit = Box::pin(async {
+            let _ = drained.await;
+        });
+        let mut router =
+            tonic::transport::Server::builder().add_service(GreeterServer::new(greeter));
+        let shutdown = match drainer {
+            Some(drainer) => {
+                let (reporter, health) = tonic_health::server::health_reporter();
+                router = router.add_service(health);
+                drainer(reporter, trigger)
+            }
+            None => trigger,
+        };
+        let result = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = result {
             tracing::warn!(server = %task_name, "test Greeter server failed: {e}");
@@ -195,7 +258,9 @@ pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
         addr,
         name,
         served,
+        last,
         runtime: Some(runtime),
         drain: Some(drain),
+        drained_at: None,
     })
 }

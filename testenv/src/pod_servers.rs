@@ -6,6 +6,12 @@
 //! GOAWAY, in-flight calls finish) and is killed after the grace period. It never waits on etcd
 //! or on the operator, so what clients see includes every propagation delay.
 //!
+//! With a [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1`
+//! and the end of `preStop` triggers the drainer (the SIGTERM equivalent: e.g. the resolver's
+//! drain helper sets NOT_SERVING, keeps serving for its drain delay, then shuts down
+//! gracefully); [`PodServers::drains`] tells, per stopped server, when it answered its last
+//! call relative to that trigger.
+//!
 //! kwok deletes a terminating pod at once and hands its IP to the next pod, so a test that wants
 //! old and new pods on distinct IPs puts [`FINALIZER`] on its pods: the pod then stays
 //! Terminating (keeping its IP) until its server has stopped, when this removes the finalizer,
@@ -24,7 +30,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::greeter::{TestServer, try_serve};
+use crate::greeter::{Drainer, TestServer, try_serve_draining};
 
 /// The finalizer that holds a pod in Terminating until its server has stopped.
 pub const FINALIZER: &str = "registrar.dev/test-kubelet";
@@ -55,6 +61,9 @@ struct Shared {
     served_by_gone: u64,
     /// Servers started so far.
     started: u64,
+    /// Per stopped server that was drained: its name and when it answered its last call,
+    /// in milliseconds after the drain trigger (negative: before it; `None`: never).
+    drains: Vec<(String, Option<f64>)>,
 }
 
 /// The running stand-in kubelet; its servers are killed when it is dropped.
@@ -77,6 +86,36 @@ impl PodServers {
         selector: &str,
         port: u16,
         termination: Termination,
+    ) -> PodServers {
+        Self::start_with(client, namespace, selector, port, termination, None)
+    }
+
+    /// Like [`start`](Self::start), the servers draining with `drainer` (see the module docs).
+    pub fn start_draining(
+        client: kube::Client,
+        namespace: &str,
+        selector: &str,
+        port: u16,
+        termination: Termination,
+        drainer: Drainer,
+    ) -> PodServers {
+        Self::start_with(
+            client,
+            namespace,
+            selector,
+            port,
+            termination,
+            Some(drainer),
+        )
+    }
+
+    fn start_with(
+        client: kube::Client,
+        namespace: &str,
+        selector: &str,
+        port: u16,
+        termination: Termination,
+        drainer: Option<Drainer>,
     ) -> PodServers {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let api: Api<Pod> = Api::namespaced(client, namespace);
@@ -105,7 +144,7 @@ impl PodServers {
                         Some((SocketAddr::new(ip, port), p.metadata.name.clone()?))
                     })
                     .collect();
-                step(&state, &wanted, &names, termination).await;
+                step(&state, &wanted, &names, termination, drainer.as_ref()).await;
                 release(&api, &pods.items, &state, port).await;
             }
         });
@@ -133,6 +172,12 @@ impl PodServers {
         self.lock().started
     }
 
+    /// Per stopped server that was drained: its name and when it answered its last call, in
+    /// milliseconds after the drain trigger (negative: before it; `None`: never).
+    pub fn drains(&self) -> Vec<(String, Option<f64>)> {
+        self.lock().drains.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -144,6 +189,7 @@ async fn step(
     wanted: &[SocketAddr],
     names: &BTreeMap<SocketAddr, String>,
     termination: Termination,
+    drainer: Option<&Drainer>,
 ) {
     let now = Instant::now();
     let missing: Vec<SocketAddr> = {
@@ -167,6 +213,16 @@ async fn step(
             if let Some(mut e) = s.servers.remove(&addr) {
                 e.server.stop();
                 s.served_by_gone += e.server.served();
+                if let Some(at) = e.server.drained_at() {
+                    let last =
+                        e.server
+                            .last_served_at()
+                            .map(|l| match l.checked_duration_since(at) {
+                                Some(after) => after.as_secs_f64() * 1e3,
+                                None => -(at - l).as_secs_f64() * 1e3,
+                            });
+                    s.drains.push((e.server.name().to_string(), last));
+                }
             }
         }
         wanted
@@ -180,7 +236,7 @@ async fn step(
             .get(&addr)
             .cloned()
             .unwrap_or_else(|| addr.to_string());
-        match try_serve(addr, name).await {
+        match try_serve_draining(addr, name, drainer.cloned()).await {
             Ok(server) => {
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 s.started += 1;

@@ -685,3 +685,119 @@ fn changes_within_the_window_are_coalesced() {
         "{out:?}"
     );
 }
+
+/// `p` as it looks once deleted (terminating) or no longer Ready.
+fn terminating(mut p: Pod) -> Pod {
+    p.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1_750_000_000).unwrap()));
+    p
+}
+
+fn not_ready(mut p: Pod) -> Pod {
+    if let Some(c) = p
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+        .and_then(|c| c.first_mut())
+    {
+        c.status = "False".into();
+    }
+    p
+}
+
+#[test]
+fn removals_are_not_held_behind_the_window() {
+    // (what happens to the published pod g1 inside a window filled by g2, whether it is a
+    // removal that is flushed at once)
+    let cases: Vec<(&str, Input, bool)> = vec![
+        (
+            "terminating",
+            Input::pod(watcher::Event::Apply(terminating(pod(
+                "greeter",
+                "g1",
+                "127.0.0.1",
+            )))),
+            true,
+        ),
+        (
+            "not ready",
+            Input::pod(watcher::Event::Apply(not_ready(pod(
+                "greeter",
+                "g1",
+                "127.0.0.1",
+            )))),
+            true,
+        ),
+        (
+            "deleted",
+            Input::pod(watcher::Event::Delete(pod("greeter", "g1", "127.0.0.1"))),
+            true,
+        ),
+        (
+            "moved to another IP",
+            Input::pod(watcher::Event::Apply(pod("greeter", "g1", "127.0.0.9"))),
+            true,
+        ),
+        (
+            "a label change that keeps it",
+            Input::pod(watcher::Event::Apply({
+                let mut p = pod("greeter", "g1", "127.0.0.1");
+                p.metadata
+                    .labels
+                    .get_or_insert_default()
+                    .insert("extra".into(), "x".into());
+                p
+            })),
+            false,
+        ),
+    ];
+    for (name, input, removal) in cases {
+        let (mut sim, _) = Sim::leading();
+        let start = sim.ms;
+        // g2 becomes ready after a quiet period: flushed at once, a window starts.
+        sim.on(Input::pod(watcher::Event::Apply(pod(
+            "greeter",
+            "g2",
+            "127.0.0.2",
+        ))));
+        let out = sim.fire_flush();
+        assert!(
+            out.iter().any(|e| e.starts_with("Publish seq=2 keys=2")),
+            "{name}: {out:?}"
+        );
+        // Inside the window: g3 (unrelated) waits for the window's end...
+        sim.ms += 10;
+        sim.on(Input::pod(watcher::Event::Apply(pod(
+            "greeter",
+            "g3",
+            "127.0.0.3",
+        ))));
+        let window_end = sim.t0 + Duration::from_millis(start + 50);
+        assert_eq!(sim.core.flush_at(), Some(window_end), "{name}");
+        // ...then g1 changes.
+        sim.ms += 5;
+        sim.on(input);
+        let want = if removal { sim.now().at } else { window_end };
+        assert_eq!(sim.core.flush_at(), Some(want), "{name}");
+        let out = sim.fire_flush();
+        println!("[{name}] flushed at {} ms: {out:?}", sim.ms);
+        // g1 is gone (2 keys: g2, g3) unless it is kept or moved (3 keys).
+        let keys = if removal && name != "moved to another IP" {
+            "keys=2"
+        } else {
+            "keys=3"
+        };
+        assert!(
+            out.iter()
+                .any(|e| e.starts_with(&format!("Publish seq=3 {keys}"))),
+            "{name}: {out:?}"
+        );
+        // After a removal's flush, the next change waits for a new window again.
+        sim.ms += 1;
+        sim.on(Input::pod(watcher::Event::Apply(pod(
+            "greeter",
+            "g4",
+            "127.0.0.4",
+        ))));
+        assert!(sim.core.flush_at() > Some(sim.now().at), "{name}");
+    }
+}
