@@ -149,13 +149,27 @@ async fn registration_comes_back_after_etcd_loses_its_data() -> Result<()> {
         .register()
         .await?;
     let key = reg.key().to_owned();
+    let mut kv = etcd.client().await?;
+    let (_, old_lease) = read(&mut kv, &key)
+        .await?
+        .context("registered key missing")?;
     etcd.wipe().await?;
     let mut kv = etcd.client().await?;
-    assert_eq!(read(&mut kv, &key).await?, None, "etcd was not wiped");
+    // The registration may already have come back by now (it notices the wipe within a
+    // keepalive interval), so the wipe is proven by its old lease, which etcd no longer knows.
+    let old = kv.lease_time_to_live(old_lease, None).await?;
+    assert!(
+        old.ttl() < 0,
+        "etcd was not wiped: lease {old_lease:x} still has {} s",
+        old.ttl()
+    );
     poll(
         "re-registration on the fresh etcd",
         Duration::from_secs(20),
-        || async { matches!(read(&mut kv.clone(), &key).await, Ok(Some(_))).then_some(()) },
+        || async {
+            matches!(read(&mut kv.clone(), &key).await, Ok(Some((_, lease))) if lease != 0 && lease != old_lease)
+                .then_some(())
+        },
     )
     .await?;
     drop(reg);
