@@ -171,26 +171,6 @@ fn deployment(replicas: i32) -> Result<Deployment> {
     }))?)
 }
 
-/// Whether the Deployment finished rolling out: every replica updated and available, and no
-/// other pod left.
-async fn rolled_out(client: &kube::Client, ns: &str, replicas: i32) -> Option<()> {
-    let d = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get("greeter")
-        .await
-        .ok()?;
-    let generation = d.metadata.generation?;
-    let s = d.status?;
-    let done = s.observed_generation? >= generation
-        && s.updated_replicas? == replicas
-        && s.replicas? == replicas
-        && s.available_replicas? == replicas;
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .ok()?;
-    (done && pods.items.len() == usize::try_from(replicas).ok()?).then_some(())
-}
-
 #[tokio::test]
 async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
     let _serial = SERIAL.lock().await;

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use registrar_resolver::{Balancer, Drain, EtcdConnect};
 use registrar_testenv::greeter::{BoxUnit, Drainer};
@@ -63,26 +62,6 @@ fn deployment() -> Result<Deployment> {
             }
         }
     }))?)
-}
-
-/// Whether the Deployment finished rolling out: every replica updated and available, and no
-/// other pod left.
-async fn rolled_out(client: &kube::Client, ns: &str) -> Option<()> {
-    let d = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get("greeter")
-        .await
-        .ok()?;
-    let generation = d.metadata.generation?;
-    let s = d.status?;
-    let done = s.observed_generation? >= generation
-        && s.updated_replicas? == REPLICAS
-        && s.replicas? == REPLICAS
-        && s.available_replicas? == REPLICAS;
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .ok()?;
-    (done && pods.items.len() == usize::try_from(REPLICAS).ok()?).then_some(())
 }
 
 /// One configuration of the client and the servers.
@@ -134,7 +113,7 @@ async fn rollouts(setup: Setup) -> Result<Outcome> {
         .create(&PostParams::default(), &deployment()?)
         .await?;
     poll("the Deployment rolled out", ROLL_DEADLINE, || {
-        rolled_out(&client, &ns)
+        rolled_out(&client, &ns, REPLICAS)
     })
     .await?;
     let kv = etcd.client().await?;
@@ -173,7 +152,7 @@ async fn rollouts(setup: Setup) -> Result<Outcome> {
         })
         .await?;
         poll("the rollout to finish", ROLL_DEADLINE, || {
-            rolled_out(&client, &ns)
+            rolled_out(&client, &ns, REPLICAS)
         })
         .await?;
         let (after, converged) = wait_converged(&kv, &client, &ns, PREFIX).await?;

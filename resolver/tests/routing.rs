@@ -59,32 +59,6 @@ fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
     after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
-/// `total` calls from `callers` concurrent clients; (succeeded, failed).
-async fn calls(balancer: &Balancer, total: usize, callers: usize) -> Result<(usize, usize)> {
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let mut client = GreeterClient::new(balancer.clone());
-        let n = total / callers + usize::from(c < total % callers);
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, 0);
-            for _ in 0..n {
-                match hello(&mut client).await {
-                    Ok(_) => ok += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        let (o, f) = t.await?;
-        ok += o;
-        failed += f;
-    }
-    Ok((ok, failed))
-}
-
 /// Callers that keep calls in flight until stopped; (ok, failed, errors) of each.
 struct Load {
     stop: Arc<AtomicBool>,

@@ -295,3 +295,23 @@ pub async fn keepalive_streams(etcd: &EtcdCluster) -> Vec<Option<i64>> {
 pub async fn watch_streams(etcd: &EtcdCluster) -> Vec<Option<i64>> {
     streams_by_member(etcd, "etcdserverpb.Watch", "Watch").await
 }
+
+/// Whether the Deployment finished rolling out: every replica updated and available, and no
+/// other pod left.
+pub async fn rolled_out(client: &kube::Client, ns: &str, replicas: i32) -> Option<()> {
+    let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .get("greeter")
+        .await
+        .ok()?;
+    let generation = d.metadata.generation?;
+    let s = d.status?;
+    let done = s.observed_generation? >= generation
+        && s.updated_replicas? == replicas
+        && s.replicas? == replicas
+        && s.available_replicas? == replicas;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .ok()?;
+    (done && pods.items.len() == usize::try_from(replicas).ok()?).then_some(())
+}

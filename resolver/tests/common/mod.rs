@@ -140,3 +140,29 @@ pub async fn advance_revision(kv: &mut etcd_client::Client, n: usize) -> Result<
     }
     Ok(rev)
 }
+
+/// `total` calls from `callers` concurrent clients; (succeeded, failed).
+pub async fn calls(balancer: &Balancer, total: usize, callers: usize) -> Result<(usize, usize)> {
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let mut client = GreeterClient::new(balancer.clone());
+        let n = total / callers + usize::from(c < total % callers);
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            for _ in 0..n {
+                match hello(&mut client).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await?;
+        ok += o;
+        failed += f;
+    }
+    Ok((ok, failed))
+}
