@@ -69,8 +69,21 @@ impl Etcd {
             tls,
             dir,
         };
-        etcd.launch().await?;
-        Ok(etcd)
+        // A free port is only free until someone else binds it: tests of other binaries pick
+        // ports at the same time. On a clash, pick new ones (a few times) instead of failing.
+        let mut attempts = 0;
+        loop {
+            match etcd.launch().await {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempts < 3 && format!("{e:#}").contains("address already in use") => {
+                    attempts += 1;
+                    etcd.process = None;
+                    etcd.port = free_port()?;
+                    etcd.peer_port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn data_dir(&self) -> PathBuf {

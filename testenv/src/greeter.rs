@@ -190,6 +190,17 @@ pub async fn try_serve(addr: SocketAddr, name: String) -> Result<TestServer> {
     try_serve_draining(addr, name, None).await
 }
 
+/// Binds `addr` for a server of the runtime entered by the caller; returns the listener and
+/// the bound address.
+fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let std_listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
 /// Like [`try_serve`]; with a `drainer`, the server also runs the `grpc.health.v1` service and
 /// [`TestServer::drain`] triggers the drainer instead of shutting down at once.
 pub async fn try_serve_draining(
@@ -207,14 +218,19 @@ pub async fn try_serve_draining(
         .enable_all()
         .build()
         .context("building the server runtime")?;
-    let listener = {
+    // On an error the runtime must not be dropped here, inside the caller's async context
+    // (tokio panics): shut it down in the background instead.
+    let bound = {
         let _guard = runtime.enter();
-        let std_listener =
-            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-        std_listener.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(std_listener)?
+        bind(addr)
     };
-    let addr = listener.local_addr()?;
+    let (listener, addr) = match bound {
+        Ok(bound) => bound,
+        Err(e) => {
+            runtime.shutdown_background();
+            return Err(e);
+        }
+    };
     let served = Arc::new(AtomicU64::new(0));
     let greeter = NamedGreeter::new(name.clone(), served.clone());
     let last = greeter.last.clone();
@@ -249,6 +265,7 @@ pub async fn try_serve_draining(
         match tokio::net::TcpStream::connect(addr).await {
             Ok(_) => break,
             Err(e) if tokio::time::Instant::now() >= deadline => {
+                runtime.shutdown_background();
                 return Err(e).with_context(|| format!("test server {name} on {addr}"));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
