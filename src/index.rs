@@ -537,7 +537,7 @@ mod tests {
         idx.apply_registration(Event::InitApply(reg("shop", "a", "g")));
         idx.apply_registration(Event::InitDone);
         idx.apply_pod(Event::Init);
-        idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "10.0.0.1", true)));
+        idx.apply_pod(Event::InitApply(pod("shop", "p1", "g", "192.0.2.1", true)));
         idx.apply_pod(Event::InitDone);
         assert!(!idx.synced(), "synced before the nodes are listed");
         idx.apply_node(Event::Init);

@@ -68,7 +68,7 @@ mod tests {
         let mut node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n1", "resourceVersion": "7", "annotations": {"a": "b"},
                 "labels": {ZONE_LABEL: "z1", REGION_LABEL: "r1", "kubernetes.io/os": "linux"}},
-            "spec": {"podCIDR": "10.0.0.0/24"},
+            "spec": {"podCIDR": "192.0.2.0/24"},
             "status": {"capacity": {"cpu": "4"}}
         }))
         .unwrap();
