@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use registrar_resolver::{Balancer, ConnectivityState, EtcdConnect};
 use registrar_testenv::greeter::{self, TestServer};
-use registrar_testenv::pod_servers::{FINALIZER, PodServers, Termination};
+use registrar_testenv::pod_servers::{PodServers, Termination};
 use registrar_testenv::{Cluster, ControlPlane, EtcdCluster, poll, unique_name};
 use serde_json::json;
 use support::faults::*;
@@ -150,27 +150,6 @@ async fn serving_pod(client: &kube::Client, ns: &str, name: &str, ip: &str) -> R
 
 // ---- 1. the leader dies during a rollout ---------------------------------------------------
 
-fn deployment(replicas: i32) -> Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "greeter"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "g"}},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": "g"}, "finalizers": [FINALIZER]},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{"name": "greeter", "image": "registrar-demo:dev",
-                                    "ports": [{"name": "grpc", "containerPort": 50051}]}]
-                }
-            }
-        }
-    }))?)
-}
-
 #[tokio::test]
 async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -192,7 +171,7 @@ async fn killing_the_etcd_leader_during_a_rollout_costs_no_rpc() -> Result<()> {
         },
     );
     Api::<Deployment>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &deployment(3)?)
+        .create(&PostParams::default(), &deployment(3, 5)?)
         .await?;
     let leader = etcd.wait_leader().await?;
     let observer = (leader + 1) % etcd.len();

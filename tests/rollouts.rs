@@ -23,7 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use registrar_resolver::{Balancer, Drain, EtcdConnect};
 use registrar_testenv::greeter::{BoxUnit, Drainer};
-use registrar_testenv::pod_servers::{FINALIZER, PodServers, Termination};
+use registrar_testenv::pod_servers::{PodServers, Termination};
 use registrar_testenv::{Cluster, Etcd, poll, unique_name};
 use serde_json::json;
 use support::faults::*;
@@ -42,27 +42,6 @@ const ROLLOUTS: usize = 3;
 const GRACE_S: u64 = 5;
 /// How long a rollout may take.
 const ROLL_DEADLINE: Duration = Duration::from_secs(120);
-
-fn deployment() -> Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "greeter"},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": {"app": "g"}},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": "g"}, "finalizers": [FINALIZER]},
-                "spec": {
-                    "terminationGracePeriodSeconds": GRACE_S,
-                    "containers": [{"name": "greeter", "image": "registrar-demo:dev",
-                                    "ports": [{"name": "grpc", "containerPort": 50051}]}]
-                }
-            }
-        }
-    }))?)
-}
 
 /// One configuration of the client and the servers.
 #[derive(Clone, Copy, Debug)]
@@ -110,7 +89,7 @@ async fn rollouts(setup: Setup) -> Result<Outcome> {
         None => PodServers::start(client.clone(), &ns, "app=g", 50051, termination),
     };
     Api::<Deployment>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &deployment()?)
+        .create(&PostParams::default(), &deployment(REPLICAS, GRACE_S)?)
         .await?;
     poll("the Deployment rolled out", ROLL_DEADLINE, || {
         rolled_out(&client, &ns, REPLICAS)

@@ -315,3 +315,30 @@ pub async fn rolled_out(client: &kube::Client, ns: &str, replicas: i32) -> Optio
         .ok()?;
     (done && pods.items.len() == usize::try_from(replicas).ok()?).then_some(())
 }
+
+/// The `greeter` Deployment of the rollout tests: `replicas` pods of the stand-in kubelet's
+/// servers, rolled one at a time (maxSurge 1, maxUnavailable 0), each held by [`registrar_testenv::pod_servers::FINALIZER`]
+/// until its server stopped.
+pub fn deployment(
+    replicas: i32,
+    grace_s: u64,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "greeter"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "g"}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": "g"}, "finalizers": [registrar_testenv::pod_servers::FINALIZER]},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace_s,
+                    "containers": [{"name": "greeter", "image": "registrar-demo:dev",
+                                    "ports": [{"name": "grpc", "containerPort": 50051}]}]
+                }
+            }
+        }
+    }))?)
+}
