@@ -18,10 +18,8 @@ use registrar_etcd::members;
 
 /// How the operator probes the etcd members to keep dead or frozen ones out of its client's
 /// balanced set: a dead member is out within about 0.25 s, a frozen one within about 0.75 s.
-const MEMBER_PROBE: members::ProbeSettings = members::ProbeSettings {
-    every: Duration::from_millis(250),
-    timeout: Duration::from_millis(500),
-};
+const MEMBER_PROBE: members::ProbeSettings =
+    members::ProbeSettings::new(Duration::from_millis(250), Duration::from_millis(500));
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -707,10 +707,10 @@ async fn etcd_client_alone_hangs_on_a_member_whose_traffic_stalls() -> Result<()
         .connect()
         .await?;
     let guarded = EtcdConnect::new(&endpoints)
-        .member_probe(Some(registrar_resolver::members::ProbeSettings {
-            every: Duration::from_millis(250),
-            timeout: Duration::from_millis(500),
-        }))
+        .member_probe(Some(registrar_resolver::members::ProbeSettings::new(
+            Duration::from_millis(250),
+            Duration::from_millis(500),
+        )))
         .connect()
         .await?;
     // Every connection up before the freeze.

@@ -34,10 +34,7 @@ const AFTER_KILL: Duration = Duration::from_secs(6);
 
 /// The operator's settings: the member probe it uses and HTTP/2 keepalives.
 fn probe() -> ProbeSettings {
-    ProbeSettings {
-        every: Duration::from_millis(250),
-        timeout: Duration::from_millis(500),
-    }
+    ProbeSettings::new(Duration::from_millis(250), Duration::from_millis(500))
 }
 
 fn options() -> ConnectOptions {
@@ -172,10 +169,7 @@ async fn ground(probe: Option<ProbeSettings>) -> Result<Ground> {
             members::connect(
                 &endpoints,
                 options(),
-                ProbeSettings {
-                    every: Duration::from_secs(3600),
-                    timeout: Duration::from_secs(1),
-                },
+                ProbeSettings::new(Duration::from_secs(3600), Duration::from_secs(1)),
             )
             .await?
         }
@@ -269,6 +263,7 @@ impl Ground {
                         MemberState::Healthy => "healthy",
                         MemberState::Unknown => "unknown",
                         MemberState::Unhealthy(_) => "unhealthy",
+                        _ => "other",
                     };
                     let set = if m.in_balanced_set { "in" } else { "out" };
                     format!("{state}/{set}")

@@ -41,11 +41,19 @@ use tower::util::BoxCloneSyncService;
 
 /// How the members are probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProbeSettings {
     /// Interval between two probes of the members.
     pub every: Duration,
     /// Deadline of one probe: a member that does not answer within it is taken out.
     pub timeout: Duration,
+}
+
+impl ProbeSettings {
+    /// A probe every `every`, each with the deadline `timeout`.
+    pub const fn new(every: Duration, timeout: Duration) -> Self {
+        ProbeSettings { every, timeout }
+    }
 }
 
 impl Default for ProbeSettings {
@@ -63,6 +71,7 @@ impl Default for ProbeSettings {
 
 /// What the guard knows about one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemberState {
     /// Not probed yet (kept in the balanced set).
     Unknown,
@@ -74,6 +83,7 @@ pub enum MemberState {
 
 /// One member as the guard sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberStatus {
     /// The endpoint URL.
     pub endpoint: String,

@@ -113,7 +113,7 @@ impl ResolverBuilder {
             Update::Listed { kvs, revision, .. } => (revision, Discovery::decode_all(&kvs)),
             // The first update of a reflector is its listing.
             other => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "unexpected first update from etcd: {other:?}"
                 )));
             }
@@ -206,10 +206,7 @@ impl Resolver {
 /// Checks a target and strips trailing slashes.
 pub(crate) fn normalize_target(target: &str) -> Result<String, Error> {
     let trimmed = target.trim_end_matches('/');
-    let bad = |reason| Error::InvalidTarget {
-        target: target.to_owned(),
-        reason,
-    };
+    let bad = |reason| Error::invalid_target(target, reason);
     if trimmed.is_empty() {
         return Err(bad("empty"));
     }

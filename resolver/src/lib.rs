@@ -176,7 +176,7 @@ pub use balancer::{
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
 pub use drain::Drain;
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use registrar_etcd::EtcdConnect;
 pub use registration::{Registration, RegistrationBuilder, SharedLease, SharedLeaseBuilder};
 pub use value::{Endpoint, Metadata};

@@ -78,7 +78,7 @@ impl SharedLeaseBuilder {
     pub async fn grant(self) -> Result<SharedLease, Error> {
         let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         if ttl_secs < 2 {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "lease TTL {:?} is below 2 s",
                 self.ttl
             )));
@@ -169,7 +169,7 @@ impl SharedLease {
             value: endpoint.encode(),
             reply,
         })?;
-        answer.await.map_err(|_| Error::Stopped)??;
+        answer.await.map_err(|_| Error::stopped())??;
         Ok(Registration {
             key,
             endpoint,
@@ -183,11 +183,11 @@ impl SharedLease {
     pub async fn shutdown(self) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Shutdown { reply })?;
-        answer.await.map_err(|_| Error::Stopped)?
+        answer.await.map_err(|_| Error::stopped())?
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
-        self.inner.tx.send(command).map_err(|_| Error::Stopped)
+        self.inner.tx.send(command).map_err(|_| Error::stopped())
     }
 }
 
@@ -290,7 +290,7 @@ impl Registration {
             key: self.key.clone(),
             reply: Some(reply),
         })?;
-        answer.await.map_err(|_| Error::Stopped)?
+        answer.await.map_err(|_| Error::stopped())?
     }
 }
 
@@ -391,7 +391,7 @@ impl LeaseTask {
                 self.backoff.reset();
             }
             Err(e) => {
-                if let Error::Etcd(source) = &e
+                if let Some(source) = e.etcd_source()
                     && is_lease_not_found(source)
                     && let Some(lease) = &self.lease
                 {
@@ -428,7 +428,7 @@ impl LeaseTask {
         match command {
             Command::Put { key, value, reply } => {
                 let result = if self.desired.contains_key(&key) {
-                    Err(Error::Config(format!(
+                    Err(Error::config(format!(
                         "{key} is already registered on this lease"
                     )))
                 } else {
@@ -440,7 +440,7 @@ impl LeaseTask {
                                 Some(PutOptions::new().with_lease(id)),
                             );
                             let result = etcd_call(self.request_timeout, put).await.map(|_| ());
-                            if let Err(Error::Etcd(source)) = &result
+                            if let Some(source) = result.as_ref().err().and_then(Error::etcd_source)
                                 && is_lease_not_found(source)
                                 && let Some(lease) = &self.lease
                             {
@@ -448,7 +448,7 @@ impl LeaseTask {
                             }
                             result
                         }
-                        None => Err(Error::NoLease),
+                        None => Err(Error::no_lease()),
                     }
                 };
                 if result.is_ok() {

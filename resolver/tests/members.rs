@@ -37,10 +37,10 @@ fn states(health: &MemberHealth) -> Vec<(MemberState, bool)> {
 async fn a_killed_member_is_taken_out_and_put_back() -> Result<()> {
     let mut cluster = EtcdCluster::start().await?;
     let (mut client, health) = EtcdConnect::new(cluster.endpoints())
-        .member_probe(Some(ProbeSettings {
-            every: Duration::from_millis(250),
-            timeout: Duration::from_millis(500),
-        }))
+        .member_probe(Some(ProbeSettings::new(
+            Duration::from_millis(250),
+            Duration::from_millis(500),
+        )))
         .connect_with_health()
         .await?;
     let health = health.context("member probing is on")?;

@@ -61,6 +61,7 @@ fn client_state(s: ConnectivityState) -> &'static str {
         ConnectivityState::Connecting => "CONNECTING",
         ConnectivityState::Ready => "READY",
         ConnectivityState::TransientFailure => "TRANSIENT_FAILURE",
+        _ => "UNKNOWN",
     }
 }
 

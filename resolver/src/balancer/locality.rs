@@ -17,6 +17,7 @@ pub(crate) struct ZonePreference {
 
 /// What the zone preference decided for one rebuild.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ZoneFilter {
     /// No client zone configured: every zone.
     Off,

@@ -68,6 +68,7 @@ use unsent::unsent;
 
 /// Connectivity of one backend, as in gRPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConnectivityState {
     /// Not connected and not trying (just added, or its connection was just lost).
     Idle,
@@ -81,6 +82,7 @@ pub enum ConnectivityState {
 
 /// The state of one backend, from [`Balancer::backends`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackendStatus {
     /// `host:port`.
     pub addr: String,

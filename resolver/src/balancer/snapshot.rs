@@ -43,6 +43,7 @@ pub struct BackendSnapshot {
 
 /// The state of one backend in a [`BackendSnapshot`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BackendState {
     /// Connected, healthy, not ejected.
     Ready,
