@@ -36,6 +36,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc (resolver, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p registrar-resolver
 
+step "cargo publish --dry-run (registrar-etcd + registrar-resolver, built from their .crate files)"
+cargo publish --dry-run --allow-dirty -p registrar-etcd -p registrar-resolver
+
 step "Dockerfile: hadolint, the image (hack/image.sh: podman build), and its binary runs"
 "$HADOLINT" Dockerfile
 image_start=$SECONDS

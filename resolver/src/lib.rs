@@ -183,3 +183,8 @@ pub use value::{Endpoint, Metadata};
 
 /// The etcd client this crate works with (re-exported so versions match).
 pub use etcd_client;
+
+/// The crate README's code, compiled as doctests so that the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
