@@ -171,7 +171,8 @@ pub use backoff::Backoff;
 pub use balancer::bench as bench_internals;
 pub use balancer::{
     BackendHealth, BackendSnapshot, BackendState, BackendStatus, Balancer, BalancerBuilder,
-    ConnectivityState, FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture,
+    ConnectivityState, FailoverBalancer, FailoverBuilder, FailoverSnapshot,
+    FailurePercentageEjection, GroupSnapshot, HealthState, OutlierDetection, ResponseFuture,
     RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};
