@@ -45,7 +45,7 @@ fn entry(value: &str) -> EtcdEntry {
 /// The value the operator writes for `pod` at `addr` (its own encoder and metadata).
 fn wanted_value(r: &ServiceRegistration, p: &Pod) -> String {
     let nodes = nodes();
-    match desired::pod_decision_on(r, p, &|n| nodes.get(n)) {
+    match desired::pod_decision_on(r, p, &|n| nodes.get(n), None) {
         PodDecision::Endpoint(e) => e.value,
         other => panic!("not an endpoint: {other}"),
     }
@@ -66,6 +66,7 @@ fn run(
         etcd,
         claim,
         nodes: &nodes(),
+        cluster: None,
     })
 }
 
@@ -307,7 +308,7 @@ proptest! {
             }
             let key = format!("{TARGET}/{ip}:50051");
             let nodes = nodes();
-            let value = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n)) {
+            let value = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n), None) {
                 PodDecision::Endpoint(e) => e.value,
                 _ => "{}".to_string(),
             };
