@@ -12,7 +12,7 @@ use http::Request;
 use tonic::body::Body;
 
 use super::groups::{self, Layer};
-use super::pool::{AbortOnDrop, Picked};
+use super::pool::AbortOnDrop;
 use super::snapshot::RoutingSnapshot;
 use super::{Balancer, BalancerBuilder, ResponseFuture, grpc_timeout, send};
 use crate::error::Error;
@@ -236,11 +236,7 @@ impl tower::Service<Request<Body>> for FailoverBalancer {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let layer = &self.inner.layer;
-        let picked = layer
-            .choice()
-            .pick()
-            .map(|(_, p)| p.clone())
-            .map(Picked::counted);
+        let picked = layer.pick();
         let wait = grpc_timeout(request.headers()).map_or(self.inner.wait_for_ready, |t| {
             t.min(self.inner.wait_for_ready)
         });

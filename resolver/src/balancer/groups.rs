@@ -113,6 +113,12 @@ impl Layer {
         self.choice.borrow().clone()
     }
 
+    /// The backend for the next call (counted): the current choice's next live backend.
+    pub(crate) fn pick(&self) -> Option<Picked> {
+        let choice = self.choice.borrow();
+        choice.pick().map(|(_, picked)| picked.clone().counted())
+    }
+
     /// (now, ever seen) duplicated addresses.
     pub(crate) fn duplicates(&self) -> (usize, u64) {
         (
