@@ -181,6 +181,11 @@ pub struct ConnectArgs {
     /// kube-system namespace).
     #[arg(long, env = "REGISTRAR_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+
+    /// Adds `cluster=<id>` to every published endpoint's metadata, for clients that route across
+    /// clusters (default: not added). `inspect` needs the operator's value to compare values.
+    #[arg(long, env = "REGISTRAR_PUBLISH_CLUSTER_ID", value_parser = parse_publish_cluster_id)]
+    pub publish_cluster_id: Option<String>,
 }
 
 /// Flags of `registrar run`: the shared [`ConnectArgs`] (reachable through `Deref`) and the
@@ -264,6 +269,13 @@ pub enum ConfigError {
 fn parse_prefix(s: &str) -> Result<String, String> {
     if s.is_empty() || s.starts_with('/') || s.ends_with('/') || s.contains("//") {
         return Err("must be non-empty, without a leading or trailing '/' or '//'".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_publish_cluster_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(char::is_control) {
+        return Err("must be 1 to 253 characters, without control characters".into());
     }
     Ok(s.to_string())
 }

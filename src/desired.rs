@@ -150,17 +150,19 @@ fn registration_gate(reg: &ServiceRegistration) -> Option<PodDecision> {
 /// The decision for one `pod` of `reg` (any pod: namespace, selector, phase, IP, readiness and
 /// port are checked here), without node topology in the endpoint's metadata.
 pub fn pod_decision(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
-    pod_decision_on(reg, pod, &|_| None)
+    pod_decision_on(reg, pod, &|_| None, None)
 }
 
 /// [`pod_decision`] with the pod's node topology from `node` (by node name): its `zone` and
-/// `region`, when the node has them, join the endpoint's metadata, as the operator publishes it.
+/// `region`, when the node has them, join the endpoint's metadata, as the operator publishes it;
+/// so does `cluster` (`--publish-cluster-id`), when set.
 pub fn pod_decision_on<'n>(
     reg: &ServiceRegistration,
     pod: &Pod,
     node: &impl Fn(&str) -> Option<&'n NodeTopology>,
+    cluster: Option<&str>,
 ) -> PodDecision {
-    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod, node))
+    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod, node, cluster))
 }
 
 /// The per-pod rules, once [`registration_gate`] let the registration through.
@@ -168,6 +170,7 @@ fn pod_rules<'n>(
     reg: &ServiceRegistration,
     pod: &Pod,
     node: &impl Fn(&str) -> Option<&'n NodeTopology>,
+    cluster: Option<&str>,
 ) -> PodDecision {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     if pod.metadata.namespace.as_deref() != Some(namespace)
@@ -205,7 +208,7 @@ fn pod_rules<'n>(
         });
     };
     let addr = SocketAddr::new(ip, port).to_string();
-    let metadata = endpoint_metadata(reg, pod, node);
+    let metadata = endpoint_metadata(reg, pod, node, cluster);
     PodDecision::Endpoint(Endpoint {
         value: value::encode(&addr, Some(&metadata)),
         addr,
@@ -224,16 +227,18 @@ pub fn registration_outcome<'a>(
     reg: &ServiceRegistration,
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> RegistrationOutcome {
-    registration_outcome_on(prefix, reg, pods, |_| None)
+    registration_outcome_on(prefix, reg, pods, |_| None, None)
 }
 
 /// [`registration_outcome`] with each pod's node topology from `node` (by node name): its
-/// `zone` and `region`, when the node has them, join the endpoint's metadata.
+/// `zone` and `region`, when the node has them, join the endpoint's metadata; so does
+/// `cluster` (`--publish-cluster-id`), when set.
 pub fn registration_outcome_on<'a, 'n>(
     prefix: &str,
     reg: &ServiceRegistration,
     pods: impl IntoIterator<Item = &'a Pod>,
     node: impl Fn(&str) -> Option<&'n NodeTopology>,
+    cluster: Option<&str>,
 ) -> RegistrationOutcome {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
     let mut outcome = RegistrationOutcome {
@@ -251,7 +256,7 @@ pub fn registration_outcome_on<'a, 'n>(
         None => {}
     }
     for pod in pods {
-        let endpoint = match pod_rules(reg, pod, &node) {
+        let endpoint = match pod_rules(reg, pod, &node, cluster) {
             PodDecision::Endpoint(endpoint) => endpoint,
             PodDecision::PortNotFound(problem) | PodDecision::InvalidIp(problem) => {
                 outcome.problems.push(problem);
@@ -419,13 +424,14 @@ pub fn port_label(port: &IntOrString) -> String {
     }
 }
 
-/// `spec.metadata` plus `pod` (the pod's name), `node` (its node, once scheduled) and the
-/// node's `zone` and `region` (when labelled); the operator's keys override the spec's (which
-/// the API server already refuses).
+/// `spec.metadata` plus `pod` (the pod's name), `node` (its node, once scheduled), the
+/// node's `zone` and `region` (when labelled) and `cluster` (when set); the operator's keys
+/// override the spec's (which the API server already refuses).
 fn endpoint_metadata<'n>(
     reg: &ServiceRegistration,
     pod: &Pod,
     topology: &impl Fn(&str) -> Option<&'n NodeTopology>,
+    cluster: Option<&str>,
 ) -> Map<String, Value> {
     let mut metadata: Map<String, Value> = reg
         .spec
@@ -452,6 +458,9 @@ fn endpoint_metadata<'n>(
                 }
             }
         }
+    }
+    if let Some(cluster) = cluster {
+        metadata.insert("cluster".into(), Value::String(cluster.to_string()));
     }
     metadata
 }

@@ -87,6 +87,8 @@ pub struct Index {
     /// Node topology by node name (empty, and synced from the start, without topology).
     nodes: HashMap<String, NodeTopology>,
     node_kind: Kind<Node>,
+    /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
+    cluster: Option<String>,
 }
 
 fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
@@ -113,7 +115,14 @@ impl Index {
                 synced: true,
                 init: None,
             },
+            cluster: None,
         }
+    }
+
+    /// The same index, adding `cluster` to every endpoint's metadata (when `Some`).
+    pub fn publishing_cluster(mut self, cluster: Option<String>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// An empty index that also publishes node topology: not synced before Nodes are listed.
@@ -407,8 +416,14 @@ impl Index {
                 .into_iter()
                 .flat_map(|m| m.values().map(Arc::as_ref));
             let nodes = &self.nodes;
-            let outcome =
-                desired::registration_outcome_on(&self.prefix, reg, pods, |n| nodes.get(n));
+            let cluster = self.cluster.as_deref();
+            let outcome = desired::registration_outcome_on(
+                &self.prefix,
+                reg,
+                pods,
+                |n| nodes.get(n),
+                cluster,
+            );
             if self.outcomes.get(&key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
                 flushed.changed.push(key);

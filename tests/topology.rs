@@ -188,3 +188,47 @@ async fn reserved_metadata_keys_are_refused_naming_the_key() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn publish_cluster_id_adds_cluster_to_every_endpoint_in_etcd() {
+    let g = Ground::new().await.unwrap();
+    let u = registrar_testenv::unique_name("n");
+    let (na, nbare) = (format!("{u}-a"), format!("{u}-bare"));
+    create_node(
+        &g.client,
+        &na,
+        json!({"topology.kubernetes.io/zone": "zone-a"}),
+    )
+    .await
+    .unwrap();
+    create_node(&g.client, &nbare, json!({})).await.unwrap();
+    let mut opts = g.options();
+    opts.extra = vec!["--publish-cluster-id".into(), "east-1".into()];
+    let _op = Operator::start(&g.cp, &g.etcd, &opts).await.unwrap();
+    create_reg(
+        &g.client,
+        &g.ns,
+        "topo",
+        json!({"selector": {"matchLabels": {"app": "topo"}}, "port": 50051}),
+    )
+    .await
+    .unwrap();
+    pod_on(&g, "p1", &na, "127.0.0.65").await.unwrap();
+    pod_on(&g, "p2", &nbare, "127.0.0.66").await.unwrap();
+    let keys = [
+        g.key("topo", "127.0.0.65:50051"),
+        g.key("topo", "127.0.0.66:50051"),
+    ];
+    let got = wait_keys(&g.kv, &g.prefix, &[keys[0].as_str(), keys[1].as_str()])
+        .await
+        .unwrap();
+    eprintln!("with --publish-cluster-id east-1: {got:?}");
+    assert_eq!(
+        metadata(&got[&keys[0]]),
+        json!({"cluster": "east-1", "node": na, "pod": "p1", "zone": "zone-a"})
+    );
+    assert_eq!(
+        metadata(&got[&keys[1]]),
+        json!({"cluster": "east-1", "node": nbare, "pod": "p2"})
+    );
+}

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -124,7 +123,7 @@ impl ResolverBuilder {
             endpoints: endpoints.clone(),
         };
         let (tx, rx) = watch::channel(Arc::new(snapshot));
-        let connected = Arc::new(AtomicBool::new(true));
+        let connected = watch::Sender::new(true);
         let task = Discovery {
             reflector,
             connected: connected.clone(),
@@ -152,7 +151,7 @@ pub struct Resolver {
 struct ResolverInner {
     target: String,
     rx: watch::Receiver<Arc<Snapshot>>,
-    connected: Arc<AtomicBool>,
+    connected: watch::Sender<bool>,
     task: AbortHandle,
 }
 
@@ -199,7 +198,12 @@ impl Resolver {
     /// Whether the watch on etcd is currently established. While it is not, the last known set
     /// is kept.
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Relaxed)
+        *self.inner.connected.borrow()
+    }
+
+    /// A receiver of [`is_connected`](Self::is_connected), woken when it changes.
+    pub(crate) fn connection(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
     }
 }
 
@@ -219,7 +223,7 @@ pub(crate) fn normalize_target(target: &str) -> Result<String, Error> {
 /// The background task: applies the reflector's updates to the endpoint set and publishes it.
 struct Discovery {
     reflector: Reflector,
-    connected: Arc<AtomicBool>,
+    connected: watch::Sender<bool>,
 }
 
 impl Discovery {
@@ -251,7 +255,8 @@ impl Discovery {
                     publish(&tx, revision, &endpoints);
                 }
                 Ok(Update::Watching { from }) => {
-                    self.connected.store(true, Ordering::Relaxed);
+                    self.connected
+                        .send_if_modified(|c| !std::mem::replace(c, true));
                     backoff.reset();
                     tracing::debug!(prefix = %prefix, from, "watching");
                 }
@@ -261,7 +266,8 @@ impl Discovery {
                     }
                 }
                 Err(e) => {
-                    self.connected.store(false, Ordering::Relaxed);
+                    self.connected
+                        .send_if_modified(|c| std::mem::replace(c, false));
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         prefix = %prefix,

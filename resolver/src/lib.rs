@@ -15,7 +15,13 @@
 //!   client-side health checking (gRFC A17, [`BalancerBuilder::health_check`]) keeps backends
 //!   that report NOT_SERVING out of the pick set while their connection stays open; opt-in
 //!   outlier ejection (gRFC A50, [`BalancerBuilder::outlier_detection`]) keeps backends that
-//!   fail far more calls than the others out for a while.
+//!   fail far more calls than the others out for a while. Opt-in zone preference
+//!   ([`BalancerBuilder::zone`]) and weights ([`BalancerBuilder::weighted`]);
+//!   [`Balancer::snapshot`] shows how it routes.
+//! - [`FailoverBalancer`] spreads one client over several targets in priority order (the same
+//!   service in several clusters, each target with its own etcd client): all calls go to the
+//!   first group with a pickable backend; a group whose etcd is unreachable keeps serving from
+//!   its last endpoints until [`FailoverBuilder::stale_after`] (60 s), then only as a last resort.
 //! - [`Registration`] / [`SharedLease`] register a server under a lease kept alive, re-granted
 //!   and re-put after a loss, deleted on shutdown.
 //! - [`Drain`] is the server half of a zero-error rollout: on SIGTERM, NOT_SERVING on the
@@ -171,7 +177,8 @@ pub use backoff::Backoff;
 pub use balancer::bench as bench_internals;
 pub use balancer::{
     BackendHealth, BackendSnapshot, BackendState, BackendStatus, Balancer, BalancerBuilder,
-    ConnectivityState, FailurePercentageEjection, HealthState, OutlierDetection, ResponseFuture,
+    ConnectivityState, FailoverBalancer, FailoverBuilder, FailoverSnapshot,
+    FailurePercentageEjection, GroupSnapshot, HealthState, OutlierDetection, ResponseFuture,
     RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
 };
 pub use discovery::{Resolver, ResolverBuilder, Snapshot};

@@ -178,6 +178,8 @@ pub struct CoreConfig {
     /// Whether endpoints carry their node's `zone` and `region` (then Nodes are watched, and
     /// the first sync waits for them).
     pub topology: bool,
+    /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
+    pub publish_cluster_id: Option<String>,
 }
 
 /// See the module docs.
@@ -222,7 +224,8 @@ impl Core {
                 Index::with_topology(cfg.prefix.clone())
             } else {
                 Index::new(cfg.prefix.clone())
-            },
+            }
+            .publishing_cluster(cfg.publish_cluster_id.clone()),
             settle: Settled::new(cfg.hold),
             cfg,
             desired: Desired {

@@ -60,6 +60,8 @@ pub struct Engine {
     /// How often statuses that differ from what the API server shows are rewritten
     /// ([`DEFAULT_STATUS_RESYNC`] unless configured).
     pub status_resync: Duration,
+    /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
+    pub publish_cluster_id: Option<String>,
 }
 
 /// A running etcd writer.
@@ -117,6 +119,7 @@ impl Engine {
             coalesce: self.coalesce,
             hold: settle::DEFAULT_HOLD,
             topology: true,
+            publish_cluster_id: self.publish_cluster_id.clone(),
         });
         let mut io = Io {
             desired_tx,

@@ -639,16 +639,82 @@ fn node_topology_adds_zone_and_region_over_the_spec() {
         zone: Some("z1".into()),
         region: Some("r1".into()),
     };
-    let outcome = registration_outcome_on(PREFIX, &reg, [&p], |n| (n == "n1").then_some(&topo));
+    let outcome =
+        registration_outcome_on(PREFIX, &reg, [&p], |n| (n == "n1").then_some(&topo), None);
     assert_eq!(
         outcome.endpoints["192.0.2.25:50051"].value,
         r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","region":"r1","tier":"gold","zone":"z1"}}"#
     );
     // A node without the labels (or unknown): no zone or region key.
     let bare = crate::topology::NodeTopology::default();
-    let outcome = registration_outcome_on(PREFIX, &reg, [&p], |_| Some(&bare));
+    let outcome = registration_outcome_on(PREFIX, &reg, [&p], |_| Some(&bare), None);
     assert_eq!(
         outcome.endpoints["192.0.2.25:50051"].value,
         r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold"}}"#
+    );
+}
+
+#[test]
+fn publish_cluster_id_adds_cluster_to_every_endpoint() {
+    let mut reg = grpc_registration();
+    reg.spec.metadata = Some(labels(&[("tier", "gold")]));
+    let topo = crate::topology::NodeTopology {
+        zone: Some("z1".into()),
+        region: None,
+    };
+    let on_n1 = pod("greeter-0", "192.0.2.25");
+    let mut unscheduled = pod("greeter-1", "192.0.2.26");
+    if let Some(spec) = unscheduled.spec.as_mut() {
+        spec.node_name = None;
+    }
+    // (cluster id, pod, node topology known, the value published)
+    let cases: &[(Option<&str>, &Pod, bool, &str)] = &[
+        (
+            None,
+            &on_n1,
+            true,
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"node":"n1","pod":"greeter-0","tier":"gold","zone":"z1"}}"#,
+        ),
+        (
+            Some("east"),
+            &on_n1,
+            true,
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"cluster":"east","node":"n1","pod":"greeter-0","tier":"gold","zone":"z1"}}"#,
+        ),
+        (
+            Some("east"),
+            &on_n1,
+            false,
+            r#"{"Op":0,"Addr":"192.0.2.25:50051","Metadata":{"cluster":"east","node":"n1","pod":"greeter-0","tier":"gold"}}"#,
+        ),
+        (
+            Some("west/2"),
+            &unscheduled,
+            true,
+            r#"{"Op":0,"Addr":"192.0.2.26:50051","Metadata":{"cluster":"west/2","pod":"greeter-1","tier":"gold"}}"#,
+        ),
+    ];
+    for (cluster, p, known, want) in cases {
+        let node = |n: &str| (*known && n == "n1").then_some(&topo);
+        let outcome = registration_outcome_on(PREFIX, &reg, [*p], node, *cluster);
+        let got: Vec<&str> = outcome
+            .endpoints
+            .values()
+            .map(|e| e.value.as_str())
+            .collect();
+        assert_eq!(got, [*want], "{cluster:?} {known}");
+        // The per-pod decision (what `inspect` compares with) publishes the same value.
+        match pod_decision_on(&reg, p, &node, *cluster) {
+            PodDecision::Endpoint(e) => assert_eq!(e.value, *want),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The spec cannot override it (the API server refuses the key; the operator's value wins).
+    reg.spec.metadata = Some(labels(&[("cluster", "spoofed")]));
+    let outcome = registration_outcome_on(PREFIX, &reg, [&on_n1], |_| None, Some("east"));
+    assert!(
+        outcome.endpoints["192.0.2.25:50051"]
+            .value
+            .contains(r#""cluster":"east""#)
     );
 }

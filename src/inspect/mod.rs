@@ -116,6 +116,7 @@ async fn inspect_registration(
         etcd: &state.keys,
         claim: &claim,
         nodes: &nodes,
+        cluster: connect.publish_cluster_id.as_deref(),
     });
     Ok(Report {
         registration: Some(format!("{namespace}/{name}")),

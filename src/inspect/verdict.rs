@@ -191,6 +191,8 @@ pub struct Input<'a> {
     pub claim: &'a Claim,
     /// Node name -> its zone and region: shown, and part of the values the operator publishes.
     pub nodes: &'a BTreeMap<String, NodeTopology>,
+    /// The operator's `--publish-cluster-id`: part of the values it publishes, when set.
+    pub cluster: Option<&'a str>,
 }
 
 /// The target `<prefix>/<namespace>/<service>` of `reg`.
@@ -218,7 +220,9 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     };
     let outcomes: Vec<_> = std::iter::once(reg)
         .chain(input.registrations.iter().filter(same_target))
-        .map(|r| desired::registration_outcome_on(input.prefix, r, input.pods, topology))
+        .map(|r| {
+            desired::registration_outcome_on(input.prefix, r, input.pods, topology, input.cluster)
+        })
         .collect();
     let wanted: BTreeMap<String, String> = desired::desired_keys(input.prefix, &outcomes)
         .into_iter()
@@ -244,7 +248,7 @@ pub fn rows(input: &Input<'_>) -> Vec<Row> {
     let mut out = Vec::new();
     for pod in selected {
         let facts = pod_facts(reg, pod, input.nodes);
-        let decision = desired::pod_decision_on(reg, pod, &topology);
+        let decision = desired::pod_decision_on(reg, pod, &topology, input.cluster);
         let row = match decision {
             PodDecision::Endpoint(endpoint) => {
                 let key = value::key(&target, &endpoint.addr);

@@ -26,6 +26,8 @@
 pub mod bench;
 mod calls;
 mod connector;
+mod failover;
+mod groups;
 mod health;
 mod locality;
 mod manager;
@@ -35,6 +37,7 @@ mod picker;
 mod pool;
 mod replay;
 mod snapshot;
+mod source;
 mod stride;
 mod subchannel;
 mod unsent;
@@ -55,6 +58,7 @@ use tower::ServiceExt;
 use crate::backoff::Backoff;
 use crate::discovery::{Resolver, ResolverBuilder};
 use crate::error::Error;
+pub use failover::{FailoverBalancer, FailoverBuilder, FailoverSnapshot, GroupSnapshot};
 use health::HealthCheck;
 pub use health::HealthState;
 use locality::ZonePreference;
@@ -63,6 +67,7 @@ pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjecti
 use pool::{AbortOnDrop, Picked, Pool, Routing};
 use replay::{REPLAY_LIMIT, Replay};
 pub use snapshot::{BackendSnapshot, BackendState, RoutingSnapshot, ZoneFilter};
+use source::{PickSet, Source};
 use subchannel::ConnectPolicy;
 use unsent::unsent;
 
@@ -518,8 +523,8 @@ const MAX_TRANSPARENT_RETRIES: usize = 8;
 /// Sends `request` to `picked` (or the first backend READY within `wait`); a call that fails
 /// without having reached the backend's application is sent again, to another backend when the
 /// failure took its connection out, waiting for one within what is left of `wait`.
-async fn send(
-    pool: Arc<Pool>,
+async fn send<S: Source>(
+    pool: Arc<S>,
     mut picked: Option<Picked>,
     wait: Duration,
     request: http::Request<Body>,
@@ -532,7 +537,7 @@ async fn send(
     loop {
         let backend = match picked.take() {
             Some(p) => p,
-            None => wait_until(&pool, deadline, wait).await?,
+            None => wait_until(&*pool, deadline, wait).await?,
         };
         let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
         let error: tower::BoxError = match backend.channel.oneshot(request).await {
@@ -600,14 +605,14 @@ async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Picked, tower::Bo
 }
 
 /// Waits until a backend can be picked, at most until `deadline` (`wait` after the call began).
-async fn wait_until(
-    pool: &Pool,
+async fn wait_until<S: Source>(
+    pool: &S,
     deadline: tokio::time::Instant,
     wait: Duration,
 ) -> Result<Picked, tower::BoxError> {
-    let mut pickers = pool.subscribe();
+    let mut pickers = pool.pick_sets();
     loop {
-        if let Some(picked) = pickers.borrow_and_update().pick().cloned() {
+        if let Some(picked) = pickers.borrow_and_update().pick_next().cloned() {
             return Ok(picked.counted());
         }
         // A picker can also become empty of live entries without being replaced (its only

@@ -158,6 +158,7 @@ impl Sim {
                 coalesce: Duration::from_millis(50),
                 hold: Duration::from_secs(5),
                 topology: false,
+                publish_cluster_id: None,
             }),
             t0: Instant::now(),
             ms: 0,

@@ -45,7 +45,7 @@ fn entry(value: &str) -> EtcdEntry {
 /// The value the operator writes for `pod` at `addr` (its own encoder and metadata).
 fn wanted_value(r: &ServiceRegistration, p: &Pod) -> String {
     let nodes = nodes();
-    match desired::pod_decision_on(r, p, &|n| nodes.get(n)) {
+    match desired::pod_decision_on(r, p, &|n| nodes.get(n), None) {
         PodDecision::Endpoint(e) => e.value,
         other => panic!("not an endpoint: {other}"),
     }
@@ -66,6 +66,7 @@ fn run(
         etcd,
         claim,
         nodes: &nodes(),
+        cluster: None,
     })
 }
 
@@ -307,7 +308,7 @@ proptest! {
             }
             let key = format!("{TARGET}/{ip}:50051");
             let nodes = nodes();
-            let value = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n)) {
+            let value = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n), None) {
                 PodDecision::Endpoint(e) => e.value,
                 _ => "{}".to_string(),
             };
@@ -366,6 +367,52 @@ proptest! {
                     prop_assert!(row.want.is_none());
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn the_operators_cluster_id_is_part_of_the_value_compared() {
+    let r = reg("greeter", json!("grpc"));
+    let p = pod("a", Some("127.1.0.1"), true, "grpc");
+    let key = format!("{TARGET}/127.1.0.1:50051");
+    let nodes = nodes();
+    let with_cluster = match desired::pod_decision_on(&r, &p, &|n| nodes.get(n), Some("east")) {
+        PodDecision::Endpoint(e) => e.value,
+        other => panic!("not an endpoint: {other}"),
+    };
+    assert!(
+        with_cluster.contains(r#""cluster":"east""#),
+        "{with_cluster}"
+    );
+    let verdict = |cluster: Option<&str>, held: &str| {
+        let etcd = BTreeMap::from([(key.clone(), entry(held))]);
+        let got = rows(&Input {
+            prefix: PREFIX,
+            registration: &r,
+            registrations: &[],
+            pods: std::slice::from_ref(&p),
+            etcd: &etcd,
+            claim: &Claim::Ours,
+            nodes: &nodes,
+            cluster,
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        (got[0].verdict, got[0].want.clone())
+    };
+    // (the operator's --publish-cluster-id as inspect is told, what etcd holds, the verdict)
+    let cases = [
+        (Some("east"), with_cluster.clone(), Verdict::Published),
+        (None, wanted_value(&r, &p), Verdict::Published),
+        (None, with_cluster.clone(), Verdict::StaleInEtcd),
+        (Some("east"), wanted_value(&r, &p), Verdict::StaleInEtcd),
+        (Some("west"), with_cluster.clone(), Verdict::StaleInEtcd),
+    ];
+    for (cluster, held, want) in cases {
+        let (got, wanted) = verdict(cluster, &held);
+        assert_eq!(got, want, "{cluster:?} holding {held}");
+        if let Some(c) = cluster {
+            assert!(wanted.is_some_and(|w| w.contains(&format!(r#""cluster":"{c}""#))));
         }
     }
 }
