@@ -66,8 +66,8 @@ impl FailoverBuilder {
     /// and starts following them. Calls wait for the first pickable backend.
     pub async fn build(self) -> Result<FailoverBalancer, Error> {
         if self.groups.is_empty() {
-            return Err(Error::Config(
-                "a failover balancer needs at least one target".into(),
+            return Err(Error::config(
+                "a failover balancer needs at least one target",
             ));
         }
         let mut balancers = Vec::with_capacity(self.groups.len());
