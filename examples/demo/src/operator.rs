@@ -39,6 +39,7 @@ impl Operator {
             identity: "registrar-demo".to_string(),
             coalesce,
             status_resync: registrar::controller::DEFAULT_STATUS_RESYNC,
+            publish_cluster_id: None,
         };
         let task = tokio::spawn(engine.run(leader_rx, ready_tx, shutdown_rx));
         let mut op = Operator {
