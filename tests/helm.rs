@@ -691,3 +691,81 @@ async fn upgrade_from_the_previous_chart_keeps_the_crd_and_the_published_keys() 
     }
     assert!(op.is_ready().await, "{}", op.log_text());
 }
+
+/// The leaves of `values` (values.yaml) as key path -> compact JSON: a map whose schema
+/// declares `properties` is walked, anything else (scalars, lists, free-form maps) is one value.
+fn value_leaves(
+    values: &Value,
+    schema: &Value,
+    path: &str,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match values.as_object() {
+        Some(map) if !map.is_empty() && schema["properties"].is_object() => {
+            for (k, v) in map {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                value_leaves(v, &schema["properties"][k], &sub, out);
+            }
+        }
+        _ => {
+            out.insert(path.to_string(), values.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_chart_readme_documents_every_value_with_its_default() {
+    let chart = workspace_root().join("charts/registrar");
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart.join("values.schema.json")).unwrap())
+            .unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    value_leaves(&values, &schema, "", &mut want);
+
+    let readme = std::fs::read_to_string(chart.join("README.md")).unwrap();
+    let table = readme
+        .split_once("<!-- values:start -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- values:end -->"))
+        .expect("the values table between its markers")
+        .0;
+    let mut rows = std::collections::BTreeMap::new();
+    for line in table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 3, "{line}");
+        let key = cells[0].trim_matches('`').to_string();
+        assert!(cells[2].len() > 5, "{key}: no description");
+        assert!(
+            rows.insert(key.clone(), cells[1].trim_matches('`').to_string())
+                .is_none(),
+            "{key} listed twice"
+        );
+    }
+    let missing: Vec<String> = want
+        .iter()
+        .filter(|(k, _)| !rows.contains_key(*k))
+        .map(|(k, v)| format!("| `{k}` | `{v}` | ... |"))
+        .collect();
+    let stale: Vec<&String> = rows.keys().filter(|k| !want.contains_key(*k)).collect();
+    let wrong: Vec<String> = want
+        .iter()
+        .filter_map(|(k, v)| {
+            let row = rows.get(k)?;
+            (row != v).then(|| format!("{k}: README {row}, values.yaml {v}"))
+        })
+        .collect();
+    println!("{} values documented", rows.len());
+    assert!(
+        missing.is_empty(),
+        "values missing from the README:\n{}",
+        missing.join("\n")
+    );
+    assert!(stale.is_empty(), "README rows for no value: {stale:?}");
+    assert!(wrong.is_empty(), "defaults differ: {wrong:#?}");
+    assert!(want.len() >= 60, "{}", want.len());
+}
