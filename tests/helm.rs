@@ -435,7 +435,8 @@ async fn the_test_hook_probes_readyz_through_the_service_with_the_operator_image
     assert!(args[3].ends_with(".svc:9100/readyz"), "{args:?}");
 
     // The pod's command, run here against a real operator: a kubelet would run exactly this
-    // (with the Service's name resolved by the cluster DNS, here `localhost`).
+    // (with the Service's name resolved by the cluster DNS; here its address, as a name could
+    // send a DNS query off the machine).
     let g = Ground::new().await.unwrap();
     let op = g.operator().await.unwrap();
     let port = op.admin.rsplit_once(':').unwrap().1.to_string();
@@ -444,7 +445,7 @@ async fn the_test_hook_probes_readyz_through_the_service_with_the_operator_image
         a[3] = url.to_string();
         a
     };
-    let ready_url = format!("http://localhost:{port}/readyz");
+    let ready_url = format!("http://127.0.0.1:{port}/readyz");
     let (ok, out) = run_registrar(&local(&ready_url));
     println!("probe of a ready operator: {out}");
     assert!(ok, "{out}");
