@@ -4,6 +4,7 @@
 #   - helm template with the default values and with every ci values file, plus assertions on
 #     what gets rendered
 #   - the chart's CRD is an identical copy of the generated crds/ file
+#   - helm package: the archive holds the chart's files, lints, and renders like the directory
 #   - helm template FAILS for every tests/chart/bad/*.yaml, with the message named by the file's
 #     "# expect: <text>" line
 # Prints a summary; exits non-zero if anything failed.
@@ -144,6 +145,28 @@ if [ -f "$root/crds/$crd_name" ]; then
     diff -u "$root/crds/$crd_name" "$chart/crds/$crd_name"
 else
   fail "crds/$crd_name exists (generate it, then copy it into the chart)"
+fi
+
+echo "== helm package"
+version=$(sed -n 's/^version: //p' "$chart/Chart.yaml")
+pkg="$tmp/pkg/registrar-$version.tgz"
+if "$helm" package "$chart" --destination "$tmp/pkg" >"$tmp/out" 2>&1 && [ -s "$pkg" ]; then
+  pass "package registrar-$version.tgz"
+  tar -tzf "$pkg" >"$tmp/pkg.list"
+  expect_in "$tmp/pkg.list" "package: chart, schema, README, CRD, dashboard, test hook" \
+    '^registrar/Chart.yaml$' '^registrar/values.yaml$' '^registrar/values.schema.json$' \
+    '^registrar/README.md$' "^registrar/crds/$crd_name\$" '^registrar/dashboards/registrar.json$' \
+    '^registrar/templates/tests/readyz.yaml$'
+  check "lint --strict (the package)" "$helm" lint --strict "$pkg"
+  # The package renders exactly what the chart directory renders.
+  if "$helm" template "$release" "$pkg" --namespace "$namespace" --kube-version "$kube_version" \
+    >"$tmp/pkg.yaml" 2>"$tmp/pkg.yaml.err"; then
+    check "package renders like the chart directory" diff -u "$tmp/default.yaml" "$tmp/pkg.yaml"
+  else
+    fail "template (the package)" "$tmp/pkg.yaml.err"
+  fi
+else
+  fail "package registrar-$version.tgz" "$tmp/out"
 fi
 
 echo "== helm template must refuse bad values"

@@ -33,6 +33,20 @@ pub enum Command {
     Inspect(Box<InspectArgs>),
     /// Check connectivity and permissions to the API server and etcd; non-zero exit on failure.
     Doctor(Box<DoctorArgs>),
+    /// GET an admin endpoint (e.g. http://registrar-metrics:8080/readyz); exit 0 on a 2xx answer.
+    Probe(ProbeArgs),
+}
+
+/// Flags of `registrar probe`.
+#[derive(Clone, Debug, Args)]
+pub struct ProbeArgs {
+    /// URL to GET: http://<host>:<port>/<path> (plain HTTP, as the admin server serves).
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Seconds to wait for the whole answer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
 }
 
 /// Output format of `registrar inspect`.

@@ -465,5 +465,8 @@ fn endpoint_metadata<'n>(
     metadata
 }
 
+mod per_target;
+pub use per_target::{TargetName, endpoints_per_target};
+
 #[cfg(test)]
 mod tests;

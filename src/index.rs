@@ -437,6 +437,12 @@ impl Index {
         desired::desired_keys(&self.prefix, self.outcomes.values())
     }
 
+    /// The target (`<prefix>/<namespace>/<service>`) of every registration's current outcome
+    /// (a target named by several registrations comes once per registration).
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.outcomes.values().map(|o| o.target.as_str())
+    }
+
     /// The current outcome of a registration.
     pub fn outcome(&self, key: &RegKey) -> Option<&RegistrationOutcome> {
         self.outcomes.get(key)

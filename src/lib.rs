@@ -9,6 +9,7 @@
 //! - [`controller`]: the engine that wires watches, the index, the writer and the API writes.
 //! - [`leader`], [`admin`], [`metrics`], [`config`], [`connect`]: running it.
 //! - [`inspect`] and [`doctor`]: the diagnostic commands (`registrar inspect`, `registrar doctor`).
+//! - [`probe`]: `registrar probe`, the chart's `helm test` check of `/readyz`.
 
 pub mod admin;
 pub mod backoff;
@@ -24,5 +25,6 @@ pub mod index;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;
+pub mod probe;
 pub mod status;
 pub mod topology;

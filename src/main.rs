@@ -1,6 +1,7 @@
 //! `registrar`: the operator binary. `registrar run` mirrors ready endpoints into etcd;
 //! `registrar crd` prints the CustomResourceDefinition; `registrar inspect` and `registrar
-//! doctor` diagnose. Invoked as `kubectl-registrar` (a symlink), it is a kubectl plugin:
+//! doctor` diagnose; `registrar probe` checks an admin endpoint (the chart's `helm test`).
+//! Invoked as `kubectl-registrar` (a symlink), it is a kubectl plugin:
 //! `kubectl registrar inspect ...`.
 
 use std::process::ExitCode;
@@ -35,6 +36,19 @@ async fn main() -> ExitCode {
         Command::Doctor(args) => {
             init_cli_logging();
             report(registrar::doctor::run(*args).await)
+        }
+        Command::Probe(args) => {
+            let timeout = Duration::from_secs(args.timeout);
+            match registrar::probe::probe(&args.url, timeout).await {
+                Ok(answer) => {
+                    println!("{}: {} {}", args.url, answer.status, answer.body);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Crd => match registrar::crd::crd_yaml() {
             Ok(yaml) => {

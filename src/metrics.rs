@@ -7,10 +7,14 @@
 //! [`Metrics::encode_openmetrics`] (OpenMetrics 1.0.0) on `/metrics`.
 //!
 //! Every labelled series is created at zero when the registry is built, so dashboards and
-//! alerts see `0` rather than a missing series before the first event.
+//! alerts see `0` rather than a missing series before the first event; the exception is
+//! `registrar_target_endpoints{target_namespace, target_service}`, which has one series per
+//! target that a ServiceRegistration names (its cardinality is the number of distinct targets,
+//! never pods or addresses).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -123,12 +127,24 @@ struct KindLabels {
     kind: ErrorKind,
 }
 
+/// Labels of `registrar_target_endpoints`. Not `namespace`/`service`: Prometheus' Kubernetes
+/// service discovery gives every scraped series those labels (the operator's own namespace and
+/// Service), which would rename ours to `exported_*`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target_namespace: String,
+    target_service: String,
+}
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
     reconciles: Family<ResultLabels, Counter>,
     errors: Family<KindLabels, Counter>,
     published: Gauge,
+    target_endpoints: Family<TargetLabels, Gauge>,
+    /// The targets that have a `target_endpoints` series now (to remove those that went away).
+    targets: Mutex<BTreeSet<(String, String)>>,
     registrations: Gauge,
     not_ready: Gauge,
     etcd_unavailable: Gauge,
@@ -185,6 +201,17 @@ impl Metrics {
             "published_endpoints",
             "Endpoint keys the operator wants published in etcd (all registrations)",
             published.clone(),
+        );
+
+        // One series per target (a namespace/service pair some ServiceRegistration names), never
+        // per pod or address: as many series as distinct targets, at most one per registration.
+        let target_endpoints = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "target_endpoints",
+            "Endpoint keys the operator wants published under each target \
+             <prefix>/<target_namespace>/<target_service> (0 for a registered target without \
+             ready endpoints; a target no registration names any more has no series)",
+            target_endpoints.clone(),
         );
 
         let registrations = Gauge::default();
@@ -265,6 +292,8 @@ impl Metrics {
                 reconciles,
                 errors,
                 published,
+                target_endpoints,
+                targets: Mutex::default(),
                 registrations,
                 not_ready,
                 etcd_unavailable,
@@ -297,6 +326,34 @@ impl Metrics {
     /// Sets the number of endpoint keys the operator wants in etcd.
     pub fn set_published(&self, n: usize) {
         self.inner.published.set(saturating_i64(n));
+    }
+
+    /// Sets the number of endpoint keys wanted per target (namespace, service), replacing the
+    /// previous set: targets missing from `counts` lose their series.
+    pub fn set_target_endpoints(&self, counts: &BTreeMap<(String, String), usize>) {
+        let mut targets = self
+            .inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (namespace, service) in targets.iter() {
+            if !counts.contains_key(&(namespace.clone(), service.clone())) {
+                self.inner.target_endpoints.remove(&TargetLabels {
+                    target_namespace: namespace.clone(),
+                    target_service: service.clone(),
+                });
+            }
+        }
+        for ((namespace, service), n) in counts {
+            self.inner
+                .target_endpoints
+                .get_or_create(&TargetLabels {
+                    target_namespace: namespace.clone(),
+                    target_service: service.clone(),
+                })
+                .set(saturating_i64(*n));
+        }
+        *targets = counts.keys().cloned().collect();
     }
 
     /// Sets the number of ServiceRegistrations known.
@@ -548,6 +605,31 @@ mod tests {
         m.set_leader(false);
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, "registrar_leader"), Some(0.0));
+    }
+
+    #[test]
+    fn target_endpoints_follow_the_latest_set() {
+        let m = Metrics::new();
+        // No target yet: no series (the family prints nothing at all).
+        let text = m.encode().unwrap();
+        assert!(!text.contains("registrar_target_endpoints"), "{text}");
+        let pair = |n: &str, s: &str| (n.to_string(), s.to_string());
+        m.set_target_endpoints(&BTreeMap::from([
+            (pair("shop", "greeter"), 3),
+            (pair("shop", "idle"), 0),
+        ]));
+        let text = m.encode().unwrap();
+        let greeter =
+            r#"registrar_target_endpoints{target_namespace="shop",target_service="greeter"}"#;
+        let idle = r#"registrar_target_endpoints{target_namespace="shop",target_service="idle"}"#;
+        assert_eq!(sample(&text, greeter), Some(3.0), "{text}");
+        assert_eq!(sample(&text, idle), Some(0.0), "{text}");
+
+        // idle's registration is gone: so is its series.
+        m.set_target_endpoints(&BTreeMap::from([(pair("shop", "greeter"), 1)]));
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, greeter), Some(1.0), "{text}");
+        assert_eq!(sample(&text, idle), None, "{text}");
     }
 
     #[test]

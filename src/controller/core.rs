@@ -32,6 +32,7 @@ use super::kube_writes::FINALIZER;
 use super::settle::Settled;
 use crate::coalesce::schedule;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::desired;
 use crate::etcd::{Desired, WriterState};
 use crate::index::{Index, RegKey};
 use crate::metrics::ErrorKind;
@@ -108,6 +109,9 @@ pub enum Metric {
     Leader(bool),
     /// Keys in the desired state.
     Published(usize),
+    /// Keys in the desired state per target (namespace, service); every registration's target
+    /// is present (at 0 without endpoints). Replaces the previous set.
+    TargetEndpoints(BTreeMap<desired::TargetName, usize>),
     /// Registrations known.
     Registrations(usize),
     /// Registrations whose Ready condition (as last decided by this leader) is not True.
@@ -404,6 +408,9 @@ impl Core {
                 self.published.record(key.clone(), seq, endpoints);
             }
             out.push(Effect::Metric(Metric::Published(keys.len())));
+            out.push(Effect::Metric(Metric::TargetEndpoints(
+                desired::endpoints_per_target(&self.cfg.prefix, keys.keys(), self.index.targets()),
+            )));
             self.desired = Desired {
                 seq,
                 keys: Arc::new(keys),

@@ -282,6 +282,7 @@ impl Io {
             Effect::Metric(m) => match m {
                 Metric::Leader(on) => self.metrics.set_leader(on),
                 Metric::Published(n) => self.metrics.set_published(n),
+                Metric::TargetEndpoints(counts) => self.metrics.set_target_endpoints(&counts),
                 Metric::Registrations(n) => self.metrics.set_registrations(n),
                 Metric::NotReady(n) => self.metrics.set_not_ready(n),
                 Metric::EtcdUnavailable(down) => self.metrics.set_etcd_unavailable(down),

@@ -307,6 +307,30 @@ async fn the_image_runs_as_the_charts_deployment_runs_it() {
     assert_eq!(value["Addr"], "127.0.0.161:50051");
     assert_eq!(value["Op"], json!(0));
 
+    // The chart's `helm test` pod, run from the same image as kubelet would run it, against
+    // the running replica (the Service's address is the admin port here): it passes.
+    let hooks = helm_template_tests(RELEASE, RELEASE_NS, &["--set", &port]).unwrap();
+    let test_pod = hooks
+        .iter()
+        .find(|d| d["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .expect("the helm test pod");
+    let (test_options, test_args) = pod::from_test_pod(
+        test_pod,
+        // An address, not `localhost`: a name could send a DNS query off the machine.
+        &format!("http://127.0.0.1:{}{}", run.admin_port, run.readiness_path),
+    );
+    let run_test_pod = || {
+        let mut a: Vec<String> = vec!["run".into(), "--rm".into()];
+        a.extend(test_options.iter().cloned());
+        a.push(image.clone());
+        a.extend(test_args.iter().cloned());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        podman::podman(&a)
+    };
+    let passed = run_test_pod().unwrap();
+    println!("helm test pod against the running replica: {passed}");
+    assert!(passed.contains(" 200 "), "{passed}");
+
     // SIGTERM: a clean exit within the grace period, and the Lease given up.
     let (stop_time, status) = container.stop(run.grace).unwrap();
     let log = container.log_text();
@@ -322,6 +346,11 @@ async fn the_image_runs_as_the_charts_deployment_runs_it() {
         "the Lease is released; log:\n{log}"
     );
     assert!(log.contains("Lease released"), "{log}");
+
+    // Nothing behind the Service: the helm test pod fails.
+    let failed = run_test_pod().expect_err("the helm test pod passed with no operator");
+    println!("helm test pod with the replica stopped: {failed:#}");
+    assert!(format!("{failed:#}").contains("connecting"), "{failed:#}");
 
     // The chart's RBAC was enough, and the password stayed out of the log.
     assert!(

@@ -215,3 +215,61 @@ pub fn from_deployment(deployment: &Value, ctx: &PodContext, root: &Path) -> Pod
         service_account_name: s(&pod["serviceAccountName"]).to_string(),
     }
 }
+
+/// The podman view of the chart's `helm test` pod: options (its security context, memory limit,
+/// host network) and its container's args, with the Service URL (the last argument) replaced by
+/// `url` (what cluster DNS and kube-proxy would reach).
+pub fn from_test_pod(pod: &Value, url: &str) -> (Vec<String>, Vec<String>) {
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let spec = &pod["spec"];
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert!(spec["volumes"].is_null(), "the test pod mounts nothing");
+    let containers = spec["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "the test pod has one container");
+    let c = &containers[0];
+    let (psc, csc) = (&spec["securityContext"], &c["securityContext"]);
+    assert_eq!(psc["runAsNonRoot"], true);
+    assert_eq!(csc["runAsNonRoot"], true);
+    assert_eq!(csc["readOnlyRootFilesystem"], true);
+    assert_eq!(csc["allowPrivilegeEscalation"], false);
+    assert_eq!(csc["privileged"], false);
+    assert_eq!(csc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(csc["seccompProfile"]["type"], "RuntimeDefault");
+    let user = csc["runAsUser"].as_i64().expect("runAsUser");
+    let group = csc["runAsGroup"].as_i64().expect("runAsGroup");
+    let memory = s(&c["resources"]["limits"]["memory"]);
+    let mib = memory
+        .strip_suffix("Mi")
+        .unwrap_or_else(|| panic!("memory limit {memory}: only Mi is translated"));
+    let options = [
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--user",
+        &format!("{user}:{group}"),
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--security-opt",
+        "no-new-privileges",
+        "--cap-drop",
+        "ALL",
+        "--memory",
+        &format!("{mib}m"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut args: Vec<String> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| s(a).to_string())
+        .collect();
+    let last = args.last_mut().expect("the URL argument");
+    assert!(last.starts_with("http://"), "{last}");
+    *last = url.to_string();
+    (options, args)
+}

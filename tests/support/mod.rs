@@ -409,9 +409,21 @@ impl Operator {
     }
 }
 
-/// `helm template <release> charts/registrar --namespace <namespace> <args>`: the rendered
-/// objects as JSON values, in order.
+/// `helm template <release> charts/registrar --namespace <namespace> <args>`: the objects
+/// `helm install` creates, as JSON values, in order (the `helm test` hook pod is left out:
+/// see [`helm_template_tests`]).
 pub fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>> {
+    let mut all = vec!["--skip-tests"];
+    all.extend_from_slice(args);
+    render_chart(release, namespace, &all)
+}
+
+/// The objects of `helm template` including the `helm test` hooks.
+pub fn helm_template_tests(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>> {
+    render_chart(release, namespace, args)
+}
+
+fn render_chart(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>> {
     let chart = registrar_testenv::workspace_root().join("charts/registrar");
     let chart = chart.to_string_lossy().into_owned();
     let mut all = vec![
