@@ -6,13 +6,13 @@
 //!
 //! The `helm test` hook is rendered and its exact command run against a real operator (the
 //! test ground has no kubelet to run the pod itself). `helm upgrade` from the previous chart
-//! version (extracted from git history) keeps the CRD and the registrations, and the keys in
+//! version (a packaged fixture of it) keeps the CRD and the registrations, and the keys in
 //! etcd stay untouched while the operator runs as the release's ServiceAccount throughout.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -476,34 +476,23 @@ async fn the_test_hook_probes_readyz_through_the_service_with_the_operator_image
     assert!(!ok && out.contains("connecting"), "{out}");
 }
 
-/// The chart as of this commit is the previous chart version (0.1.0), before the `helm test`
-/// hook, the per-target metric and the 0.2.0 bump.
-const PREVIOUS_CHART_REV: &str = "13cb0d78b2e65694b6cd125a5dd6dd677dd6038a";
+/// The previous chart version (0.1.0, before the `helm test` hook, the per-target metric and the
+/// 0.2.0 bump), as `helm package` made it from commit 13cb0d7: a fixture rather than git
+/// history, so that the test runs on a shallow clone too.
+const PREVIOUS_CHART: &str = "tests/chart/registrar-0.1.0.tgz";
 
-/// `charts/registrar` at `rev`, extracted from git into `dir`; the chart's directory.
-fn chart_at(rev: &str, dir: &Path) -> PathBuf {
-    let archive = Command::new("git")
-        .arg("-C")
-        .arg(workspace_root())
-        .args(["archive", "--format=tar", rev, "charts/registrar"])
-        .output()
-        .unwrap();
-    assert!(
-        archive.status.success(),
-        "git archive {rev} (the previous chart; a shallow clone lacks it: git fetch --unshallow): {}",
-        String::from_utf8_lossy(&archive.stderr)
-    );
-    let mut tar = Command::new("tar")
-        .arg("-x")
+/// The packaged chart at `archive` (relative to the workspace), extracted into `dir`; the
+/// chart's directory.
+fn chart_at(archive: &str, dir: &Path) -> PathBuf {
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(workspace_root().join(archive))
         .arg("-C")
         .arg(dir)
-        .stdin(Stdio::piped())
-        .spawn()
+        .status()
         .unwrap();
-    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &archive.stdout).unwrap();
-    drop(tar.stdin.take());
-    assert!(tar.wait().unwrap().success());
-    dir.join("charts/registrar")
+    assert!(status.success(), "tar -xzf {archive}");
+    dir.join("registrar")
 }
 
 fn chart_version(chart: &Path) -> String {
@@ -526,7 +515,7 @@ async fn upgrade_from_the_previous_chart_keeps_the_crd_and_the_published_keys() 
     let home = tempfile::tempdir().unwrap();
     let old_dir = tempfile::tempdir().unwrap();
     let ns = "registrar-system";
-    let old = chart_at(PREVIOUS_CHART_REV, old_dir.path());
+    let old = chart_at(PREVIOUS_CHART, old_dir.path());
     let new = workspace_root().join("charts/registrar");
     let (old_version, new_version) = (chart_version(&old), chart_version(&new));
     assert_ne!(old_version, new_version, "bump the chart version");
