@@ -1,0 +1,58 @@
+//! Rollout benchmark (issue 12 §4): the rolling-update scenario of the `rollouts` test (a kwok
+//! cluster, the operator, a Deployment of 4 replicas with maxSurge 1 and maxUnavailable 0
+//! served by the watch-driven stand-in kubelet, a client with 8 concurrent callers at ~1,000
+//! RPCs per second, three consecutive rolling updates), run twice: with client-side health
+//! checking and the resolver's drain helper (2 s drain delay), and without either (the server
+//! shuts down gracefully on SIGTERM, clients drop it when etcd tells them). Prints failed RPCs
+//! of both side by side and, per run, how long after SIGTERM the terminating servers answered
+//! their last call.
+//!
+//! Run with `cargo bench --bench rollouts`. Everything runs on loopback. Under
+//! `cargo test --benches` (no `--bench` argument) it does nothing.
+
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use anyhow::Result;
+use support::rollout::{self, CALLERS, GRACE_S, RATE, REPLICAS, ROLLOUTS, Setup};
+
+fn main() -> std::process::ExitCode {
+    harness::main("rollouts", run)
+}
+
+async fn run() -> Result<()> {
+    let runs = [
+        ("health checking + drain (2 s)", Setup::PROTECTED),
+        ("no health checking, no drain delay", Setup::BASELINE),
+    ];
+    let mut rows = Vec::new();
+    for (label, setup) in runs {
+        let o = rollout::run(setup).await?;
+        rollout::print(label, setup, &o);
+        rows.push((label, o));
+    }
+    println!();
+    println!(
+        "{ROLLOUTS} rolling updates of {REPLICAS} replicas (maxSurge 1, maxUnavailable 0, \
+         terminationGracePeriodSeconds {GRACE_S}), {CALLERS} callers at <= {RATE} RPC/s:"
+    );
+    println!();
+    println!(
+        "| setup | RPCs sent | failed | SIGTERM → last RPC received (median / latest) | first errors |"
+    );
+    println!("|---|---:|---:|---|---|");
+    for (label, o) in &rows {
+        println!(
+            "| {label} | {} | {} | {} / {} | {} |",
+            o.stats.sent,
+            o.stats.failed,
+            rollout::ms(o.median_last_call_ms()),
+            rollout::ms(o.latest_last_call_ms()),
+            o.stats.errors.first().map_or("-", String::as_str)
+        );
+    }
+    Ok(())
+}
