@@ -10,11 +10,14 @@
 //! `terminationGracePeriodSeconds` is — ends, unless it exited on its own before. It never looks
 //! at etcd or at the operator, so what clients see includes every propagation delay.
 //!
-//! With a [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1`
-//! and SIGTERM triggers the drainer (e.g. the resolver's drain helper: NOT_SERVING, serving on
-//! for its drain delay, then a graceful shutdown); without one SIGTERM starts tonic's graceful
-//! shutdown at once (GOAWAY, in-flight calls finish). [`PodServers::drains`] tells, per stopped
-//! server, when it answered its last call relative to its SIGTERM.
+//! What a server does on SIGTERM is its [`OnSigterm`]: by default ([`PodServers::start`]) it
+//! starts tonic's graceful shutdown at once (GOAWAY, in-flight calls finish); with a
+//! [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1` and
+//! SIGTERM triggers the drainer (e.g. the resolver's drain helper: NOT_SERVING, serving on for
+//! its drain delay, then a graceful shutdown); [`OnSigterm::Exit`] is a server without a
+//! SIGTERM handler: it dies at once, its connections and in-flight calls with it.
+//! [`PodServers::drains`] tells, per stopped server, when it answered its last call relative to
+//! its SIGTERM.
 //!
 //! kwok deletes a terminating pod at once and hands its IP to the next pod, so a test that wants
 //! old and new pods on distinct IPs puts [`FINALIZER`] on its pods: the pod then stays
@@ -49,6 +52,19 @@ pub struct Termination {
     pub grace: Duration,
 }
 
+/// What a server does on SIGTERM.
+#[derive(Clone)]
+pub enum OnSigterm {
+    /// tonic's graceful shutdown at once: GOAWAY, no new connections, in-flight calls finish.
+    GracefulShutdown,
+    /// The drainer runs first (it gets the server's `grpc.health.v1` reporter and the SIGTERM
+    /// trigger), then the graceful shutdown.
+    Drain(Drainer),
+    /// The process exits at once (no SIGTERM handler): listener and connections closed,
+    /// in-flight calls lost.
+    Exit,
+}
+
 struct Entry {
     /// The pod the server runs for.
     uid: String,
@@ -56,8 +72,8 @@ struct Entry {
     server: TestServer,
     /// The pod is terminating (its termination task runs).
     leaving: bool,
-    /// SIGTERM was sent.
-    draining: bool,
+    /// SIGTERM was sent (then).
+    sigterm_at: Option<std::time::Instant>,
 }
 
 /// A pod (uid, name) waiting for its address to be freed by a terminating server.
@@ -101,7 +117,7 @@ struct Ctx {
     shared: Arc<Mutex<Shared>>,
     port: u16,
     termination: Termination,
-    drainer: Option<Drainer>,
+    on_sigterm: OnSigterm,
 }
 
 impl PodServers {
@@ -113,7 +129,14 @@ impl PodServers {
         port: u16,
         termination: Termination,
     ) -> PodServers {
-        Self::start_with(client, namespace, selector, port, termination, None)
+        Self::start_on_sigterm(
+            client,
+            namespace,
+            selector,
+            port,
+            termination,
+            OnSigterm::GracefulShutdown,
+        )
     }
 
     /// Like [`start`](Self::start), the servers draining with `drainer` (see the module docs).
@@ -125,23 +148,24 @@ impl PodServers {
         termination: Termination,
         drainer: Drainer,
     ) -> PodServers {
-        Self::start_with(
+        Self::start_on_sigterm(
             client,
             namespace,
             selector,
             port,
             termination,
-            Some(drainer),
+            OnSigterm::Drain(drainer),
         )
     }
 
-    fn start_with(
+    /// Like [`start`](Self::start), the servers doing `on_sigterm` on SIGTERM.
+    pub fn start_on_sigterm(
         client: kube::Client,
         namespace: &str,
         selector: &str,
         port: u16,
         termination: Termination,
-        drainer: Option<Drainer>,
+        on_sigterm: OnSigterm,
     ) -> PodServers {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let ctx = Ctx {
@@ -149,7 +173,7 @@ impl PodServers {
             shared: shared.clone(),
             port,
             termination,
-            drainer,
+            on_sigterm,
         };
         let config = watcher::Config::default().labels(selector);
         let task = tokio::spawn(ctx.run(config));
@@ -161,7 +185,7 @@ impl PodServers {
         lock(&self.shared)
             .servers
             .iter()
-            .filter(|(_, e)| !e.draining)
+            .filter(|(_, e)| e.sigterm_at.is_none())
             .map(|(a, _)| *a)
             .collect()
     }
@@ -264,7 +288,11 @@ impl Ctx {
     }
 
     async fn serve(&self, addr: SocketAddr, uid: &str, name: &str) {
-        match try_serve_draining(addr, name.to_string(), self.drainer.clone()).await {
+        let drainer = match &self.on_sigterm {
+            OnSigterm::Drain(drainer) => Some(drainer.clone()),
+            OnSigterm::GracefulShutdown | OnSigterm::Exit => None,
+        };
+        match try_serve_draining(addr, name.to_string(), drainer).await {
             Ok(server) => {
                 let mut s = lock(&self.shared);
                 s.started += 1;
@@ -275,7 +303,7 @@ impl Ctx {
                         name: name.to_string(),
                         server,
                         leaving: false,
-                        draining: false,
+                        sigterm_at: None,
                     },
                 );
             }
@@ -311,8 +339,11 @@ impl Ctx {
             let Some(e) = s.servers.get_mut(&addr) else {
                 return;
             };
-            e.draining = true;
-            e.server.drain();
+            e.sigterm_at = Some(std::time::Instant::now());
+            match self.on_sigterm {
+                OnSigterm::Exit => e.server.stop(),
+                OnSigterm::GracefulShutdown | OnSigterm::Drain(_) => e.server.drain(),
+            }
             e.server.exited()
         };
         let _ = tokio::time::timeout_at(killed_at, exited).await;
@@ -323,7 +354,7 @@ impl Ctx {
             };
             e.server.stop();
             s.served_by_gone += e.server.served();
-            if let Some(at) = e.server.drained_at() {
+            if let Some(at) = e.sigterm_at {
                 let last = e
                     .server
                     .last_served_at()

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use registrar_resolver::{Balancer, Drain, EtcdConnect};
 use registrar_testenv::greeter::{BoxUnit, Drainer};
-use registrar_testenv::pod_servers::{PodServers, Termination};
+use registrar_testenv::pod_servers::{OnSigterm, PodServers, Termination};
 use registrar_testenv::{Cluster, Etcd, poll, unique_name};
 use serde_json::json;
 use tokio::time::Instant;
@@ -34,13 +34,24 @@ pub const GRACE_S: u64 = 5;
 /// How long a rollout may take.
 const ROLL_DEADLINE: Duration = Duration::from_secs(120);
 
+/// What the servers do on SIGTERM.
+#[derive(Clone, Copy, Debug)]
+pub enum Sigterm {
+    /// The resolver's drain helper with this delay, then tonic's graceful shutdown.
+    Drain(Duration),
+    /// tonic's graceful shutdown at once (GOAWAY, in-flight calls finish): no drain delay.
+    Graceful,
+    /// Exit at once (no SIGTERM handler): connections and in-flight calls lost.
+    Exit,
+}
+
 /// One configuration of the client and the servers.
 #[derive(Clone, Copy, Debug)]
 pub struct Setup {
     /// The client's health checking (`Watch` of the whole server).
     pub health_check: bool,
-    /// The servers' drain delay (`None`: no drain helper, graceful shutdown on SIGTERM).
-    pub drain: Option<Duration>,
+    /// What the servers do on SIGTERM.
+    pub sigterm: Sigterm,
     /// The pods' `preStop` time.
     pub pre_stop: Duration,
 }
@@ -49,13 +60,20 @@ impl Setup {
     /// Health checking on, the drain helper with a 2 s delay, no `preStop`.
     pub const PROTECTED: Setup = Setup {
         health_check: true,
-        drain: Some(Duration::from_secs(2)),
+        sigterm: Sigterm::Drain(Duration::from_secs(2)),
         pre_stop: Duration::ZERO,
     };
-    /// The baseline: health checking off, no drain delay, no `preStop`.
+    /// The baseline: health checking off, no drain delay (graceful shutdown on SIGTERM), no
+    /// `preStop`.
     pub const BASELINE: Setup = Setup {
         health_check: false,
-        drain: None,
+        sigterm: Sigterm::Graceful,
+        pre_stop: Duration::ZERO,
+    };
+    /// No health checking, and servers that die on SIGTERM (no handler), no `preStop`.
+    pub const UNHANDLED: Setup = Setup {
+        health_check: false,
+        sigterm: Sigterm::Exit,
         pre_stop: Duration::ZERO,
     };
 }
@@ -71,10 +89,7 @@ pub struct Outcome {
 impl Outcome {
     /// The latest of the terminating servers' last calls, in ms after their SIGTERM.
     pub fn latest_last_call_ms(&self) -> Option<f64> {
-        self.drains
-            .iter()
-            .filter_map(|(_, d)| *d)
-            .reduce(f64::max)
+        self.drains.iter().filter_map(|(_, d)| *d).reduce(f64::max)
     }
 
     /// The median of the terminating servers' last calls, in ms after their SIGTERM.
@@ -103,15 +118,18 @@ pub async fn run(setup: Setup) -> Result<Outcome> {
         pre_stop: setup.pre_stop,
         grace: Duration::from_secs(GRACE_S),
     };
-    let kubelet = match setup.drain {
-        Some(delay) => {
+    let on_sigterm = match setup.sigterm {
+        Sigterm::Drain(delay) => {
             let drainer: Drainer = Arc::new(move |reporter, trigger: BoxUnit| -> BoxUnit {
                 Box::pin(Drain::new(reporter).delay(delay).trigger(trigger).wait())
             });
-            PodServers::start_draining(client.clone(), &ns, "app=g", 50051, termination, drainer)
+            OnSigterm::Drain(drainer)
         }
-        None => PodServers::start(client.clone(), &ns, "app=g", 50051, termination),
+        Sigterm::Graceful => OnSigterm::GracefulShutdown,
+        Sigterm::Exit => OnSigterm::Exit,
     };
+    let kubelet =
+        PodServers::start_on_sigterm(client.clone(), &ns, "app=g", 50051, termination, on_sigterm);
     Api::<Deployment>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &deployment(REPLICAS, GRACE_S)?)
         .await?;
@@ -171,7 +189,7 @@ pub async fn run(setup: Setup) -> Result<Outcome> {
         // With a drain delay every old pod still holds its IP (its finalizer) when the next new
         // pod gets one; without, an old server stops within milliseconds and kwok may hand its
         // IP to the next new pod, as a real cluster may.
-        if setup.drain.is_some() {
+        if matches!(setup.sigterm, Sigterm::Drain(_)) {
             anyhow::ensure!(
                 after.is_disjoint(&keys),
                 "round {round}: every pod was replaced: {keys:?} -> {after:?}"
