@@ -8,11 +8,15 @@
 //! failed RPCs side by side and, per run, how long after SIGTERM the terminating servers
 //! answered their last call.
 //!
-//! Run with `cargo bench --bench rollouts`. Everything runs on loopback. Under
+//! Run with `cargo bench --bench rollouts`. The table is printed and written to
+//! `<target>/bench/rollouts.md` (or `$REGISTRAR_BENCH_OUT`). Everything runs on loopback. Under
 //! `cargo test --benches` (no `--bench` argument) it does nothing.
 
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/report.rs"]
+#[allow(dead_code)]
+mod report;
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
@@ -42,31 +46,45 @@ async fn run() -> Result<()> {
         rollout::print(label, setup, &o);
         rows.push((label, o));
     }
-    println!();
-    println!(
-        "{ROLLOUTS} rolling updates of {REPLICAS} replicas (maxSurge 1, maxUnavailable 0, \
-         terminationGracePeriodSeconds {GRACE_S}), {CALLERS} callers at <= {RATE} RPC/s:"
-    );
-    println!();
-    println!(
-        "| setup | RPCs sent | failed | over | SIGTERM → last RPC received (median / latest) | first error |"
-    );
-    println!("|---|---:|---:|---:|---|---|");
+    let mut table = Vec::new();
     for (label, o) in &rows {
         let first = o.stats.errors.first().map_or("-", |e| {
             // "at 1.2s: <status>, source: ..." -> the status alone.
             let e = e.split_once(": ").map_or(e.as_str(), |(_, rest)| rest);
             e.split(", source:").next().unwrap_or(e)
         });
-        println!(
-            "| {label} | {} | {} | {:.1} s | {} / {} | {} |",
-            o.stats.sent,
-            o.stats.failed,
-            o.took.as_secs_f64(),
-            rollout::ms(o.median_last_call_ms()),
-            rollout::ms(o.latest_last_call_ms()),
-            first.replace('|', "/")
-        );
+        table.push(vec![
+            label.to_string(),
+            o.stats.sent.to_string(),
+            o.stats.failed.to_string(),
+            format!("{:.1} s", o.took.as_secs_f64()),
+            format!(
+                "{} / {}",
+                rollout::ms(o.median_last_call_ms()),
+                rollout::ms(o.latest_last_call_ms())
+            ),
+            first.replace('|', "/"),
+        ]);
     }
+    let markdown = format!(
+        "`cargo bench --bench rollouts` — {}: {ROLLOUTS} rolling updates of {REPLICAS} replicas \
+         (maxSurge 1, maxUnavailable 0, terminationGracePeriodSeconds {GRACE_S}), {CALLERS} \
+         callers at <= {RATE} RPC/s in all.\n\n{}",
+        report::when_and_where(),
+        report::table(
+            &[
+                "setup",
+                "RPCs sent",
+                "failed",
+                "rollouts took",
+                "SIGTERM → last RPC received (median / latest)",
+                "first error",
+            ],
+            &table
+        )
+    );
+    println!("\n{markdown}");
+    let path = report::write("rollouts.md", &markdown)?;
+    println!("written to {}", path.display());
     Ok(())
 }

@@ -12,11 +12,13 @@
 //! Environment (defaults in brackets):
 //! - `REGISTRAR_OUTLIER_BENCH_SECONDS` measured seconds after the backend turns bad [60]
 //! - `REGISTRAR_OUTLIER_BENCH_WARMUP_SECONDS` healthy seconds before [5]
+//! - `REGISTRAR_OUTLIER_BENCH_OUT` where the Markdown goes [`<target>/bench/outlier.md`]
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing. Everything stays on
 //! loopback.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -236,21 +238,36 @@ async fn run() -> Result<()> {
         );
         rows.push((label, r, share));
     }
-    println!();
-    println!(
-        "| client | RPCs sent | failed | failed share | bad backend ejected | first ejection |"
+    let mut md = format!(
+        "`cargo bench -p registrar-resolver --bench outlier`: {BACKENDS} backends, {CALLERS} \
+         callers at <= {RATE} RPC/s; one backend fails {BAD_IN_TEN}0 % of its calls (UNAVAILABLE) \
+         after {warmup:?}; the {measured:?} after that:\n\n\
+         | client | RPCs sent | failed | failed share | bad backend ejected | first ejection |\n\
+         |---|---:|---:|---:|---:|---:|\n"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
     for (label, r, share) in rows {
-        println!(
-            "| {label} | {} | {} | {share:.2} % | {:.1} s of {:.0} s | {} |",
+        md.push_str(&format!(
+            "| {label} | {} | {} | {share:.2} % | {:.1} s of {:.0} s | {} |\n",
             r.sent,
             r.failed,
             r.ejected_s,
             measured.as_secs_f64(),
             r.first_ejection
                 .map_or_else(|| "-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
-        );
+        ));
     }
+    println!("\n{md}");
+    let path = match std::env::var_os("REGISTRAR_OUTLIER_BENCH_OUT") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            tmp.parent().unwrap_or(tmp).join("bench").join("outlier.md")
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, md)?;
+    println!("written to {}", path.display());
     Ok(())
 }

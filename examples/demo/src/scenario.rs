@@ -282,14 +282,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 "health checking on (grpc.health.v1 Watch: a draining server leaves the pick \
                  set at once); outlier ejection on (gRFC A50 defaults)",
             );
+            // New pods may be published a moment before their server listens: retry soon.
+            let soon = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let balancer = Balancer::builder(kv.clone(), target.as_str())
                 .health_check("")
+                .health_check_backoff(soon)
                 .outlier_detection(OutlierDetection::default())
-                // New pods may be published a moment before their server listens: retry soon.
-                .connection_backoff(Backoff::new(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
+                .connection_backoff(soon)
                 .wait_for_ready_timeout(Duration::from_secs(5))
                 .build()
                 .await
