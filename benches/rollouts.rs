@@ -18,7 +18,6 @@ mod harness;
 #[allow(dead_code)]
 mod report;
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use anyhow::Result;
