@@ -143,6 +143,36 @@
 //! # }
 //! ```
 //!
+//! # Draining a server
+//!
+//! The server half of a zero-error rollout, [`Drain`]: on SIGTERM (or a future given to
+//! [`Drain::trigger`]) it sets the whole server (`""`) and every [`Drain::service`]
+//! NOT_SERVING on its `tonic-health` reporter, deletes the [`Drain::registration`] if one is
+//! attached, keeps serving for [`Drain::delay`] (default 5 s), then returns, which starts
+//! tonic's graceful shutdown (GOAWAY, in-flight calls finish). The pod's
+//! `terminationGracePeriodSeconds` must cover the delay plus the longest call; a `preStop` hook
+//! is then optional. Clients with health checking stop picking the server within one message;
+//! clients without it drop it when the operator (or the deregistration) removes its key.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use registrar_resolver::Drain;
+//!
+//! let (reporter, health) = tonic_health::server::health_reporter();
+//! let drain = Drain::new(reporter).delay(Duration::from_secs(5));
+//! tonic::transport::Server::builder()
+//!     .add_service(health) // and your services
+//!     .serve_with_shutdown("0.0.0.0:50051".parse()?, drain.wait())
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Measured on a kwok cluster (`cargo bench --bench rollouts`): three rolling updates of 4
+//! replicas under 8 concurrent callers lost no RPC with health checking and a 2 s drain delay;
+//! servers that die on SIGTERM lost calls in flight in every rollout.
+//!
 //! # Compatibility notes
 //!
 //! - The resolver reads `<target>/` (with the slash), as etcd's Go resolver 3.5+ does for its

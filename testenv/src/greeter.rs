@@ -102,6 +102,8 @@ pub struct TestServer {
     runtime: Option<tokio::runtime::Runtime>,
     drain: Option<tokio::sync::oneshot::Sender<()>>,
     drained_at: Option<std::time::Instant>,
+    /// Turns `true` when the server task ended (its graceful shutdown finished).
+    exited: tokio::sync::watch::Receiver<bool>,
 }
 
 impl TestServer {
@@ -146,6 +148,17 @@ impl TestServer {
     pub fn stop(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
+        }
+    }
+
+    /// Resolves when the server has ended on its own (after [`drain`](Self::drain): the
+    /// graceful shutdown finished, every connection closed) or was [stopped](Self::stop) —
+    /// the process exit a kubelet waits for after SIGTERM.
+    pub fn exited(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut exited = self.exited.clone();
+        async move {
+            // An error means the server's runtime is gone: it has exited too.
+            let _ = exited.wait_for(|done| *done).await;
         }
     }
 
@@ -237,6 +250,7 @@ pub async fn try_serve_draining(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task_name = name.clone();
     let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+    let (exit, exited) = tokio::sync::watch::channel(false);
     runtime.spawn(async move {
         let trigger: BoxUnit = Box::pin(async {
             let _ = drained.await;
@@ -257,6 +271,7 @@ pub async fn try_serve_draining(
         if let Err(e) = result {
             tracing::warn!(server = %task_name, "test Greeter server failed: {e}");
         }
+        let _ = exit.send(true);
     });
     // The listener is bound before this returns, so connections queue until the server task
     // accepts them; still wait until a TCP connect succeeds to hand back a serving server.
@@ -279,5 +294,6 @@ pub async fn try_serve_draining(
         runtime: Some(runtime),
         drain: Some(drain),
         drained_at: None,
+        exited,
     })
 }

@@ -1,32 +1,39 @@
 //! A minimal stand-in kubelet for fault tests on a kwok [`Cluster`](crate::Cluster): kwok makes
 //! pods Running and Ready but runs nothing, so this runs a Greeter server ([`crate::greeter`])
 //! on `<pod IP>:<port>` for every pod of a label selector that has a loopback IP and is not
-//! terminating. When a pod terminates (or is gone), its server behaves like a container under a
-//! real kubelet: it keeps serving for the `preStop` time, then shuts down gracefully (HTTP/2
-//! GOAWAY, in-flight calls finish) and is killed after the grace period. It never waits on etcd
-//! or on the operator, so what clients see includes every propagation delay.
+//! terminating.
 //!
-//! With a [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1`
-//! and the end of `preStop` triggers the drainer (the SIGTERM equivalent: e.g. the resolver's
-//! drain helper sets NOT_SERVING, keeps serving for its drain delay, then shuts down
-//! gracefully); [`PodServers::drains`] tells, per stopped server, when it answered its last
-//! call relative to that trigger.
+//! It behaves like a real kubelet: it is driven by a pod watch (it learns of a deletion as soon
+//! as the API server has it), and when a pod starts terminating (or is gone) its server keeps
+//! serving for the `preStop` time, then gets the SIGTERM equivalent ([`TestServer::drain`]),
+//! and is killed when the grace period — counted from the deletion, as
+//! `terminationGracePeriodSeconds` is — ends, unless it exited on its own before. It never looks
+//! at etcd or at the operator, so what clients see includes every propagation delay.
+//!
+//! What a server does on SIGTERM is its [`OnSigterm`]: by default ([`PodServers::start`]) it
+//! starts tonic's graceful shutdown at once (GOAWAY, in-flight calls finish); with a
+//! [`Drainer`] ([`PodServers::start_draining`]) the servers also run `grpc.health.v1` and
+//! SIGTERM triggers the drainer (e.g. the resolver's drain helper: NOT_SERVING, serving on for
+//! its drain delay, then a graceful shutdown); [`OnSigterm::Exit`] is a server without a
+//! SIGTERM handler: it dies at once, its connections and in-flight calls with it.
+//! [`PodServers::drains`] tells, per stopped server, when it answered its last call relative to
+//! its SIGTERM.
 //!
 //! kwok deletes a terminating pod at once and hands its IP to the next pod, so a test that wants
 //! old and new pods on distinct IPs puts [`FINALIZER`] on its pods: the pod then stays
 //! Terminating (keeping its IP) until its server has stopped, when this removes the finalizer,
-//! as a real kubelet keeps a pod until its containers are gone.
-//!
-//! Pods are listed every [`EVERY`]; a server is keyed by its address, so a pod that gets the IP
-//! of a pod still in its `preStop` simply keeps that server.
+//! as a real kubelet keeps a pod until its containers are gone. A pod that gets the IP of a pod
+//! whose server is still terminating gets its server once that one has stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -35,34 +42,53 @@ use crate::greeter::{Drainer, TestServer, try_serve_draining};
 /// The finalizer that holds a pod in Terminating until its server has stopped.
 pub const FINALIZER: &str = "registrar.dev/test-kubelet";
 
-/// How often the pods are listed.
-pub const EVERY: Duration = Duration::from_millis(100);
-
 /// How a terminating pod's server stops.
 #[derive(Debug, Clone, Copy)]
 pub struct Termination {
-    /// Serving on after the pod started terminating (the `preStop` sleep).
+    /// Serving on after the pod started terminating, before SIGTERM (the `preStop` sleep).
     pub pre_stop: Duration,
-    /// After `pre_stop`, how long a graceful shutdown may take before the server is killed.
+    /// The pod's `terminationGracePeriodSeconds`: counted from the deletion (`preStop`
+    /// included, as a kubelet counts it); a server still running then is killed.
     pub grace: Duration,
 }
 
-struct Entry {
-    server: TestServer,
-    /// When its pod was first seen terminating or gone.
-    leaving: Option<Instant>,
-    draining: bool,
+/// What a server does on SIGTERM.
+#[derive(Clone)]
+pub enum OnSigterm {
+    /// tonic's graceful shutdown at once: GOAWAY, no new connections, in-flight calls finish.
+    GracefulShutdown,
+    /// The drainer runs first (it gets the server's `grpc.health.v1` reporter and the SIGTERM
+    /// trigger), then the graceful shutdown.
+    Drain(Drainer),
+    /// The process exits at once (no SIGTERM handler): listener and connections closed,
+    /// in-flight calls lost.
+    Exit,
 }
+
+struct Entry {
+    /// The pod the server runs for.
+    uid: String,
+    name: String,
+    server: TestServer,
+    /// The pod is terminating (its termination task runs).
+    leaving: bool,
+    /// SIGTERM was sent (then).
+    sigterm_at: Option<std::time::Instant>,
+}
+
+/// A pod (uid, name) waiting for its address to be freed by a terminating server.
+type Waiting = BTreeMap<SocketAddr, (String, String)>;
 
 #[derive(Default)]
 struct Shared {
     servers: BTreeMap<SocketAddr, Entry>,
+    waiting: Waiting,
     /// Calls answered by servers already removed.
     served_by_gone: u64,
     /// Servers started so far.
     started: u64,
     /// Per stopped server that was drained: its name and when it answered its last call,
-    /// in milliseconds after the drain trigger (negative: before it; `None`: never).
+    /// in milliseconds after SIGTERM (negative: before it; `None`: never).
     drains: Vec<(String, Option<f64>)>,
 }
 
@@ -75,7 +101,23 @@ pub struct PodServers {
 impl Drop for PodServers {
     fn drop(&mut self) {
         self.task.abort();
+        // Kills every server (termination tasks still running find their entry gone).
+        lock(&self.shared).servers.clear();
     }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the watch loop and the termination tasks share.
+#[derive(Clone)]
+struct Ctx {
+    api: Api<Pod>,
+    shared: Arc<Mutex<Shared>>,
+    port: u16,
+    termination: Termination,
+    on_sigterm: OnSigterm,
 }
 
 impl PodServers {
@@ -87,7 +129,14 @@ impl PodServers {
         port: u16,
         termination: Termination,
     ) -> PodServers {
-        Self::start_with(client, namespace, selector, port, termination, None)
+        Self::start_on_sigterm(
+            client,
+            namespace,
+            selector,
+            port,
+            termination,
+            OnSigterm::GracefulShutdown,
+        )
     }
 
     /// Like [`start`](Self::start), the servers draining with `drainer` (see the module docs).
@@ -99,193 +148,270 @@ impl PodServers {
         termination: Termination,
         drainer: Drainer,
     ) -> PodServers {
-        Self::start_with(
+        Self::start_on_sigterm(
             client,
             namespace,
             selector,
             port,
             termination,
-            Some(drainer),
+            OnSigterm::Drain(drainer),
         )
     }
 
-    fn start_with(
+    /// Like [`start`](Self::start), the servers doing `on_sigterm` on SIGTERM.
+    pub fn start_on_sigterm(
         client: kube::Client,
         namespace: &str,
         selector: &str,
         port: u16,
         termination: Termination,
-        drainer: Option<Drainer>,
+        on_sigterm: OnSigterm,
     ) -> PodServers {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let api: Api<Pod> = Api::namespaced(client, namespace);
-        let params = ListParams::default().labels(selector);
-        let state = shared.clone();
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(EVERY);
-            loop {
-                ticker.tick().await;
-                let Ok(pods) = api.list(&params).await else {
-                    continue;
-                };
-                let wanted: Vec<SocketAddr> = pods
-                    .items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
-                    .filter(|ip: &IpAddr| ip.is_loopback())
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect();
-                let names: BTreeMap<SocketAddr, String> = pods
-                    .items
-                    .iter()
-                    .filter_map(|p| {
-                        let ip: IpAddr = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-                        Some((SocketAddr::new(ip, port), p.metadata.name.clone()?))
-                    })
-                    .collect();
-                step(&state, &wanted, &names, termination, drainer.as_ref()).await;
-                release(&api, &pods.items, &state, port).await;
-            }
-        });
+        let ctx = Ctx {
+            api: Api::namespaced(client, namespace),
+            shared: shared.clone(),
+            port,
+            termination,
+            on_sigterm,
+        };
+        let config = watcher::Config::default().labels(selector);
+        let task = tokio::spawn(ctx.run(config));
         PodServers { shared, task }
     }
 
     /// Addresses whose servers accept calls (serving or in `preStop`).
     pub fn serving(&self) -> Vec<SocketAddr> {
-        self.lock()
+        lock(&self.shared)
             .servers
             .iter()
-            .filter(|(_, e)| !e.draining)
+            .filter(|(_, e)| e.sigterm_at.is_none())
             .map(|(a, _)| *a)
             .collect()
     }
 
     /// Calls answered by all servers so far.
     pub fn served(&self) -> u64 {
-        let s = self.lock();
+        let s = lock(&self.shared);
         s.served_by_gone + s.servers.values().map(|e| e.server.served()).sum::<u64>()
     }
 
     /// Servers started so far.
     pub fn started(&self) -> u64 {
-        self.lock().started
+        lock(&self.shared).started
     }
 
     /// Per stopped server that was drained: its name and when it answered its last call, in
-    /// milliseconds after the drain trigger (negative: before it; `None`: never).
+    /// milliseconds after SIGTERM (negative: before it; `None`: never).
     pub fn drains(&self) -> Vec<(String, Option<f64>)> {
-        self.lock().drains.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shared).drains.clone()
     }
 }
 
-/// One reconciliation: start missing servers, move leaving ones through their termination.
-async fn step(
-    state: &Mutex<Shared>,
-    wanted: &[SocketAddr],
-    names: &BTreeMap<SocketAddr, String>,
-    termination: Termination,
-    drainer: Option<&Drainer>,
-) {
-    let now = Instant::now();
-    let missing: Vec<SocketAddr> = {
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut gone = Vec::new();
-        for (addr, e) in s.servers.iter_mut() {
-            if wanted.contains(addr) && !e.draining {
-                e.leaving = None;
-                continue;
-            }
-            let since = *e.leaving.get_or_insert(now);
-            let elapsed = now - since;
-            if elapsed >= termination.pre_stop + termination.grace {
-                gone.push(*addr);
-            } else if elapsed >= termination.pre_stop && !e.draining {
-                e.draining = true;
-                e.server.drain();
-            }
-        }
-        for addr in gone {
-            if let Some(mut e) = s.servers.remove(&addr) {
-                e.server.stop();
-                s.served_by_gone += e.server.served();
-                if let Some(at) = e.server.drained_at() {
-                    let last =
-                        e.server
-                            .last_served_at()
-                            .map(|l| match l.checked_duration_since(at) {
-                                Some(after) => after.as_secs_f64() * 1e3,
-                                None => -(at - l).as_secs_f64() * 1e3,
-                            });
-                    s.drains.push((e.server.name().to_string(), last));
+impl Ctx {
+    async fn run(self, config: watcher::Config) {
+        let mut events = watcher(self.api.clone(), config).default_backoff().boxed();
+        let mut listed: Option<HashSet<String>> = None;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listed = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let (Some(seen), Some(uid)) = (listed.as_mut(), pod.metadata.uid.clone()) {
+                        seen.insert(uid);
+                    }
+                    self.apply(&pod).await;
                 }
+                Ok(watcher::Event::InitDone) => {
+                    // Pods deleted while the watch was down.
+                    if let Some(seen) = listed.take() {
+                        let gone: Vec<String> = lock(&self.shared)
+                            .servers
+                            .values()
+                            .filter(|e| !seen.contains(&e.uid))
+                            .map(|e| e.uid.clone())
+                            .collect();
+                        for uid in gone {
+                            self.terminate(&uid);
+                        }
+                    }
+                }
+                Ok(watcher::Event::Apply(pod)) => self.apply(&pod).await,
+                Ok(watcher::Event::Delete(pod)) => {
+                    if let Some(uid) = pod.metadata.uid.as_deref() {
+                        self.terminate(uid);
+                        lock(&self.shared).waiting.retain(|_, (u, _)| u != uid);
+                    }
+                }
+                Err(e) => tracing::debug!("stand-in kubelet: pod watch: {e}"),
             }
         }
-        wanted
-            .iter()
-            .filter(|a| !s.servers.contains_key(a))
-            .copied()
-            .collect()
-    };
-    for addr in missing {
-        let name = names
-            .get(&addr)
-            .cloned()
-            .unwrap_or_else(|| addr.to_string());
-        match try_serve_draining(addr, name, drainer.cloned()).await {
+    }
+
+    /// The address the pod's server listens on, if it has a loopback IP.
+    fn addr(&self, pod: &Pod) -> Option<SocketAddr> {
+        let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+        ip.is_loopback().then_some(SocketAddr::new(ip, self.port))
+    }
+
+    async fn apply(&self, pod: &Pod) {
+        let (Some(uid), Some(name)) = (pod.metadata.uid.as_deref(), pod.metadata.name.as_deref())
+        else {
+            return;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            let known = lock(&self.shared).servers.values().any(|e| e.uid == uid);
+            lock(&self.shared).waiting.retain(|_, (u, _)| u != uid);
+            if known {
+                self.terminate(uid);
+            } else if has_finalizer(pod) {
+                // Never started, or already stopped: nothing holds the pod any more.
+                release(&self.api, name, uid).await;
+            }
+            return;
+        }
+        let Some(addr) = self.addr(pod) else {
+            return;
+        };
+        {
+            let mut s = lock(&self.shared);
+            match s.servers.get(&addr) {
+                Some(e) if e.uid == uid => return,
+                Some(_) => {
+                    // The address is still held by a terminating pod's server.
+                    s.waiting.insert(addr, (uid.to_string(), name.to_string()));
+                    return;
+                }
+                None => {}
+            }
+        }
+        self.serve(addr, uid, name).await;
+    }
+
+    async fn serve(&self, addr: SocketAddr, uid: &str, name: &str) {
+        let drainer = match &self.on_sigterm {
+            OnSigterm::Drain(drainer) => Some(drainer.clone()),
+            OnSigterm::GracefulShutdown | OnSigterm::Exit => None,
+        };
+        match try_serve_draining(addr, name.to_string(), drainer).await {
             Ok(server) => {
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = lock(&self.shared);
                 s.started += 1;
                 s.servers.insert(
                     addr,
                     Entry {
+                        uid: uid.to_string(),
+                        name: name.to_string(),
                         server,
-                        leaving: None,
-                        draining: false,
+                        leaving: false,
+                        sigterm_at: None,
                     },
                 );
             }
             Err(e) => tracing::warn!(%addr, "stand-in kubelet: cannot serve: {e:#}"),
         }
     }
+
+    /// Starts the termination of pod `uid`'s server (see the module docs), once.
+    fn terminate(&self, uid: &str) {
+        let addr = {
+            let mut s = lock(&self.shared);
+            let Some((addr, e)) = s.servers.iter_mut().find(|(_, e)| e.uid == uid) else {
+                return;
+            };
+            if e.leaving {
+                return;
+            }
+            e.leaving = true;
+            *addr
+        };
+        let ctx = self.clone();
+        tokio::spawn(async move { ctx.run_termination(addr).await });
+    }
+
+    /// `preStop`, SIGTERM, wait for the exit up to the grace period, kill; then lets the pod go
+    /// and starts a pod waiting for the address.
+    async fn run_termination(self, addr: SocketAddr) {
+        let deleted = Instant::now();
+        let killed_at = deleted + self.termination.grace;
+        tokio::time::sleep_until((deleted + self.termination.pre_stop).min(killed_at)).await;
+        let exited = {
+            let mut s = lock(&self.shared);
+            let Some(e) = s.servers.get_mut(&addr) else {
+                return;
+            };
+            e.sigterm_at = Some(std::time::Instant::now());
+            match self.on_sigterm {
+                OnSigterm::Exit => e.server.stop(),
+                OnSigterm::GracefulShutdown | OnSigterm::Drain(_) => e.server.drain(),
+            }
+            e.server.exited()
+        };
+        let _ = tokio::time::timeout_at(killed_at, exited).await;
+        let (pod, next) = {
+            let mut s = lock(&self.shared);
+            let Some(mut e) = s.servers.remove(&addr) else {
+                return;
+            };
+            e.server.stop();
+            s.served_by_gone += e.server.served();
+            if let Some(at) = e.sigterm_at {
+                let last = e
+                    .server
+                    .last_served_at()
+                    .map(|l| match l.checked_duration_since(at) {
+                        Some(after) => after.as_secs_f64() * 1e3,
+                        None => -(at - l).as_secs_f64() * 1e3,
+                    });
+                s.drains.push((e.server.name().to_string(), last));
+            }
+            ((e.name, e.uid), s.waiting.remove(&addr))
+        };
+        release(&self.api, &pod.0, &pod.1).await;
+        if let Some((uid, name)) = next {
+            self.serve(addr, &uid, &name).await;
+        }
+    }
 }
 
-/// Removes [`FINALIZER`] from terminating pods whose server is gone.
-async fn release(api: &Api<Pod>, pods: &[Pod], state: &Mutex<Shared>, port: u16) {
-    for pod in pods {
-        let Some(finalizers) = pod.metadata.finalizers.as_ref() else {
-            continue;
+fn has_finalizer(pod: &Pod) -> bool {
+    pod.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+/// Removes [`FINALIZER`] from pod `name` if it is still the pod `uid` and has it.
+async fn release(api: &Api<Pod>, name: &str, uid: &str) {
+    for _ in 0..5 {
+        let pod = match api.get_opt(name).await {
+            Ok(Some(pod)) => pod,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(pod = name, "stand-in kubelet: reading the pod: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        if pod.metadata.deletion_timestamp.is_none() || !finalizers.iter().any(|f| f == FINALIZER) {
-            continue;
+        if pod.metadata.uid.as_deref() != Some(uid) || !has_finalizer(&pod) {
+            return;
         }
-        let addr = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .map(|ip| SocketAddr::new(ip, port));
-        let serving = addr.is_some_and(|a| {
-            state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .servers
-                .contains_key(&a)
-        });
-        let Some(name) = pod.metadata.name.as_deref() else {
-            continue;
-        };
-        if serving {
-            continue;
-        }
-        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-        let patch = Patch::Merge(serde_json::json!({"metadata": {"finalizers": rest}}));
-        if let Err(e) = api.patch(name, &PatchParams::default(), &patch).await {
-            tracing::debug!(pod = name, "stand-in kubelet: removing the finalizer: {e}");
+        let rest: Vec<String> = pod
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != FINALIZER)
+            .collect();
+        let patch = Patch::Merge(serde_json::json!({"metadata": {
+            "finalizers": rest,
+            "resourceVersion": pod.metadata.resource_version,
+        }}));
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(pod = name, "stand-in kubelet: removing the finalizer: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

@@ -52,61 +52,50 @@ impl std::fmt::Display for TrafficStats {
     }
 }
 
-/// SayHello calls through a [`Balancer`], one at a time at most `rate` per second, each with
-/// [`RPC_DEADLINE`].
+/// SayHello calls through a [`Balancer`] by a number of callers, each one call at a time, at
+/// most `rate` per second in all, each call with [`RPC_DEADLINE`].
 pub struct Traffic {
     stats: Arc<Mutex<TrafficStats>>,
     calls: Arc<AtomicU64>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Traffic {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl Traffic {
+    /// One caller: at most one call in flight.
     pub fn start(balancer: Balancer, rate: u32) -> Traffic {
+        Self::start_callers(balancer, rate, 1)
+    }
+
+    /// `callers` concurrent callers (at most that many calls in flight), `rate` per second in
+    /// all.
+    pub fn start_callers(balancer: Balancer, rate: u32, callers: u32) -> Traffic {
         let stats = Arc::new(Mutex::new(TrafficStats::default()));
         let calls = Arc::new(AtomicU64::new(0));
-        let (s, c) = (stats.clone(), calls.clone());
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut client = GreeterClient::new(balancer);
-            let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let at = Instant::now();
-                let call = client.say_hello(HelloRequest {
-                    name: "fault".into(),
-                });
-                let result = tokio::time::timeout(RPC_DEADLINE, call).await;
-                let took = at.elapsed();
-                let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
-                st.sent += 1;
-                st.max_latency = st.max_latency.max(took);
-                match result {
-                    Ok(Ok(reply)) => {
-                        *st.by_backend.entry(reply.into_inner().backend).or_default() += 1;
-                    }
-                    failed => {
-                        st.failed += 1;
-                        if st.errors.len() < 5 {
-                            let why = match failed {
-                                Ok(Err(status)) => format!("{status}"),
-                                _ => format!("no answer within {RPC_DEADLINE:?}"),
-                            };
-                            st.errors.push(format!("at {:.1?}: {why}", at - started));
-                        }
-                    }
-                }
-                drop(st);
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Traffic { stats, calls, task }
+        let started = Instant::now();
+        let callers = callers.max(1);
+        let every = Duration::from_secs(1) * callers / rate.max(1);
+        let tasks = (0..callers)
+            .map(|i| {
+                let (s, c) = (stats.clone(), calls.clone());
+                let client = GreeterClient::new(balancer.clone());
+                // Spread the callers' ticks over one period.
+                let first = started + every * i / callers;
+                tokio::spawn(call_loop(client, first, every, started, s, c))
+            })
+            .collect();
+        Traffic {
+            stats,
+            calls,
+            tasks,
+        }
     }
 
     /// What it saw so far.
@@ -121,6 +110,48 @@ impl Traffic {
             (self.calls.load(Ordering::Relaxed) >= target).then_some(())
         })
         .await
+    }
+}
+
+/// One caller of [`Traffic`]: a call every `every` (or as soon as the last one ended).
+async fn call_loop(
+    mut client: GreeterClient<Balancer>,
+    first: Instant,
+    every: Duration,
+    started: Instant,
+    s: Arc<Mutex<TrafficStats>>,
+    c: Arc<AtomicU64>,
+) {
+    let mut ticker = tokio::time::interval_at(first, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let at = Instant::now();
+        let call = client.say_hello(HelloRequest {
+            name: "fault".into(),
+        });
+        let result = tokio::time::timeout(RPC_DEADLINE, call).await;
+        let took = at.elapsed();
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        st.sent += 1;
+        st.max_latency = st.max_latency.max(took);
+        match result {
+            Ok(Ok(reply)) => {
+                *st.by_backend.entry(reply.into_inner().backend).or_default() += 1;
+            }
+            failed => {
+                st.failed += 1;
+                if st.errors.len() < 5 {
+                    let why = match failed {
+                        Ok(Err(status)) => format!("{status}"),
+                        _ => format!("no answer within {RPC_DEADLINE:?}"),
+                    };
+                    st.errors.push(format!("at {:.1?}: {why}", at - started));
+                }
+            }
+        }
+        drop(st);
+        c.fetch_add(1, Ordering::Relaxed);
     }
 }
 

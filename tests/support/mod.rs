@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod proxy;
+pub mod rollout;
 
 use std::collections::BTreeMap;
 use std::path::Path;

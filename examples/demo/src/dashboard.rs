@@ -1,11 +1,13 @@
 //! The live traffic view: every tick, the RPCs each backend answered in the current window, the
-//! state of its server (from the stand-in kubelet) and of the client's connection to it.
+//! state of its server (from the stand-in kubelet), and its zone and state in the client's
+//! balancer (`Balancer::snapshot()`: READY, UNHEALTHY when health checking took it out,
+//! EJECTED by outlier detection, ...).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use registrar_resolver::{Balancer, ConnectivityState};
+use registrar_resolver::{BackendState, Balancer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -55,12 +57,14 @@ impl Drop for Dashboard {
     }
 }
 
-fn client_state(s: ConnectivityState) -> &'static str {
+fn client_state(s: BackendState) -> &'static str {
     match s {
-        ConnectivityState::Idle => "IDLE",
-        ConnectivityState::Connecting => "CONNECTING",
-        ConnectivityState::Ready => "READY",
-        ConnectivityState::TransientFailure => "TRANSIENT_FAILURE",
+        BackendState::Idle => "IDLE",
+        BackendState::Connecting => "CONNECTING",
+        BackendState::Ready => "READY",
+        BackendState::TransientFailure => "TRANSIENT_FAILURE",
+        BackendState::Unhealthy => "UNHEALTHY",
+        BackendState::Ejected => "EJECTED",
         _ => "UNKNOWN",
     }
 }
@@ -85,11 +89,12 @@ async fn run(src: Sources, mut heading: watch::Receiver<String>) {
             since.elapsed().as_secs_f64()
         );
         let counts = src.tally.peek();
-        let conns: HashMap<String, ConnectivityState> = src
+        let known: HashMap<String, (BackendState, Option<String>)> = src
             .balancer
-            .backends()
+            .snapshot()
+            .backends
             .into_iter()
-            .map(|b| (b.addr, b.state))
+            .map(|b| (b.addr, (b.state, b.zone)))
             .collect();
         let rows: Vec<Row> = src
             .kubelet
@@ -98,13 +103,18 @@ async fn run(src: Sources, mut heading: watch::Receiver<String>) {
             .filter(|b| b.state != ServerState::Stopped || counts.by_backend.contains_key(&b.pod))
             .map(|b| {
                 let addr = b.addr.to_string();
-                let client = match (b.state, conns.get(&addr)) {
+                let seen = known.get(&addr);
+                let client = match (b.state, seen) {
                     (ServerState::Stopped, _) | (_, None) => "-",
-                    (_, Some(s)) => client_state(*s),
+                    (_, Some((s, _))) => client_state(*s),
                 };
+                let zone = seen
+                    .and_then(|(_, z)| z.clone())
+                    .unwrap_or_else(|| "-".into());
                 Row {
                     pod: b.pod,
                     addr,
+                    zone,
                     server: b.state.as_str().to_string(),
                     client: client.to_string(),
                 }

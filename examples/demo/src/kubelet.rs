@@ -1,17 +1,16 @@
 //! A stand-in for the kubelet's container lifecycle. kwok simulates the kubelet's API side (pods
 //! get an IP and become Ready) but runs nothing, so this runs the workload: for every Running pod
-//! it starts a [`GracefulServer`] on the pod's IP (loopback, from kwok), and for every terminating
-//! pod it does what a kubelet does — the container's `preStop` sleep, then SIGTERM (a graceful
-//! drain) bounded by `terminationGracePeriodSeconds` — before letting the pod go.
+//! it starts a [`GracefulServer`] with the resolver's drain helper on the pod's IP (loopback,
+//! from kwok), and, driven by a pod watch, for every terminating pod it does what a kubelet
+//! does — the container's `preStop` sleep (if any), then SIGTERM (the drain helper:
+//! NOT_SERVING, serving on for [`DRAIN_DELAY`], then a graceful shutdown), the whole bounded by
+//! `terminationGracePeriodSeconds` — before letting the pod go. Like a real kubelet it never
+//! looks at etcd: what the client sees includes every propagation delay of the operator.
 //!
 //! kwok deletes terminating pods at once, which would hand their IP to a new pod while the old
 //! server still drains. So the demo puts [`FINALIZER`] on its pods, and this kubelet removes it
 //! only after the server has stopped: the pod stays Terminating (and keeps its IP) meanwhile,
 //! as with a real kubelet.
-//!
-//! As a check on the operator it also waits, before stopping a server, until the pod's key is gone
-//! from etcd (the operator drops terminating pods), and says so when that took longer than the
-//! `preStop` sleep.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +26,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::console::Console;
-use crate::greeter::{GracefulServer, Shutdown};
+use crate::greeter::{DRAIN_DELAY, GracefulServer, Shutdown, drainer};
 
 /// The finalizer that holds a pod in Terminating until its server has stopped.
 pub const FINALIZER: &str = "registrar.dev/demo-kubelet";
@@ -95,28 +94,21 @@ pub struct Kubelet {
 #[derive(Clone)]
 struct Ctx {
     api: Api<Pod>,
-    etcd: etcd_client::Client,
-    target: String,
     console: Arc<Console>,
     entries: Entries,
 }
 
 impl Kubelet {
-    /// Runs the pods of `namespace` matching `selector` (a label selector string); `target` is
-    /// where the operator publishes them in etcd (`<prefix>/<namespace>/<service>`).
+    /// Runs the pods of `namespace` matching `selector` (a label selector string).
     pub fn start(
         client: kube::Client,
         namespace: &str,
         selector: &str,
-        etcd: etcd_client::Client,
-        target: String,
         console: Arc<Console>,
     ) -> Kubelet {
         let entries: Entries = Arc::default();
         let ctx = Ctx {
             api: Api::namespaced(client, namespace),
-            etcd,
-            target,
             console,
             entries: entries.clone(),
         };
@@ -240,7 +232,7 @@ impl Ctx {
             return;
         }
         let addr = SocketAddr::new(ip, grpc_port(pod));
-        match GracefulServer::start(addr, name).await {
+        match GracefulServer::start_draining(addr, name, drainer(DRAIN_DELAY)).await {
             Ok(server) => {
                 self.console.event(
                     "kubelet",
@@ -290,31 +282,16 @@ impl Ctx {
             ctx.console.event(
                 "kubelet",
                 format!(
-                    "{name} is terminating: preStop sleep {}s, then drain (grace period {}s)",
+                    "{name} is terminating: preStop sleep {}s, then SIGTERM: NOT_SERVING, \
+                     serving on for {}s, then a graceful shutdown (grace period {}s)",
                     pre_stop.as_secs(),
+                    DRAIN_DELAY.as_secs(),
                     grace.as_secs()
                 ),
             );
             let started = Instant::now();
-            let key = format!("{}/{addr}", ctx.target);
-            let (gone, ()) = tokio::join!(
-                wait_key_gone(ctx.etcd.clone(), &key, grace),
-                tokio::time::sleep(pre_stop)
-            );
-            match gone {
-                Some(after) if after > pre_stop => ctx.console.event(
-                    "kubelet",
-                    format!("{name}: its key left etcd only {} ms after termination began", after.as_millis()),
-                ),
-                Some(_) => {}
-                None => ctx.console.event(
-                    "kubelet",
-                    format!("{name}: its key {key} is still in etcd after the grace period; stopping anyway"),
-                ),
-            }
-            let remaining = grace
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_secs(1));
+            tokio::time::sleep(pre_stop.min(grace)).await;
+            let remaining = grace.saturating_sub(started.elapsed());
             let outcome = match server {
                 Some(server) => server.shutdown(remaining).await,
                 None => Shutdown::Drained,
@@ -426,27 +403,6 @@ fn pre_stop_sleep(spec: &k8s_openapi::api::core::v1::PodSpec) -> Duration {
         .max()
         .map(Duration::from_secs)
         .unwrap_or_default()
-}
-
-/// Polls etcd until `key` is absent; how long that took, or `None` after `deadline`.
-async fn wait_key_gone(
-    mut etcd: etcd_client::Client,
-    key: &str,
-    deadline: Duration,
-) -> Option<Duration> {
-    let started = Instant::now();
-    loop {
-        let options = etcd_client::GetOptions::new().with_count_only();
-        if let Ok(resp) = etcd.get(key, Some(options)).await
-            && resp.count() == 0
-        {
-            return Some(started.elapsed());
-        }
-        if started.elapsed() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[cfg(test)]

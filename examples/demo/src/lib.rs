@@ -4,14 +4,16 @@
 //! kube-controller-manager, kube-scheduler and kwok, whose pods get 127.x IPs), a separate etcd
 //! for Registrar's keys and the `registrar` operator; applies `examples/greeter-registration.yaml`
 //! and `examples/greeter-deployment.yaml`; runs a Greeter server for each Running pod on the pod's
-//! IP; and drives a client that balances RPCs over the published backends with
-//! `registrar-resolver`, while the Deployment is scaled to 5, rolled, and scaled to 2. Each
+//! IP, each draining on SIGTERM with the resolver's drain helper; and drives a client that
+//! balances RPCs over the published backends with `registrar-resolver` (health checking and
+//! outlier ejection on), while the Deployment is scaled to 5, rolled, and scaled to 2. Each
 //! phase waits until the change has settled, then measures which backend answered how many RPCs.
 //! [`run`] returns a [`DemoReport`]; the test asserts on it.
 //!
 //! - [`greeter`]: the example workload (a tonic server that names the backend that answered).
 //! - [`client`]: the example client (a tonic client on a `registrar_resolver::Balancer`).
-//! - [`kubelet`]: runs the workload for kwok's pods (start, preStop, drain).
+//! - [`kubelet`]: runs the workload for kwok's pods like a kubelet (pod watch; start; on
+//!   deletion preStop, SIGTERM, grace period), never looking at etcd.
 //! - [`operator`]: the operator's engine, in-process.
 //! - [`manifests`]: the example YAMLs, parsed strictly.
 //! - [`scenario`]: the script (with `settle`: when a change is done); [`console`], [`dashboard`],

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use registrar_demo::greeter::{GracefulServer, Shutdown};
+use registrar_demo::greeter::{DRAIN_DELAY, GracefulServer, Shutdown, drainer};
 use registrar_demo::{DemoOptions, Output};
 
 #[derive(Parser)]
@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the example Greeter until SIGTERM/SIGINT, then drain.
+    /// Serve the example Greeter until SIGTERM/SIGINT, then drain: NOT_SERVING on
+    /// grpc.health.v1, serving on for the drain delay, then a graceful shutdown.
     Serve {
         /// Address to listen on.
         #[arg(long, env = "GREETER_ADDR", default_value = "127.0.0.1:50051")]
@@ -44,9 +45,12 @@ enum Command {
         /// Backend name the replies carry (e.g. the pod name).
         #[arg(long, env = "POD_NAME", default_value = "greeter")]
         name: String,
-        /// Longest time to drain in-flight RPCs.
+        /// Longest time the whole drain may take (drain delay, then in-flight RPCs).
         #[arg(long, default_value_t = 10)]
         grace_seconds: u64,
+        /// Seconds to keep serving after turning NOT_SERVING.
+        #[arg(long, default_value_t = DRAIN_DELAY.as_secs())]
+        drain_delay_seconds: u64,
     },
 }
 
@@ -58,9 +62,11 @@ async fn main() -> ExitCode {
             addr,
             name,
             grace_seconds,
+            drain_delay_seconds,
         }) => {
             init_logging("info");
-            serve(addr, name, Duration::from_secs(grace_seconds)).await
+            let drain_delay = Duration::from_secs(drain_delay_seconds);
+            serve(addr, name, drain_delay, Duration::from_secs(grace_seconds)).await
         }
         None => demo(cli).await,
     }
@@ -118,8 +124,8 @@ async fn demo(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr, name: String, grace: Duration) -> ExitCode {
-    let server = match GracefulServer::start(addr, name).await {
+async fn serve(addr: SocketAddr, name: String, drain_delay: Duration, grace: Duration) -> ExitCode {
+    let server = match GracefulServer::start_draining(addr, name, drainer(drain_delay)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -128,7 +134,10 @@ async fn serve(addr: SocketAddr, name: String, grace: Duration) -> ExitCode {
     };
     tracing::info!(addr = %server.addr(), name = server.name(), "serving");
     interrupted().await;
-    tracing::info!("draining");
+    tracing::info!(
+        ?drain_delay,
+        "draining: NOT_SERVING, serving on for the drain delay"
+    );
     let served = server.served();
     match server.shutdown(grace).await {
         Shutdown::Drained => tracing::info!(served, "drained and stopped"),

@@ -40,6 +40,7 @@ impl World {
             .map(|(pod, info)| render::Row {
                 pod: pod.clone(),
                 addr: info.addr.clone(),
+                zone: info.zone.clone().unwrap_or_else(|| "-".into()),
                 server: "serving".into(),
                 client: "READY".into(),
             })

@@ -98,9 +98,12 @@ pub struct Row {
     pub pod: String,
     /// `ip:port`.
     pub addr: String,
+    /// Its zone, as the client's balancer has it from the endpoint's metadata (`-`: none).
+    pub zone: String,
     /// The server's state (serving, draining, stopped).
     pub server: String,
-    /// The client's connection state to it (READY, CONNECTING, ..., `-` when not in etcd).
+    /// The backend's state in the client's balancer (`Balancer::snapshot()`: READY,
+    /// CONNECTING, UNHEALTHY, EJECTED, ...; `-` when the client does not know it).
     pub client: String,
 }
 
@@ -113,7 +116,8 @@ pub fn bar(n: u64, max: u64, width: usize) -> String {
     "█".repeat(cells.clamp(1, width))
 }
 
-/// The traffic table: a heading, then POD, ADDRESS, SERVER, CLIENT, RPCS and a bar per backend.
+/// The traffic table: a heading, then POD, ADDRESS, ZONE, SERVER, CLIENT, RPCS and a bar per
+/// backend.
 /// Backends that answered but are not in `rows` any more are listed as `gone`.
 pub fn traffic_table(
     heading: &str,
@@ -127,6 +131,7 @@ pub fn traffic_table(
             rows.push(Row {
                 pod: pod.clone(),
                 addr: String::new(),
+                zone: "-".into(),
                 server: "gone".into(),
                 client: "-".into(),
             });
@@ -134,7 +139,7 @@ pub fn traffic_table(
     }
     let max = counts.by_backend.values().copied().max().unwrap_or(0);
     let mut table = vec![
-        ["POD", "ADDRESS", "SERVER", "CLIENT", "RPCS", ""]
+        ["POD", "ADDRESS", "ZONE", "SERVER", "CLIENT", "RPCS", ""]
             .map(String::from)
             .to_vec(),
     ];
@@ -143,6 +148,7 @@ pub fn traffic_table(
         table.push(vec![
             r.pod.clone(),
             r.addr.clone(),
+            r.zone.clone(),
             r.server.clone(),
             r.client.clone(),
             format!("{n:>6}"),
@@ -230,12 +236,14 @@ mod tests {
             Row {
                 pod: "p1".into(),
                 addr: "127.1.0.2:50051".into(),
+                zone: "zone-a".into(),
                 server: "serving".into(),
                 client: "READY".into(),
             },
             Row {
                 pod: "p2".into(),
                 addr: "127.1.0.3:50051".into(),
+                zone: "zone-b".into(),
                 server: "serving".into(),
                 client: "CONNECTING".into(),
             },
@@ -247,6 +255,7 @@ mod tests {
         );
         let p1 = t.iter().find(|l| l.contains("p1")).unwrap();
         assert!(p1.contains("10") && p1.contains(&"█".repeat(20)), "{p1}");
+        assert!(p1.contains("zone-a"), "{p1}");
         let p2 = t.iter().find(|l| l.contains("p2")).unwrap();
         assert!(p2.contains(" 0") && !p2.contains('█'), "{p2}");
         let old = t.iter().find(|l| l.contains("old")).unwrap();

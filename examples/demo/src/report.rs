@@ -13,6 +13,8 @@ pub struct PodInfo {
     pub uid: String,
     /// `podIP:port`, where its server listens and what the operator published.
     pub addr: String,
+    /// The zone the operator published for it (its node's `topology.kubernetes.io/zone`).
+    pub zone: Option<String>,
 }
 
 /// One phase: a change to the Deployment, the time to settle, then a steady window.
@@ -97,6 +99,7 @@ mod tests {
         let pod = |addr: &str| PodInfo {
             uid: addr.into(),
             addr: addr.into(),
+            zone: None,
         };
         let mut phase = PhaseReport {
             name: "deploy".into(),

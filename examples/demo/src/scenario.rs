@@ -11,7 +11,7 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use registrar::crd::ServiceRegistration;
-use registrar_resolver::{Backoff, Balancer};
+use registrar_resolver::{Backoff, Balancer, OutlierDetection};
 use registrar_testenv::{Cluster, Etcd, node_pod_cidr};
 use serde_json::json;
 
@@ -158,8 +158,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         .await
         .context("starting the local cluster (hack/tools.sh builds its binaries)")?;
     let kube = cluster.client().await?;
+    label_zones(&kube, opts.nodes).await?;
     console.line(format!(
-        "up in {:.1}s; kube-apiserver at {}; pod IPs from {} (loopback)",
+        "up in {:.1}s; kube-apiserver at {}; pod IPs from {} (loopback); node i in zone-<a, b, ...>",
         started.elapsed().as_secs_f64(),
         cluster.url(),
         cidrs.join(", ")
@@ -199,8 +200,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         kube.clone(),
         NAMESPACE,
         &selector,
-        kv.clone(),
-        target.clone(),
         console.clone(),
     ));
     let world = World {
@@ -279,12 +278,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 "Starting the client: GreeterClient over registrar_resolver::Balancer on {target}, {} RPC/s",
                 opts.rate
             ));
+            console.line(
+                "health checking on (grpc.health.v1 Watch: a draining server leaves the pick \
+                 set at once); outlier ejection on (gRFC A50 defaults)",
+            );
+            // New pods may be published a moment before their server listens: retry soon.
+            let soon = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let balancer = Balancer::builder(kv.clone(), target.as_str())
-                // New pods may be published a moment before their server listens: retry soon.
-                .connection_backoff(Backoff::new(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
+                .health_check("")
+                .health_check_backoff(soon)
+                .outlier_detection(OutlierDetection::default())
+                .connection_backoff(soon)
                 .wait_for_ready_timeout(Duration::from_secs(5))
                 .build()
                 .await
@@ -355,6 +359,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     drop(cluster);
     console.line("done");
     Ok(report)
+}
+
+/// Puts fake node `i` in zone `zone-a`, `zone-b`, ... (`topology.kubernetes.io/zone`), which
+/// the operator publishes in each endpoint's metadata and the client shows.
+async fn label_zones(kube: &kube::Client, nodes: usize) -> anyhow::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(kube.clone());
+    for i in 0..nodes {
+        let zone = format!("zone-{}", char::from(b'a' + (i % 26) as u8));
+        api.patch(
+            &format!("kwok-node-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}})),
+        )
+        .await
+        .with_context(|| format!("labelling node kwok-node-{i} with its zone"))?;
+    }
+    Ok(())
 }
 
 fn label_selector(labels: Option<&BTreeMap<String, String>>) -> anyhow::Result<String> {

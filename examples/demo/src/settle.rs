@@ -127,6 +127,7 @@ impl World {
                 PodInfo {
                     uid,
                     addr: addr.clone(),
+                    zone: None,
                 },
             );
         }
@@ -147,6 +148,13 @@ impl World {
             .collect();
         if have_addrs != want_addrs {
             return Err(format!("etcd to hold {want_addrs:?} (has {have_addrs:?})"));
+        }
+        for info in settled.values_mut() {
+            let key = format!("{}/{}", self.target, info.addr);
+            info.zone = keys
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| published_zone(v));
         }
         let reg = self
             .regs
@@ -179,12 +187,30 @@ impl World {
                     "the client to be connected to exactly {want_addrs:?} (READY: {ready:?})"
                 ));
             }
+            // Health checking: every backend SERVING (and not ejected), so calls go to it.
+            let pickable: BTreeSet<String> = balancer
+                .health()
+                .into_iter()
+                .filter(|b| b.pickable)
+                .map(|b| b.addr)
+                .collect();
+            if pickable != want_addrs {
+                return Err(format!(
+                    "the client to pick exactly {want_addrs:?} (pickable: {pickable:?})"
+                ));
+            }
         }
         Ok(Settled {
             pods: settled,
             keys,
         })
     }
+}
+
+/// The `zone` in the metadata of an endpoint value (`{"Op":0,"Addr":..,"Metadata":{..}}`).
+fn published_zone(value: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(value).ok()?;
+    Some(v.get("Metadata")?.get("zone")?.as_str()?.to_string())
 }
 
 fn is_ready(p: &Pod) -> bool {

@@ -1,6 +1,9 @@
 //! [`GracefulServer`]: the Greeter as a workload runs it (the demo's pods, `registrar-demo
 //! serve`), on the caller's Tokio runtime, with the shutdown a pod does on SIGTERM: stop
 //! accepting, let in-flight RPCs finish (HTTP/2 GOAWAY), then close, bounded by a grace period.
+//! Started with a [`Drainer`] ([`GracefulServer::start_draining`]) it also serves
+//! `grpc.health.v1`, and its shutdown runs the drainer first (e.g. the resolver's drain helper:
+//! NOT_SERVING, serving on for the drain delay).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{GreeterServer, NamedGreeter};
+use super::{BoxUnit, Drainer, GreeterServer, NamedGreeter};
 
 /// Errors of starting a [`GracefulServer`].
 #[derive(Debug, thiserror::Error)]
@@ -48,25 +51,50 @@ impl GracefulServer {
     /// Listens on `addr` and serves as backend `name`; returns once the socket is bound (so
     /// connections are accepted from then on).
     pub async fn start(addr: SocketAddr, name: impl Into<String>) -> Result<Self, ServeError> {
+        Self::start_with(addr, name.into(), None).await
+    }
+
+    /// Like [`start`](Self::start), with the `grpc.health.v1` service (the whole server `""`
+    /// SERVING) handed to `drainer`, whose future, started by [`shutdown`](Self::shutdown),
+    /// ends before the graceful shutdown begins.
+    pub async fn start_draining(
+        addr: SocketAddr,
+        name: impl Into<String>,
+        drainer: Drainer,
+    ) -> Result<Self, ServeError> {
+        Self::start_with(addr, name.into(), Some(drainer)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        name: String,
+        drainer: Option<Drainer>,
+    ) -> Result<Self, ServeError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
-        let name = name.into();
         let served = Arc::new(AtomicU64::new(0));
         let greeter = NamedGreeter::new(name.clone(), served.clone());
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(GreeterServer::new(greeter))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                }),
-        );
+        let trigger: BoxUnit = Box::pin(async {
+            let _ = rx.await;
+        });
+        let mut router =
+            tonic::transport::Server::builder().add_service(GreeterServer::new(greeter));
+        let shutdown = match drainer {
+            Some(drainer) => {
+                let (reporter, health) = tonic_health::server::health_reporter();
+                router = router.add_service(health);
+                drainer(reporter, trigger)
+            }
+            None => trigger,
+        };
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
         Ok(GracefulServer {
             addr,
             name,
@@ -96,8 +124,9 @@ impl GracefulServer {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting, lets in-flight RPCs finish (HTTP/2 GOAWAY) and waits up to `grace` for
-    /// every connection to close; cuts the rest after that.
+    /// The SIGTERM of a pod: runs the drainer, if any, then stops accepting, lets in-flight
+    /// RPCs finish (HTTP/2 GOAWAY) and waits for every connection to close — all within
+    /// `grace`; cuts the rest after that.
     pub async fn shutdown(mut self, grace: Duration) -> Shutdown {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
