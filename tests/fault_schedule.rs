@@ -234,8 +234,8 @@ enum Step {
 /// Steps with their weights: changes are common, faults rarer.
 const STEPS: [(Step, u64); 14] = [
     (Step::Flip, 10),
-    (Step::ScaleUp, 5),
-    (Step::ScaleDown, 4),
+    (Step::ScaleUp, 6),
+    (Step::ScaleDown, 3),
     (Step::Rollout, 3),
     (Step::RegCreate, 3),
     (Step::RegUpdate, 3),
