@@ -122,10 +122,7 @@ impl Model {
         for key in now {
             let spans = self.wanted.entry(key).or_default();
             if spans.last().is_none_or(|s| s.to.is_some()) {
-                spans.push(Wanted {
-                    from: at,
-                    to: None,
-                });
+                spans.push(Wanted { from: at, to: None });
             }
         }
     }
@@ -179,7 +176,11 @@ fn record(endpoint: String, prefix: String) -> Arc<Mutex<Vec<Seen>>> {
             };
             let current = head.header().map(|h| h.revision()).unwrap_or(0);
             // After a wipe the revision starts again from 1: resume from what etcd has.
-            let from = if current < last { current + 1 } else { last + 1 };
+            let from = if current < last {
+                current + 1
+            } else {
+                last + 1
+            };
             let options = WatchOptions::new().with_prefix().with_start_revision(from);
             let Ok(mut stream) = client.watch(format!("{prefix}/"), Some(options)).await else {
                 continue;
@@ -336,14 +337,9 @@ impl World {
             set_ready(&client, &ns, &name, &ip, ready)
         })
         .await;
-        self.model.pods.insert(
-            name,
-            PodModel {
-                service,
-                ip,
-                ready,
-            },
-        );
+        self.model
+            .pods
+            .insert(name, PodModel { service, ip, ready });
     }
 
     async fn delete_pod(&mut self, name: &str) {
@@ -352,7 +348,10 @@ impl World {
         self.model.pods.remove(name);
         self.model.settle(&self.g, Instant::now());
         api(&format!("delete pod {name}"), || async {
-            match pods.delete(name, &DeleteParams::default().grace_period(0)).await {
+            match pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                 Err(e) => Err(e.into()),
@@ -560,14 +559,18 @@ impl World {
                         });
                     }
                 } else {
-                    let _ = kv.put(key.as_str(), r#"{"Op":0,"Addr":"tampered"}"#, None).await;
+                    let _ = kv
+                        .put(key.as_str(), r#"{"Op":0,"Addr":"tampered"}"#, None)
+                        .await;
                 }
             }
         }
     }
 
     /// What the operator's pure function wants in etcd, from the API server's objects now.
-    async fn desired_now(&self) -> anyhow::Result<(BTreeMap<String, String>, BTreeMap<String, i64>)> {
+    async fn desired_now(
+        &self,
+    ) -> anyhow::Result<(BTreeMap<String, String>, BTreeMap<String, i64>)> {
         let regs: Api<ServiceRegistration> = Api::namespaced(self.g.client.clone(), &self.g.ns);
         let pods: Api<Pod> = Api::namespaced(self.g.client.clone(), &self.g.ns);
         let regs = regs.list(&ListParams::default()).await?.items;
@@ -676,7 +679,9 @@ async fn run(rounds: u64) {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    eprintln!("fault schedule: seed {seed} (replay with REGISTRAR_FAULT_SEED={seed}), {rounds} rounds");
+    eprintln!(
+        "fault schedule: seed {seed} (replay with REGISTRAR_FAULT_SEED={seed}), {rounds} rounds"
+    );
     let mut rng = Rng(seed);
     let g = Ground::new().await.expect("test ground");
     let a = Operator::start(&g.cp, &g.etcd, &replica(&g, "op-a"))
@@ -701,7 +706,10 @@ async fn run(rounds: u64) {
     }
     w.model.settle(&w.g, Instant::now());
     let first = w.converged().await;
-    assert!(first.is_ok(), "seed {seed}: initial state never converged: {first:?}");
+    assert!(
+        first.is_ok(),
+        "seed {seed}: initial state never converged: {first:?}"
+    );
 
     let mut converge = Vec::new();
     let mut checked = 0;
@@ -732,9 +740,9 @@ async fn run(rounds: u64) {
                 converge.push(t);
                 published.push(keys);
             }
-            Err(e) => panic!(
-                "seed {seed}, round {round} ({done:?}): not converged within TTL + 5 s: {e}"
-            ),
+            Err(e) => {
+                panic!("seed {seed}, round {round} ({done:?}): not converged within TTL + 5 s: {e}")
+            }
         }
     }
     let events = seen.lock().map(|s| s.clone()).unwrap_or_default();
