@@ -458,3 +458,6 @@ fn endpoint_metadata<'n>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod props;
