@@ -406,3 +406,5 @@ mod tests {
         assert_eq!(m.zone, "a");
     }
 }
+#[cfg(test)]
+mod props;
