@@ -35,9 +35,9 @@ fn named<'a, K>(objects: &'a BTreeMap<(String, String), K>, name: &str) -> Optio
 
 #[derive(Clone, Debug)]
 enum Step {
-    PutReg(ServiceRegistration),
+    PutReg(Box<ServiceRegistration>),
     DeleteReg(usize),
-    PutPod(Pod),
+    PutPod(Box<Pod>),
     DeletePod(usize),
     /// Changes the watch missed (those of the relisted kind are applied to the cluster
     /// silently), then a relist of pods (`pods == true`) or registrations; `restart` abandons
@@ -52,9 +52,9 @@ enum Step {
 
 fn change() -> impl Strategy<Value = Step> {
     prop_oneof![
-        1 => (0usize..4).prop_flat_map(|i| registration(i).prop_map(Step::PutReg)),
+        1 => (0usize..4).prop_flat_map(|i| registration(i).prop_map(|r| Step::PutReg(Box::new(r)))),
         1 => (0usize..4).prop_map(Step::DeleteReg),
-        3 => (0usize..8).prop_flat_map(|i| pod(i).prop_map(Step::PutPod)),
+        3 => (0usize..8).prop_flat_map(|i| pod(i).prop_map(|p| Step::PutPod(Box::new(p)))),
         1 => (0usize..8).prop_map(Step::DeletePod),
     ]
 }
@@ -73,7 +73,7 @@ impl Cluster {
     fn change(&mut self, step: &Step) {
         match step {
             Step::PutReg(r) => {
-                self.regs.insert(id(&r.metadata), r.clone());
+                self.regs.insert(id(&r.metadata), (**r).clone());
             }
             Step::DeleteReg(i) => {
                 if let Some(r) = named(&self.regs, &format!("r{i}")) {
@@ -81,7 +81,7 @@ impl Cluster {
                 }
             }
             Step::PutPod(p) => {
-                self.pods.insert(id(&p.metadata), p.clone());
+                self.pods.insert(id(&p.metadata), (**p).clone());
             }
             Step::DeletePod(i) => {
                 if let Some(p) = named(&self.pods, &format!("p{i}")) {
@@ -117,6 +117,28 @@ fn fresh(cluster: &Cluster) -> Index {
     index
 }
 
+/// Starts a relist of pods or registrations.
+fn init(index: &mut Index, pods: bool) {
+    if pods {
+        index.apply_pod(Event::Init);
+    } else {
+        index.apply_registration(Event::Init);
+    }
+}
+
+/// The listed objects of a relist.
+fn init_apply(index: &mut Index, cluster: &Cluster, pods: bool) {
+    if pods {
+        for p in cluster.pods.values() {
+            index.apply_pod(Event::InitApply(p.clone()));
+        }
+    } else {
+        for r in cluster.regs.values() {
+            index.apply_registration(Event::InitApply(r.clone()));
+        }
+    }
+}
+
 /// The view: desired keys and every registration's outcome.
 fn view(index: &Index) -> (BTreeMap<String, String>, Vec<(RegKey, RegistrationOutcome)>) {
     let outcomes = index
@@ -142,13 +164,13 @@ proptest! {
         prop_assert!(index.synced());
         for step in &steps {
             match step {
-                Step::PutReg(r) => index.apply_registration(Event::Apply(r.clone())),
+                Step::PutReg(r) => index.apply_registration(Event::Apply((**r).clone())),
                 Step::DeleteReg(i) => {
                     if let Some(r) = named(&cluster.regs, &format!("r{i}")) {
                         index.apply_registration(Event::Delete(r.clone()));
                     }
                 }
-                Step::PutPod(p) => index.apply_pod(Event::Apply(p.clone())),
+                Step::PutPod(p) => index.apply_pod(Event::Apply((**p).clone())),
                 Step::DeletePod(i) => {
                     if let Some(p) = named(&cluster.pods, &format!("p{i}")) {
                         index.apply_pod(Event::Delete(p.clone()));
@@ -166,25 +188,12 @@ proptest! {
                             cluster.change(m);
                         }
                     }
-                    let (init, apply): (fn(&mut Index), fn(&mut Index, &Cluster)) = if *pods {
-                        (|i| i.apply_pod(Event::Init), |i, c| {
-                            for p in c.pods.values() {
-                                i.apply_pod(Event::InitApply(p.clone()));
-                            }
-                        })
-                    } else {
-                        (|i| i.apply_registration(Event::Init), |i, c| {
-                            for r in c.regs.values() {
-                                i.apply_registration(Event::InitApply(r.clone()));
-                            }
-                        })
-                    };
-                    init(&mut index);
+                    init(&mut index, *pods);
                     if *restart {
-                        apply(&mut index, &cluster);
-                        init(&mut index);
+                        init_apply(&mut index, &cluster, *pods);
+                        init(&mut index, *pods);
                     }
-                    apply(&mut index, &cluster);
+                    init_apply(&mut index, &cluster, *pods);
                     index.flush();
                     prop_assert_eq!(&view(&index), &before, "the view moved before InitDone");
                     if *pods {
