@@ -374,6 +374,27 @@ mod tests {
         }
     }
 
+    /// Where serde_json alone would differ from Go's `encoding/json`, Go's verdict.
+    #[test]
+    fn go_verdicts_where_serde_json_differs() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = format!(r#"{{"Addr":"a:1","Metadata":{}}}"#, nested(10_000));
+        assert!(matches!(
+            decode(&deep),
+            Err(ValueError::GoRefuses("nesting deeper than 10000"))
+        ));
+        let deepest_go_takes = format!(r#"{{"Addr":"a:1","Other":{}}}"#, nested(9_999));
+        assert_eq!(decode(&deepest_go_takes).unwrap().addr, "a:1");
+        assert!(matches!(
+            decode(r#"{"Addr":"a:1","Metadata":{"w":-1e999}}"#),
+            Err(ValueError::GoRefuses(_))
+        ));
+        // Outside the metadata Go never converts the number.
+        assert!(decode(r#"{"Addr":"a:1","Other":1e999}"#).is_ok());
+        let e = Endpoint::decode(b"{\"Addr\":\"a:1\",\"Metadata\":\"\xff\"}").unwrap();
+        assert_eq!(e.metadata.to_value().unwrap(), json!("\u{fffd}"));
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         let garbage: Vec<u8> = (0..2_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
