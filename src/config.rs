@@ -493,4 +493,56 @@ mod tests {
                 .starts_with("--etcd-endpoints")
         );
     }
+
+    /// More refused values, each naming its flag (the table in `docs/bad-input.md`).
+    #[test]
+    fn more_bad_values_name_the_flag() {
+        for (args, expected) in [
+            (vec!["--lease-ttl", "3601"], "--lease-ttl"),
+            (vec!["--coalesce-ms", "10001"], "--coalesce-ms"),
+            (
+                vec!["--status-resync-seconds", "0"],
+                "--status-resync-seconds",
+            ),
+            (
+                vec!["--leader-election-lease-duration", "601"],
+                "--leader-election-lease-duration",
+            ),
+            (vec!["--lease-ttl", "ten"], "--lease-ttl"),
+            (vec!["--bogus-flag"], "--bogus-flag"),
+        ] {
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        for (args, expected) in [
+            (
+                vec!["--etcd-endpoints", " "],
+                "--etcd-endpoints: at least one endpoint is required",
+            ),
+            (
+                vec!["--etcd-password", "p"],
+                "--etcd-password-file: a password without --etcd-username",
+            ),
+        ] {
+            let err = parse(&args)
+                .unwrap()
+                .etcd_connect()
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{args:?}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, b"\xff\xfe").unwrap();
+        let a = parse(&[
+            "--etcd-username",
+            "u",
+            "--etcd-password-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = a.etcd_connect().unwrap_err().to_string();
+        assert!(err.starts_with("--etcd-password-file"), "{err}");
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
 }

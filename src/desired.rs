@@ -470,3 +470,6 @@ pub use per_target::{TargetName, endpoints_per_target};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod props;

@@ -730,3 +730,6 @@ mod tests {
         assert_eq!(conds[0].type_, "Ready");
     }
 }
+
+#[cfg(test)]
+mod props;

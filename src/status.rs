@@ -32,6 +32,7 @@ use crate::crd::{
 use crate::desired::{Problem, RegistrationOutcome};
 
 pub mod published;
+pub mod terminating;
 
 /// Reasons of the `Ready` condition.
 pub mod reason {

@@ -79,3 +79,26 @@ fn the_password_is_not_echoed_on_a_configuration_error() {
     );
     assert!(!all.contains("s3cr3t-value"), "{all}");
 }
+
+/// Environment variables go through the same checks as the flags, and the error names the flag.
+#[test]
+fn bad_environment_fails_at_start_naming_the_flag() {
+    for (var, value, flag) in [
+        ("REGISTRAR_LEASE_TTL", "1", "--lease-ttl"),
+        ("REGISTRAR_PREFIX", "registrar/", "--prefix"),
+        ("REGISTRAR_LOG_FORMAT", "xml", "--log-format"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_registrar"))
+            .arg("run")
+            .env_remove("KUBECONFIG")
+            .env(var, value)
+            .output()
+            .expect("the registrar binary runs");
+        assert!(!out.status.success(), "{var}={value} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag),
+            "{var}={value}: stderr does not name {flag}: {err}"
+        );
+    }
+}

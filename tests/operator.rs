@@ -583,3 +583,78 @@ async fn a_registration_deleted_while_the_operator_is_down_is_released_after_res
     .await
     .unwrap();
 }
+
+/// A registration deleted while etcd is down waits (its keys cannot be removed) and says so: a
+/// Terminating condition with the reason and the way out, and a DeletionBlocked Event; once
+/// etcd is back its keys leave and the object is gone.
+#[tokio::test]
+async fn a_deletion_blocked_by_etcd_is_visible_and_completes_when_etcd_is_back() {
+    let mut g = Ground::new().await.unwrap();
+    let (_op, keys) = g.greeter_with(&[("p1", "127.0.0.65")]).await.unwrap();
+    g.etcd.stop().await.unwrap();
+    wait_reason(&g.client, &g.ns, "greeter", "EtcdUnavailable")
+        .await
+        .unwrap();
+    let regs: Api<ServiceRegistration> = Api::namespaced(g.client.clone(), &g.ns);
+    regs.delete("greeter", &DeleteParams::default())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let cond = poll("a Terminating condition", DEADLINE, || {
+        let regs = regs.clone();
+        async move {
+            let reg = regs.get_opt("greeter").await.ok()??;
+            reg.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Terminating")
+        }
+    })
+    .await
+    .unwrap();
+    println!(
+        "Terminating after {:?}: {} {}: {}",
+        started.elapsed(),
+        cond.status,
+        cond.reason,
+        cond.message
+    );
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("True", "EtcdUnavailable")
+    );
+    let target = format!("{}/{}/greeter/", g.prefix, g.ns);
+    assert!(
+        cond.message
+            .contains(&format!("etcdctl del --prefix {target}")),
+        "{}",
+        cond.message
+    );
+    assert!(
+        cond.message.contains("/metadata/finalizers"),
+        "{}",
+        cond.message
+    );
+    wait_event(&g.client, &g.ns, "DeletionBlocked", "greeter")
+        .await
+        .unwrap();
+    assert!(
+        regs.get_opt("greeter").await.unwrap().is_some(),
+        "deleted while its keys could not be removed"
+    );
+
+    g.etcd.restart().await.unwrap();
+    let kv = g.etcd.client().await.unwrap();
+    wait_keys(&kv, &g.prefix, &[]).await.unwrap();
+    poll("the registration gone", DEADLINE, || {
+        let regs = regs.clone();
+        async move { regs.get_opt("greeter").await.ok()?.is_none().then_some(()) }
+    })
+    .await
+    .unwrap();
+    println!(
+        "{} removed, then the registration, {:?} after the delete",
+        keys[0],
+        started.elapsed()
+    );
+}

@@ -200,6 +200,9 @@ pub use registrar_etcd::members;
 mod registration;
 pub mod value;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use backoff::Backoff;
 /// Internals for the crate's own `picker` benchmark (feature `bench-internals`); not part of
 /// the public API.

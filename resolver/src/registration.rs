@@ -14,8 +14,8 @@
 //! [`Registration::deregister`] or [`SharedLease::shutdown`]: background work cannot run once
 //! the runtime is gone (the keys then vanish when the TTL ends).
 //!
-//! Not covered: a key deleted or overwritten by someone else while the lease stays alive is not
-//! restored (it is on the next lease loss).
+//! Each registered key is also watched (its [`guard`]): a key deleted or overwritten by someone
+//! else while the lease lives is put back at once under the current lease.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +30,10 @@ use crate::backoff::{Backoff, BackoffState};
 use crate::discovery::normalize_target;
 use crate::error::{Error, etcd_call};
 use crate::value::{Endpoint, Metadata};
+
+mod guard;
+
+use guard::{Guards, Seen};
 
 /// etcd's default limit of operations per transaction.
 const MAX_TXN_OPS: usize = 128;
@@ -92,6 +96,8 @@ impl SharedLeaseBuilder {
         .grant()
         .await?;
         let id = lease.state();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         let task = LeaseTask {
             client: self.client,
             request_timeout: self.request_timeout,
@@ -101,9 +107,11 @@ impl SharedLeaseBuilder {
             written: lease.id(),
             put_again_at: None,
             lease: Some(lease),
+            guards: Guards::default(),
+            guard_backoff: self.backoff,
+            seen_tx,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run(rx, seen_rx));
         Ok(SharedLease {
             inner: Arc::new(LeaseHandle {
                 tx,
@@ -336,6 +344,11 @@ struct LeaseTask {
     written: Option<i64>,
     /// When to try to put every key again under the current lease.
     put_again_at: Option<Instant>,
+    /// The watchers of the desired keys.
+    guards: Guards,
+    guard_backoff: Backoff,
+    /// Where the guards report.
+    seen_tx: mpsc::UnboundedSender<Seen>,
 }
 
 impl LeaseTask {
@@ -343,7 +356,11 @@ impl LeaseTask {
         self.lease.as_ref().and_then(KeptLease::id)
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut seen: mpsc::UnboundedReceiver<Seen>,
+    ) {
         loop {
             let put_again_at = self.put_again_at;
             let put_again = async {
@@ -369,7 +386,40 @@ impl LeaseTask {
                     }
                 }
                 () = put_again => self.put_again().await,
+                Some(seen) = seen.recv() => self.restore(seen).await,
             }
+        }
+    }
+
+    /// Puts a desired key back when its guard saw it deleted, overwritten or under another
+    /// lease than the current one; on failure, every key is put again later.
+    async fn restore(&mut self, seen: Seen) {
+        let Some(value) = self.desired.get(&seen.key) else {
+            return;
+        };
+        let Some(id) = self.current() else {
+            // Being granted: every key is put again under the new lease.
+            return;
+        };
+        if seen.state == Some((true, id)) || self.put_again_at.is_some() {
+            return;
+        }
+        tracing::warn!(key = %seen.key, state = ?seen.state, lease = id, "registered key deleted or changed by someone else; putting it back");
+        let put = self.client.put(
+            seen.key.as_str(),
+            value.as_str(),
+            Some(PutOptions::new().with_lease(id)),
+        );
+        if let Err(e) = etcd_call(self.request_timeout, put).await {
+            if let Error::Etcd(source) = &e
+                && is_lease_not_found(source)
+                && let Some(lease) = &self.lease
+            {
+                lease.report_not_found(id);
+            }
+            let delay = self.backoff.next_delay();
+            tracing::warn!(key = %seen.key, error = %e, ?delay, "putting the key back failed; retrying");
+            self.put_again_at = Some(Instant::now() + delay);
         }
     }
 
@@ -453,12 +503,21 @@ impl LeaseTask {
                 };
                 if result.is_ok() {
                     tracing::info!(%key, "registered");
+                    self.guards.start(
+                        &self.client,
+                        &key,
+                        &value,
+                        self.guard_backoff,
+                        self.request_timeout,
+                        &self.seen_tx,
+                    );
                     self.desired.insert(key, value);
                 }
                 let _ = reply.send(result);
                 false
             }
             Command::Delete { key, reply } => {
+                self.guards.stop(&key);
                 self.desired.remove(&key);
                 let result = if self.current().is_some() {
                     etcd_call(self.request_timeout, self.client.delete(key.as_str(), None))
@@ -488,6 +547,7 @@ impl LeaseTask {
     }
 
     async fn revoke(&mut self) -> Result<(), Error> {
+        self.guards.stop_all();
         self.desired.clear();
         match self.lease.take() {
             Some(lease) => lease.revoke().await.map_err(Error::from),

@@ -4,7 +4,9 @@
 //! Decoding follows Go's `encoding/json` reader as used by etcd's resolver: field names match
 //! case-insensitively, unknown fields are ignored, a later duplicate field wins, `null` leaves
 //! `Addr` unset, `Op` must be a small unsigned integer if present but its value is ignored (every
-//! PUT is an add), and `Metadata` is kept as opaque JSON, byte for byte. On top of Go, values
+//! PUT is an add), and `Metadata` is kept as opaque JSON, byte for byte; where serde_json and Go
+//! differ on what is valid (invalid UTF-8 in strings, nesting depth, huge metadata numbers) Go's
+//! verdict is taken (see `go_json`). On top of Go, values
 //! without an `Addr`, or whose `Addr` is not `host:port`, are rejected (Go would hand them to
 //! gRPC, which could not dial them).
 //!
@@ -39,7 +41,21 @@ impl Endpoint {
 
     /// Decodes an etcd value (see the module docs for the rules).
     pub fn decode(value: &[u8]) -> Result<Self, ValueError> {
-        let wire: WireIn = serde_json::from_slice(value).map_err(ValueError::Json)?;
+        // Go replaces invalid UTF-8 in strings (see `go_json`); elsewhere it stays invalid.
+        let text = String::from_utf8_lossy(value);
+        if go_json::too_deep(text.as_bytes()) {
+            return Err(ValueError::GoRefuses("nesting deeper than 10000"));
+        }
+        let wire: WireIn = serde_json::from_str(&text).map_err(ValueError::Json)?;
+        if wire
+            .metadata
+            .as_ref()
+            .is_some_and(|m| go_json::float_overflow(m.get()))
+        {
+            return Err(ValueError::GoRefuses(
+                "a metadata number out of float64 range",
+            ));
+        }
         let addr = wire
             .addr
             .filter(|a| !a.is_empty())
@@ -140,6 +156,10 @@ pub enum ValueError {
     /// Not JSON, not an object, or a field of the wrong type.
     #[error("not a naming update: {0}")]
     Json(#[source] serde_json::Error),
+    /// Valid JSON that Go's `encoding/json` refuses to decode into a naming update (too deep,
+    /// or a metadata number beyond float64).
+    #[error("not a naming update: {0}")]
+    GoRefuses(&'static str),
     /// No `Addr` field, or an empty one.
     #[error("no Addr")]
     MissingAddr,
@@ -354,6 +374,27 @@ mod tests {
         }
     }
 
+    /// Where serde_json alone would differ from Go's `encoding/json`, Go's verdict.
+    #[test]
+    fn go_verdicts_where_serde_json_differs() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = format!(r#"{{"Addr":"a:1","Metadata":{}}}"#, nested(10_000));
+        assert!(matches!(
+            decode(&deep),
+            Err(ValueError::GoRefuses("nesting deeper than 10000"))
+        ));
+        let deepest_go_takes = format!(r#"{{"Addr":"a:1","Other":{}}}"#, nested(9_999));
+        assert_eq!(decode(&deepest_go_takes).unwrap().addr, "a:1");
+        assert!(matches!(
+            decode(r#"{"Addr":"a:1","Metadata":{"w":-1e999}}"#),
+            Err(ValueError::GoRefuses(_))
+        ));
+        // Outside the metadata Go never converts the number.
+        assert!(decode(r#"{"Addr":"a:1","Other":1e999}"#).is_ok());
+        let e = Endpoint::decode(b"{\"Addr\":\"a:1\",\"Metadata\":\"\xff\"}").unwrap();
+        assert_eq!(e.metadata.to_value().unwrap(), json!("\u{fffd}"));
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         let garbage: Vec<u8> = (0..2_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
@@ -406,3 +447,7 @@ mod tests {
         assert_eq!(m.zone, "a");
     }
 }
+mod go_json;
+
+#[cfg(test)]
+mod props;

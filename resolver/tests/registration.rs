@@ -243,3 +243,65 @@ async fn a_lease_that_survives_an_etcd_outage_longer_than_its_ttl_is_kept() -> R
     drop(reg);
     Ok(())
 }
+
+/// A key deleted, overwritten, or put without the lease by someone else while the lease lives is
+/// put back (the registration watches its own key), without a new lease; a key deregistered is
+/// not put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_or_changed_by_hand_is_put_back() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let t = target("guarded");
+    let lease = SharedLease::builder(etcd.client().await?)
+        .ttl(Duration::from_secs(30))
+        .backoff(fast())
+        .grant()
+        .await?;
+    let reg = lease
+        .register(
+            &t,
+            Endpoint::new("127.0.0.71:5000", json!({"zone": "a"}).into())?,
+        )
+        .await?;
+    let other = lease
+        .register(&t, Endpoint::new("127.0.0.71:500", Metadata::null())?)
+        .await?;
+    let (value, id) = read(&mut kv, reg.key()).await?.context("key missing")?;
+    let (reader, key) = (kv.clone(), reg.key().to_owned());
+    let restored = |what: &'static str| {
+        let (kv, key, value) = (reader.clone(), key.clone(), value.clone());
+        async move {
+            let started = std::time::Instant::now();
+            poll(what, Duration::from_secs(10), || async {
+                (read(&mut kv.clone(), &key).await.ok()? == Some((value.clone(), id))).then_some(())
+            })
+            .await?;
+            println!("{what}: back after {:?}", started.elapsed());
+            anyhow::Ok(())
+        }
+    };
+
+    kv.delete(reg.key(), None).await?;
+    restored("the deleted key put back").await?;
+    kv.put(reg.key(), "garbage", None).await?;
+    restored("the overwritten key put back").await?;
+    kv.put(reg.key(), value.clone(), None).await?;
+    restored("the key put without the lease put back under it").await?;
+    assert_eq!(lease.id(), Some(id), "no new lease for a restore");
+    // The neighbour whose key is a prefix of this one was never touched.
+    assert!(read(&mut kv, other.key()).await?.is_some());
+
+    // Deregistered: stays deleted (the guard stopped with the registration).
+    reg.deregister().await?;
+    kv.put(key.as_str(), "someone else's", None).await?;
+    kv.delete(key.as_str(), None).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        read(&mut kv, &key).await?,
+        None,
+        "a deregistered key came back"
+    );
+    drop(other);
+    Ok(())
+}

@@ -37,6 +37,7 @@ use crate::etcd::{Desired, WriterState};
 use crate::index::{Index, RegKey};
 use crate::metrics::ErrorKind;
 use crate::status::published::PublishedLog;
+use crate::status::terminating::{DELETION_BLOCKED, TERMINATING_CONDITION, terminating_status};
 use crate::status::{self, InEtcd, Publishing};
 
 /// The time an input happened at: the monotonic instant (timers, hysteresis) and the wall
@@ -566,6 +567,37 @@ impl Core {
                 continue;
             };
             if reg.metadata.deletion_timestamp.is_some() {
+                if has_finalizer(reg) {
+                    let update = terminating_status(
+                        reg,
+                        self.statuses.get(&key).or(reg.status.as_ref()),
+                        &outcome.target,
+                        FINALIZER,
+                        &self.publishing,
+                        now.wall.clone(),
+                    );
+                    if let Some(update) = update.filter(|u| u.changed) {
+                        if update.reason_changed
+                            && let Some(c) = update
+                                .status
+                                .conditions
+                                .iter()
+                                .find(|c| c.type_ == TERMINATING_CONDITION)
+                        {
+                            out.push(Effect::Event {
+                                reg: reg.clone(),
+                                warning: true,
+                                reason: DELETION_BLOCKED.into(),
+                                note: c.message.clone(),
+                            });
+                        }
+                        self.statuses.insert(key.clone(), update.status.clone());
+                        out.push(Effect::WriteStatus {
+                            key,
+                            status: update.status,
+                        });
+                    }
+                }
                 continue;
             }
             // Decide against what the status is about to be from our own writes, else what

@@ -285,4 +285,120 @@ mod tests {
         let huge = vec![put("k", &"y".repeat(5000))];
         assert_eq!(batches(huge.clone(), 128, 100), vec![huge]);
     }
+
+    mod props {
+        //! Property tests: applying the batches of a plan to a random known state gives exactly
+        //! the desired state; batches stay within etcd's limits; nothing is deleted when the
+        //! desired state is incomplete.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Keys under and around the prefix: ours, the claim key, a sibling prefix, outside.
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => (0u16..400).prop_map(|i| format!("{P}/shop/greeter/192.0.2.{}:{i}", i % 7)),
+                1 => Just(owner_key(P)),
+                1 => (0u8..3).prop_map(|i| format!("{P}x/shop/s/{i}")),
+                1 => (0u8..3).prop_map(|i| format!("other/{i}")),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => (0u8..3).prop_map(|i| format!("v{i}")),
+                1 => (0usize..3000).prop_map(|n| "x".repeat(n)),
+            ]
+        }
+
+        fn known_state() -> impl Strategy<Value = BTreeMap<String, KnownKv>> {
+            proptest::collection::btree_map(
+                key(),
+                (value(), proptest::sample::select(&[0i64, L, 8][..]))
+                    .prop_map(|(value, lease)| KnownKv { value, lease }),
+                0..300,
+            )
+        }
+
+        fn desired_state() -> impl Strategy<Value = BTreeMap<String, String>> {
+            proptest::collection::btree_map(key(), value(), 0..300)
+        }
+
+        fn ours(key: &str) -> bool {
+            key.starts_with(&format!("{P}/")) && key != owner_key(P)
+        }
+
+        /// `known` after the batches ran, in order, under lease `L`.
+        fn apply(
+            mut state: BTreeMap<String, KnownKv>,
+            batches: &[Vec<Op>],
+        ) -> BTreeMap<String, KnownKv> {
+            for op in batches.iter().flatten() {
+                match op {
+                    Op::Put { key, value } => {
+                        state.insert(
+                            key.clone(),
+                            KnownKv {
+                                value: value.clone(),
+                                lease: L,
+                            },
+                        );
+                    }
+                    Op::Delete { key } => {
+                        state.remove(key);
+                    }
+                }
+            }
+            state
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn batches_bring_known_to_desired(
+                known in known_state(),
+                desired in desired_state(),
+                complete in any::<bool>(),
+                max_ops in prop_oneof![Just(128usize), 1usize..20],
+                max_bytes in prop_oneof![Just(1024 * 1024usize), 100usize..8000],
+            ) {
+                let ops = plan(P, &known, &desired, complete, L);
+                let count = ops.len();
+                let batches = batches(ops, max_ops, max_bytes);
+                prop_assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), count);
+                for batch in &batches {
+                    prop_assert!(!batch.is_empty());
+                    prop_assert!(batch.len() <= max_ops);
+                    let bytes: usize = batch.iter().map(Op::size).sum();
+                    prop_assert!(batch.len() == 1 || bytes <= max_bytes, "{} ops, {bytes} bytes", batch.len());
+                    prop_assert!(batch.iter().all(|op| ours(op.key())), "only keys under the prefix");
+                }
+                let after = apply(known.clone(), &batches);
+                for (k, v) in &desired {
+                    if ours(k) {
+                        prop_assert_eq!(after.get(k), Some(&KnownKv { value: v.clone(), lease: L }));
+                    }
+                }
+                for (k, v) in &known {
+                    if !ours(k) {
+                        prop_assert_eq!(after.get(k), Some(v), "foreign key {} touched", k);
+                    } else if !desired.contains_key(k) {
+                        if complete {
+                            prop_assert!(!after.contains_key(k), "stale key {} kept", k);
+                        } else {
+                            prop_assert_eq!(after.get(k), Some(v), "incomplete state deleted {}", k);
+                        }
+                    }
+                }
+                prop_assert!(after.keys().all(|k| known.contains_key(k) || desired.contains_key(k)));
+                if !complete {
+                    let puts_only = batches.iter().flatten().all(|op| matches!(op, Op::Put { .. }));
+                    prop_assert!(puts_only, "a delete with an incomplete desired state");
+                }
+                // A second plan over the result has nothing left to do.
+                prop_assert!(plan(P, &after, &desired, complete, L).is_empty());
+            }
+        }
+    }
 }

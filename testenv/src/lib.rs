@@ -19,6 +19,7 @@ mod cluster;
 mod control_plane;
 mod etcd;
 mod etcd_cluster;
+pub mod fuzz;
 mod go;
 pub mod greeter;
 mod http_get;

@@ -7,6 +7,8 @@
 //	interop serve  -etcd URL -target T -addr A -name N   Greeter server registered with endpoints.Manager
 //	interop list   -etcd URL -target T                   endpoints.Manager.List as JSON {key: {Addr, Metadata}}
 //	interop write  -etcd URL -target T -in FILE          AddEndpoint for each JSON line {key, addr, metadata}
+//	interop decode -in FILE                             decodes each hex-encoded line as etcd's Go resolver does
+//	                                                    (json.Unmarshal into internal.Update); prints "ok <hex Addr>" or "err"
 //	interop bench  -etcd URL -target T -expect K [-authority A] -concurrency C -warmup W -duration D -max N
 //	                                                    closed-loop load through the grpc-go client; prints
 //	                                                    {"requests","errors","elapsed_ns","p50_ns","p99_ns","backends"}
@@ -18,6 +20,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -128,6 +131,12 @@ func main() {
 	limit := fs.Int("max", 2000000, "at most this many measured calls (bench)")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail(err)
+	}
+	if os.Args[1] == "decode" {
+		if err := decode(*in); err != nil {
+			fail(err)
+		}
+		return
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{*etcd},
@@ -456,4 +465,36 @@ func write(cli *clientv3.Client, target, in string) error {
 		}
 	}
 	return sc.Err()
+}
+
+// update is naming/endpoints/internal.Update (an internal package, so declared again here with
+// the same field types): what etcd's Go resolver unmarshals every value into.
+type update struct {
+	Op       uint8
+	Addr     string
+	Metadata interface{}
+}
+
+// decode unmarshals each hex-encoded line of file as etcd's resolver does and prints one verdict
+// per line: "ok <hex Addr>" or "err".
+func decode(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		value, err := hex.DecodeString(string(line))
+		if err != nil {
+			return err
+		}
+		var up update
+		if err := json.Unmarshal(value, &up); err != nil {
+			fmt.Fprintln(out, "err")
+			continue
+		}
+		fmt.Fprintf(out, "ok %s\n", hex.EncodeToString([]byte(up.Addr)))
+	}
+	return nil
 }

@@ -118,7 +118,17 @@ fn summary(e: &Effect) -> String {
                 .find(|c| c.type_ == crate::crd::READY_CONDITION)
                 .map(|c| c.reason.clone())
                 .unwrap_or_default();
-            format!("Status {} {reason} {}", key_of(key), status.ready_endpoints)
+            let terminating = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == crate::status::terminating::TERMINATING_CONDITION)
+                .map(|c| format!(" Terminating={}", c.reason))
+                .unwrap_or_default();
+            format!(
+                "Status {} {reason} {}{terminating}",
+                key_of(key),
+                status.ready_endpoints
+            )
         }
         Effect::ResyncStatuses(v) => format!(
             "Resync {}",
@@ -513,6 +523,52 @@ fn a_finalizer_is_released_only_once_the_writer_applied_the_removal() {
                 &[],
             ),
             flush(&["Forget shop/greeter"], &["Release"]),
+        ],
+    );
+}
+
+/// A deletion that waits for etcd says so: a Terminating condition and a Warning Event, once;
+/// it completes by itself once etcd is back.
+#[test]
+fn a_deletion_blocked_by_etcd_shows_a_terminating_condition_and_an_event() {
+    let (mut sim, _) = Sim::leading();
+    sim.run(
+        "deletion while etcd is down",
+        vec![
+            step(etcd_down(), &[], &["Status"]),
+            later(
+                5 * SEC,
+                step(
+                    Input::SettleDue,
+                    &["Status shop/greeter EtcdUnavailable 1"],
+                    &[],
+                ),
+            ),
+            step(apply(deleting("greeter")), &[], &["Release"]),
+            flush(
+                &[
+                    "Publish seq=2 keys=0",
+                    "Status shop/greeter EtcdUnavailable 1 Terminating=EtcdUnavailable",
+                    "Event shop/greeter DeletionBlocked warning=true",
+                ],
+                &["Release"],
+            ),
+            // Still down, another reason text: no new Event; the resync writes nothing new.
+            step(
+                Input::WriterState(WriterState::EtcdUnavailable {
+                    reason: "timeout".into(),
+                }),
+                &[],
+                &["Event", "Release"],
+            ),
+            step(Input::ResyncTick, &[], &["Event", "Release"]),
+            // Back: the keys leave with seq 2, then the finalizer goes.
+            step(ready(), &[], &["Release", "Event"]),
+            step(
+                Input::WriterApplied(2),
+                &["Release shop/greeter"],
+                &["Event"],
+            ),
         ],
     );
 }
