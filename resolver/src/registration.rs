@@ -411,7 +411,7 @@ impl LeaseTask {
             Some(PutOptions::new().with_lease(id)),
         );
         if let Err(e) = etcd_call(self.request_timeout, put).await {
-            if let Error::Etcd(source) = &e
+            if let Some(source) = e.etcd_source()
                 && is_lease_not_found(source)
                 && let Some(lease) = &self.lease
             {
