@@ -56,6 +56,17 @@ impl WeightedIndexPicker {
 /// distinct `127.0.0.1` ports. The channels are never used, so nothing is ever dialed.
 pub struct ReadyPool(Pool);
 
+/// The backend a call holds from its pick on: one reference to the backend's connection.
+#[derive(Debug)]
+pub struct PickedBackend(Arc<Picked>);
+
+impl PickedBackend {
+    /// The channel handle that sending the call consumes (a clone of the backend's channel).
+    pub fn channel(&self) -> Channel {
+        self.0.channel.clone()
+    }
+}
+
 impl ReadyPool {
     /// `n` READY backends. Must be called within a Tokio runtime (each lazy channel spawns its
     /// idle worker task there).
@@ -65,22 +76,26 @@ impl ReadyPool {
                 let port = 1 + i % usize::from(u16::MAX);
                 let channel =
                     Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
-                Ok(live(Picked {
-                    addr: Arc::from(format!("127.0.0.1:{port}")),
+                let alive = Arc::new(Liveness::new());
+                let picked = Picked::new(
+                    Arc::from(format!("127.0.0.1:{port}")),
                     channel,
-                    alive: Arc::new(Liveness::new()),
-                    outcome: None,
-                    picks: Arc::default(),
-                }))
+                    alive.clone(),
+                    None,
+                );
+                Ok(PickEntry {
+                    value: Arc::new(picked),
+                    alive,
+                })
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(ReadyPool(Pool::with_ready(entries)))
     }
 
     /// What [`Balancer`](crate::Balancer)'s `call` does before sending: load the current
-    /// picker, take the next live backend and clone its channel.
-    pub fn pick(&self) -> Option<Channel> {
-        self.0.pick().map(|picked| picked.channel)
+    /// picker, take the next live backend, count the pick and take a reference to it.
+    pub fn pick(&self) -> Option<PickedBackend> {
+        self.0.pick().map(PickedBackend)
     }
 }
 

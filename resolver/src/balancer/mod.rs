@@ -518,7 +518,7 @@ const MAX_TRANSPARENT_RETRIES: usize = 8;
 /// failure took its connection out, waiting for one within what is left of `wait`.
 async fn send(
     pool: Arc<Pool>,
-    mut picked: Option<Picked>,
+    mut picked: Option<Arc<Picked>>,
     wait: Duration,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
@@ -533,11 +533,12 @@ async fn send(
             None => wait_until(&pool, deadline, wait).await?,
         };
         let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
-        let error: tower::BoxError = match backend.channel.oneshot(request).await {
+        // Sending consumes a channel handle (tonic's `Service::call` needs one of its own).
+        let error: tower::BoxError = match backend.channel.clone().oneshot(request).await {
             Ok(response) => {
                 body.commit();
-                return Ok(match backend.outcome {
-                    Some(outcome) => outcome.watch(response),
+                return Ok(match &backend.outcome {
+                    Some(outcome) => outcome.clone().watch(response),
                     None => response,
                 });
             }
@@ -593,7 +594,7 @@ async fn sweep(pool: Arc<Pool>, config: OutlierDetection) {
 
 /// Waits until a backend can be picked, at most `wait`.
 #[cfg(test)]
-async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Picked, tower::BoxError> {
+async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Arc<Picked>, tower::BoxError> {
     wait_until(pool, tokio::time::Instant::now() + wait, wait).await
 }
 
@@ -602,11 +603,11 @@ async fn wait_until(
     pool: &Pool,
     deadline: tokio::time::Instant,
     wait: Duration,
-) -> Result<Picked, tower::BoxError> {
+) -> Result<Arc<Picked>, tower::BoxError> {
     let mut pickers = pool.subscribe();
     loop {
-        if let Some(picked) = pickers.borrow_and_update().pick().cloned() {
-            return Ok(picked.counted());
+        if let Some(picked) = pickers.borrow_and_update().pick().map(Picked::count) {
+            return Ok(picked);
         }
         // A picker can also become empty of live entries without being replaced (its only
         // connection just closed); the replacement follows at once, so waiting for it is right.
