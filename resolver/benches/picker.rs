@@ -10,9 +10,11 @@
 //!   sending consumes (tonic's `Service::call` needs a handle of its own; a client calling one
 //!   `Channel` directly reuses its own handle instead).
 //! - `pick/balancer_8_threads/N`: `pick/balancer` with 8 threads picking from the same pool at
-//!   once; the figure is CPU time per call (summed over the threads' CPU clocks, so time spent
-//!   waiting for a core on a busy machine does not count, but contention on shared cache lines
-//!   does).
+//!   once (summed over the threads).
+//!
+//! Every figure is the calling threads' CPU time per call (`CLOCK_THREAD_CPUTIME_ID`), not wall
+//! time: on a shared machine the bench thread may get a fraction of a core, which wall time would
+//! count as pick time; contention on shared cache lines is CPU time and counts.
 //!
 //! ```text
 //! cargo bench -p registrar-resolver --bench picker
@@ -46,6 +48,15 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time of `iters` calls of `f` on this thread.
+fn cpu_time<T>(iters: u64, mut f: impl FnMut() -> T) -> Duration {
+    let before = thread_cpu_time();
+    for _ in 0..iters {
+        black_box(f());
+    }
+    thread_cpu_time() - before
+}
+
 /// `iters` picks on each of [`THREADS`] threads at once; the CPU time they took, divided by the
 /// number of threads (so criterion's per-iteration figure is CPU time per call).
 fn concurrent_picks(pool: &ReadyPool, iters: u64) -> Duration {
@@ -55,11 +66,7 @@ fn concurrent_picks(pool: &ReadyPool, iters: u64) -> Duration {
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    let before = thread_cpu_time();
-                    for _ in 0..iters {
-                        black_box(pool.pick());
-                    }
-                    thread_cpu_time() - before
+                    cpu_time(iters, || pool.pick())
                 })
             })
             .collect();
@@ -84,18 +91,18 @@ fn pick(c: &mut Criterion) {
     for n in BACKENDS {
         let picker = IndexPicker::new(n);
         group.bench_with_input(BenchmarkId::new("picker", n), &picker, |b, p| {
-            b.iter(|| black_box(p.pick()))
+            b.iter_custom(|iters| cpu_time(iters, || p.pick()))
         });
         let weighted = WeightedIndexPicker::new(n);
         group.bench_with_input(BenchmarkId::new("weighted", n), &weighted, |b, p| {
-            b.iter(|| black_box(p.pick()))
+            b.iter_custom(|iters| cpu_time(iters, || p.pick()))
         });
         let pool = ReadyPool::new(n).expect("building the READY backends");
         group.bench_with_input(BenchmarkId::new("balancer", n), &pool, |b, p| {
-            b.iter(|| black_box(p.pick()))
+            b.iter_custom(|iters| cpu_time(iters, || p.pick()))
         });
         group.bench_with_input(BenchmarkId::new("balancer+channel", n), &pool, |b, p| {
-            b.iter(|| black_box(p.pick().map(|backend| backend.channel())))
+            b.iter_custom(|iters| cpu_time(iters, || p.pick().map(|backend| backend.channel())))
         });
         group.bench_with_input(
             BenchmarkId::new(format!("balancer_{THREADS}_threads"), n),
