@@ -6,11 +6,11 @@
 //! - `pick/balancer/N`: everything [`Balancer`](registrar_resolver::Balancer) does per call
 //!   before sending: load the current picker (lock-free), pick, count the pick and take a
 //!   reference to the backend's connection (and drop it, as the call does when it ends).
-//! - `pick/balancer+channel/N`: the same plus the clone of the backend's tonic `Channel` that
-//!   sending consumes (tonic's `Service::call` needs a handle of its own; a client calling one
-//!   `Channel` directly reuses its own handle instead).
-//! - `pick/balancer_8_threads/N`: `pick/balancer` with 8 threads picking from the same pool at
-//!   once (summed over the threads).
+//! - `pick/balancer+channel/N`: the same plus what sending does around handing the request to
+//!   tonic: take a spare handle of the backend's `Channel` (tonic's `Service::call` needs one of
+//!   its own) and give it back.
+//! - `pick/balancer+channel_8_threads/N`: `pick/balancer+channel` with 8 threads calling on the
+//!   same pool at once (CPU time summed over the threads).
 //!
 //! Every figure is the calling threads' CPU time per call (`CLOCK_THREAD_CPUTIME_ID`), not wall
 //! time: on a shared machine the bench thread may get a fraction of a core, which wall time would
@@ -66,7 +66,7 @@ fn concurrent_picks(pool: &ReadyPool, iters: u64) -> Duration {
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    cpu_time(iters, || pool.pick())
+                    cpu_time(iters, || pool.pick().map(|backend| backend.cycle_channel()))
                 })
             })
             .collect();
@@ -102,10 +102,12 @@ fn pick(c: &mut Criterion) {
             b.iter_custom(|iters| cpu_time(iters, || p.pick()))
         });
         group.bench_with_input(BenchmarkId::new("balancer+channel", n), &pool, |b, p| {
-            b.iter_custom(|iters| cpu_time(iters, || p.pick().map(|backend| backend.channel())))
+            b.iter_custom(|iters| {
+                cpu_time(iters, || p.pick().map(|backend| backend.cycle_channel()))
+            })
         });
         group.bench_with_input(
-            BenchmarkId::new(format!("balancer_{THREADS}_threads"), n),
+            BenchmarkId::new(format!("balancer+channel_{THREADS}_threads"), n),
             &pool,
             |b, p| b.iter_custom(|iters| concurrent_picks(p, iters)),
         );

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::connector::Liveness;
 use super::picker::{PickEntry, Picker};
@@ -61,9 +61,11 @@ pub struct ReadyPool(Pool);
 pub struct PickedBackend(Arc<Picked>);
 
 impl PickedBackend {
-    /// The channel handle that sending the call consumes (a clone of the backend's channel).
-    pub fn channel(&self) -> Channel {
-        self.0.channel.clone()
+    /// What sending the call does around handing the request over: takes a spare handle of
+    /// the backend's channel and gives it back.
+    pub fn cycle_channel(&self) {
+        let channel = self.0.take_channel();
+        self.0.put_channel(channel);
     }
 }
 

@@ -533,8 +533,18 @@ async fn send(
             None => wait_until(&pool, deadline, wait).await?,
         };
         let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
-        // Sending consumes a channel handle (tonic's `Service::call` needs one of its own).
-        let error: tower::BoxError = match backend.channel.clone().oneshot(request).await {
+        // tonic's `Service::call` needs a handle of its own: a spare one of the connection,
+        // given back as soon as the request is handed over.
+        let mut channel = backend.take_channel();
+        let response = match channel.ready().await {
+            Ok(ready) => {
+                let response = tower::Service::call(ready, request);
+                backend.put_channel(channel);
+                response.await
+            }
+            Err(e) => Err(e),
+        };
+        let error: tower::BoxError = match response {
             Ok(response) => {
                 body.commit();
                 return Ok(match &backend.outcome {

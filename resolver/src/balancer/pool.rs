@@ -7,8 +7,11 @@
 //! The pick path is lock-free and touches little memory per backend: the current picker is
 //! loaded from an [`ArcSwap`] (no lock, no shared reference count), and the picked backend is one
 //! shared [`Picked`] whose reference count and pick counter sit on one cache line, so a call
-//! takes one reference rather than cloning the backend's channel, address and counters
-//! (the channel is cloned only where sending consumes it).
+//! takes one reference rather than cloning the backend's channel, address and counters.
+//! Sending needs a tonic `Channel` handle of its own (its `Service::call` takes `&mut self`):
+//! the call borrows a spare one from its connection for the instant of handing the request
+//! over and gives it back ([`Picked::take_channel`]), so handles are cloned only when more
+//! calls hand requests over at the same instant than there are spares.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +43,8 @@ use super::{BackendHealth, BackendStatus, ConnectivityState};
 pub(crate) struct Picked {
     /// How many times this connection was picked.
     pub(crate) picks: AtomicU64,
+    /// Spare handles of `channel`, for sending.
+    spare: Mutex<Vec<Channel>>,
     pub(crate) addr: Arc<str>,
     pub(crate) channel: Channel,
     /// The liveness of the channel's connection (cleared when it turns out unusable).
@@ -58,11 +63,34 @@ impl Picked {
     ) -> Self {
         Picked {
             picks: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
             addr,
             channel,
             alive,
             outcome,
         }
+    }
+
+    /// A handle of the channel to send one request with: a spare one, or a new clone. Give it
+    /// back with [`put_channel`](Self::put_channel) once the request is handed over.
+    pub(crate) fn take_channel(&self) -> Channel {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        spare.unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Gives back a handle taken by [`take_channel`](Self::take_channel) (dropped when there are
+    /// enough spares already).
+    pub(crate) fn put_channel(&self, channel: Channel) {
+        let extra = {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_CHANNELS {
+                spare.push(channel);
+                None
+            } else {
+                Some(channel)
+            }
+        };
+        drop(extra);
     }
 
     /// Counts one pick of this connection; a handle to it for the call.
@@ -71,6 +99,10 @@ impl Picked {
         Arc::clone(this)
     }
 }
+
+/// Spare channel handles kept per connection: requests are handed over in an instant, so a few
+/// cover many concurrent calls.
+const SPARE_CHANNELS: usize = 16;
 
 /// Everything known about one backend address.
 struct Entry {
