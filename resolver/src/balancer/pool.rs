@@ -10,8 +10,8 @@
 //! takes one reference rather than cloning the backend's channel, address and counters.
 //! Sending needs a tonic `Channel` handle of its own (its `Service::call` takes `&mut self`):
 //! the call borrows a spare one from its connection for the instant of handing the request
-//! over and gives it back ([`Picked::take_channel`]), so handles are cloned only when more
-//! calls hand requests over at the same instant than there are spares.
+//! over and gives it back ([`Picked::take_channel`]); nothing waits for the spares (`try_lock`),
+//! so a handle is cloned only when another call holds them at that instant.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -74,21 +74,20 @@ impl Picked {
     /// A handle of the channel to send one request with: a spare one, or a new clone. Give it
     /// back with [`put_channel`](Self::put_channel) once the request is handed over.
     pub(crate) fn take_channel(&self) -> Channel {
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // Never waits: while another call holds the spares, a new clone it is.
+        let spare = self.spare.try_lock().ok().and_then(|mut spare| spare.pop());
         spare.unwrap_or_else(|| self.channel.clone())
     }
 
     /// Gives back a handle taken by [`take_channel`](Self::take_channel) (dropped when there are
-    /// enough spares already).
+    /// enough spares already, or when another call holds them at this instant).
     pub(crate) fn put_channel(&self, channel: Channel) {
-        let extra = {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            if spare.len() < SPARE_CHANNELS {
+        let extra = match self.spare.try_lock() {
+            Ok(mut spare) if spare.len() < SPARE_CHANNELS => {
                 spare.push(channel);
                 None
-            } else {
-                Some(channel)
             }
+            _ => Some(channel),
         };
         drop(extra);
     }
