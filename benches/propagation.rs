@@ -9,8 +9,9 @@
 //! watch (what a resolver sees) and to the instant it is a ready endpoint in an EndpointSlice
 //! watch; then it deletes them in the same waves (each turns terminating) and measures the delete
 //! request → key deleted and → endpoint no longer ready, and it scrapes the operator's own
-//! latency histogram (watch event received → etcd txn committed). Pod IPs come from documentation ranges (the EndpointSlice controller refuses loopback)
-//! and nothing ever connects to them.
+//! latency histogram (watch event received → etcd txn committed). Pod IPs come from
+//! documentation ranges (the EndpointSlice controller refuses loopback) and nothing ever
+//! connects to them.
 //!
 //! Environment:
 //! - `REGISTRAR_BENCH_PODS`: rounds, comma separated: `N` flips N pods at once, `NxW` does that
