@@ -7,8 +7,11 @@
 //! ServiceRegistration, gives them IPs (not Ready), and flips them all Ready at once. Per pod it
 //! measures from the instant its Ready patch was sent to the instant its key is seen by an etcd
 //! watch (what a resolver sees) and to the instant it is a ready endpoint in an EndpointSlice
-//! watch. Pod IPs come from documentation ranges (the EndpointSlice controller refuses loopback)
-//! and nothing ever connects to them.
+//! watch; then it deletes them in the same waves (each turns terminating) and measures the delete
+//! request → key deleted and → endpoint no longer ready, and it scrapes the operator's own
+//! latency histogram (watch event received → etcd txn committed). Pod IPs come from
+//! documentation ranges (the EndpointSlice controller refuses loopback) and nothing ever
+//! connects to them.
 //!
 //! Environment:
 //! - `REGISTRAR_BENCH_PODS`: rounds, comma separated: `N` flips N pods at once, `NxW` does that
@@ -97,7 +100,12 @@ async fn run() -> Result<()> {
          previous one is visible to both systems and 250 ms of quiet have passed (so a wave is \
          a lone change, not part of the previous burst). \"converged after\" runs from a wave's first \
          patch to its last endpoint seen (slowest wave). Registrar's writes are etcd txns (one \
-         txn = one revision); the peer's are EndpointSlice writes.",
+         txn = one revision); the peer's are EndpointSlice writes. Then the same pods are deleted \
+         in the same waves (they turn terminating: no kubelet confirms the deletion): removal \
+         runs from the delete request to the key's deletion seen by the etcd watch, and to the \
+         endpoint no longer ready in the EndpointSlice watch. The operator's own latency is its \
+         `registrar_operator_latency_seconds` histogram (pod watch event received → etcd txn \
+         committed) scraped around the Ready waves and around the removal waves.",
         versions = world.versions
     );
     let md = report::markdown(&header, &rounds);

@@ -77,6 +77,7 @@ impl Driver {
                     seq,
                     keys: Arc::new(keys),
                     complete: true,
+                    ..Default::default()
                 });
                 if let Ok(mut l) = log.lock() {
                     l.push((seq, Instant::now()));
@@ -178,6 +179,7 @@ async fn ground(probe: Option<ProbeSettings>) -> Result<Ground> {
         seq: 1,
         keys: Arc::default(),
         complete: true,
+        ..Default::default()
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let writer = spawn_writer(

@@ -24,6 +24,7 @@ fn desired(seq: u64, keys: &BTreeMap<String, String>) -> Desired {
         seq,
         keys: Arc::new(keys.clone()),
         complete: true,
+        ..Default::default()
     }
 }
 

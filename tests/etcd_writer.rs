@@ -45,6 +45,7 @@ fn desired(seq: u64, keys: BTreeMap<String, String>, complete: bool) -> Desired 
         seq,
         keys: Arc::new(keys),
         complete,
+        ..Default::default()
     }
 }
 

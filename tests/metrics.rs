@@ -67,6 +67,14 @@ async fn metrics_follow_a_scenario() {
         Some(0.0)
     );
 
+    // The pods turned Ready after the initial sync: each change was timed from its watch
+    // event to its txn's commit.
+    op.wait_metric("registrar_operator_latency_seconds_count", |v| v >= 1.0)
+        .await
+        .unwrap();
+    let text = op.metrics().await.unwrap();
+    let before = metric(&text, "registrar_operator_latency_seconds_count").unwrap();
+
     // One pod leaves: the gauge follows etcd.
     set_ready(&g.client, &g.ns, "p3", "127.0.0.123", false)
         .await
@@ -77,6 +85,25 @@ async fn metrics_follow_a_scenario() {
     op.wait_metric("registrar_published_endpoints", |v| v == 2.0)
         .await
         .unwrap();
+    // The removal was timed too, from its pod event to the delete's commit.
+    op.wait_metric("registrar_operator_latency_seconds_count", |v| v > before)
+        .await
+        .unwrap();
+    let text = op.metrics().await.unwrap();
+    let count = metric(&text, "registrar_operator_latency_seconds_count").unwrap();
+    let sum = metric(&text, "registrar_operator_latency_seconds_sum").unwrap();
+    let sub_ms = metric(
+        &text,
+        r#"registrar_operator_latency_seconds_bucket{le="0.001"}"#,
+    );
+    eprintln!(
+        "operator latency: {count} changes, mean {:.2} ms, {sub_ms:?} under 1 ms",
+        sum / count * 1e3
+    );
+    assert!(
+        sum > 0.0 && sum / count < 10.0,
+        "operator latency sum {sum} over {count}"
+    );
 
     // etcd goes away: keepalives fail and are counted; etcd comes back: the lease survived.
     g.etcd.stop().await.unwrap();

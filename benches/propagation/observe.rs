@@ -1,5 +1,6 @@
 //! The observers of one round: an etcd watch on the round's target prefix (what a resolver
-//! sees of Registrar) and a watch on the Service's EndpointSlices (the peer). They run on their
+//! sees of Registrar) and a watch on the Service's EndpointSlices (the peer), each recording
+//! when an endpoint appeared and when it went away again. They run on their
 //! own thread and tokio runtime, so sending hundreds of status patches never delays the
 //! timestamping of what they see.
 
@@ -35,6 +36,11 @@ pub struct Seen {
     pub ready: HashMap<String, Sighting>,
     /// When each EndpointSlice write (create, update, delete) after the initial list was seen.
     pub slice_writes: Vec<Instant>,
+    /// First DELETE of each etcd key under the prefix.
+    pub gone: HashMap<String, Sighting>,
+    /// First time each pod seen ready was no longer a ready endpoint (terminating, not ready or
+    /// out of the slices).
+    pub unready: HashMap<String, Sighting>,
 }
 
 /// Live counts, to wait on.
@@ -48,6 +54,8 @@ pub struct Progress {
     pub endpoints: usize,
     /// Pods currently listed as ready endpoints.
     pub ready: usize,
+    /// Distinct etcd keys deleted.
+    pub gone: usize,
 }
 
 /// What to watch.
@@ -85,6 +93,15 @@ impl Observer {
 struct Slices(HashMap<String, Vec<(String, bool)>>);
 
 impl Slices {
+    fn ready_pods(&self) -> BTreeSet<&str> {
+        self.0
+            .values()
+            .flatten()
+            .filter(|(_, ready)| *ready)
+            .map(|(pod, _)| pod.as_str())
+            .collect()
+    }
+
     fn counts(&self) -> (usize, usize) {
         let mut pods: HashMap<&str, bool> = HashMap::new();
         for (pod, ready) in self.0.values().flatten() {
@@ -152,6 +169,10 @@ async fn observe(
                 anyhow::ensure!(!resp.canceled(), "etcd watch canceled: {}", resp.cancel_reason());
                 for ev in resp.events() {
                     if ev.event_type() != EventType::Put {
+                        if let Some(kv) = ev.kv() {
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            seen.gone.entry(key).or_insert(sighting);
+                        }
                         continue;
                     }
                     if let Some(kv) = ev.kv() {
@@ -187,6 +208,12 @@ async fn observe(
                     }
                     slices.0.insert(slice.metadata.name.clone().unwrap_or_default(), eps);
                 }
+                let ready = slices.ready_pods();
+                for pod in seen.ready.keys() {
+                    if !ready.contains(pod.as_str()) && !seen.unready.contains_key(pod) {
+                        seen.unready.insert(pod.clone(), sighting);
+                    }
+                }
             }
         }
         let (endpoints, ready) = slices.counts();
@@ -195,6 +222,7 @@ async fn observe(
             keys: seen.keys.len(),
             endpoints,
             ready,
+            gone: seen.gone.len(),
         });
     }
     Ok(seen)

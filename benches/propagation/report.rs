@@ -63,6 +63,80 @@ pub struct Round {
     /// The operator's own propagation metric over the round: mean of (etcd commit − Ready
     /// `lastTransitionTime`), seconds.
     pub operator_metric_mean: Option<f64>,
+    /// Registrar: from each pod's delete request to its key's deletion seen by an etcd watch.
+    pub removal_registrar: SystemResult,
+    /// The peer: from each pod's delete request to its endpoint no longer ready.
+    pub removal_peer: SystemResult,
+    /// The operator's own latency (watch event received → etcd txn committed) over the Ready
+    /// waves, and over the removal waves.
+    pub operator_ready: Option<OperatorLatency>,
+    pub operator_removal: Option<OperatorLatency>,
+}
+
+/// The operator-latency histogram (`registrar_operator_latency_seconds`) between two scrapes:
+/// its mean and the bucket bounds its p50 and p99 fall under.
+#[derive(Clone, Copy, Debug)]
+pub struct OperatorLatency {
+    pub count: f64,
+    pub mean: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+const OPERATOR_LATENCY: &str = "registrar_operator_latency_seconds";
+
+impl OperatorLatency {
+    /// The histogram's observations after `before` up to `after` (`None` when there were none).
+    pub fn between(before: &str, after: &str) -> Option<OperatorLatency> {
+        let delta = |series: &str| {
+            Some(
+                crate::common::operator::sample(after, series)?
+                    - crate::common::operator::sample(before, series).unwrap_or(0.0),
+            )
+        };
+        let count = delta(&format!("{OPERATOR_LATENCY}_count"))?;
+        let sum = delta(&format!("{OPERATOR_LATENCY}_sum"))?;
+        if count <= 0.0 {
+            return None;
+        }
+        let mut buckets: Vec<(f64, f64)> = buckets(after)
+            .into_iter()
+            .map(|(le, n)| {
+                let was = crate::common::operator::sample(
+                    before,
+                    &format!("{OPERATOR_LATENCY}_bucket{{le=\"{le}\"}}"),
+                )
+                .unwrap_or(0.0);
+                (le.parse().unwrap_or(f64::INFINITY), n - was)
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let under = |q: f64| {
+            let bound = buckets
+                .iter()
+                .find(|(_, n)| *n >= q * count)
+                .map_or(f64::INFINITY, |(le, _)| *le);
+            Duration::try_from_secs_f64(bound).unwrap_or(Duration::MAX)
+        };
+        Some(OperatorLatency {
+            count,
+            mean: Duration::from_secs_f64((sum / count).max(0.0)),
+            p50: under(0.5),
+            p99: under(0.99),
+        })
+    }
+}
+
+/// The `le` label and cumulative count of every bucket of the operator-latency histogram.
+fn buckets(text: &str) -> Vec<(String, f64)> {
+    let start = format!("{OPERATOR_LATENCY}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(start.as_str())?;
+            let (le, rest) = rest.split_once("\"}")?;
+            Some((le.to_owned(), rest.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Round {
@@ -180,12 +254,83 @@ pub fn registrar_table(rounds: &[Round]) -> String {
     )
 }
 
+/// The removal table: per round and system, from the delete request to the endpoint gone,
+/// with Registrar ÷ peer.
+pub fn removal_table(rounds: &[Round]) -> String {
+    let rows: Vec<Vec<String>> = rounds
+        .iter()
+        .map(|r| {
+            let (a, b) = (&r.removal_registrar.from_patch, &r.removal_peer.from_patch);
+            vec![
+                r.label(),
+                ms(a.p50),
+                ms(a.p99),
+                ms(b.p50),
+                ms(b.p99),
+                ratio(a.p50, b.p50),
+                ratio(a.p99, b.p99),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "pods",
+            "Registrar p50 (key deleted)",
+            "Registrar p99",
+            "EndpointSlice p50 (not ready)",
+            "EndpointSlice p99",
+            "p50 ratio",
+            "p99 ratio",
+        ],
+        &rows,
+    )
+}
+
+/// The operator's own latency per round (watch event received → etcd txn committed), from its
+/// histogram: p50 and p99 are the bucket bounds they fall under.
+pub fn operator_table(rounds: &[Round]) -> String {
+    let cells = |o: Option<OperatorLatency>| match o {
+        Some(o) => vec![
+            format!("{:.0}", o.count),
+            ms(o.mean),
+            format!("≤ {}", ms(o.p50)),
+            format!("≤ {}", ms(o.p99)),
+        ],
+        None => vec!["0".into(), "n/a".into(), "n/a".into(), "n/a".into()],
+    };
+    let rows: Vec<Vec<String>> = rounds
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.label()];
+            row.extend(cells(r.operator_ready));
+            row.extend(cells(r.operator_removal));
+            row
+        })
+        .collect();
+    table(
+        &[
+            "pods",
+            "Ready: events",
+            "mean",
+            "p50",
+            "p99",
+            "removal: events",
+            "mean",
+            "p50",
+            "p99",
+        ],
+        &rows,
+    )
+}
+
 /// The whole report.
 pub fn markdown(header: &str, rounds: &[Round]) -> String {
     format!(
-        "{header}\n\n### Pod Ready → endpoint visible\n\n{}\n### Registrar ÷ EndpointSlice controller\n\n{}\n### Registrar's etcd writes\n\n{}",
+        "{header}\n\n### Pod Ready → endpoint visible\n\n{}\n### Registrar ÷ EndpointSlice controller\n\n{}\n### Registrar's etcd writes\n\n{}\n### Pod terminating → endpoint gone\n\n{}\n### The operator's own latency (watch event received → etcd txn committed)\n\n{}",
         latency_table(rounds),
         ratio_table(rounds),
-        registrar_table(rounds)
+        registrar_table(rounds),
+        removal_table(rounds),
+        operator_table(rounds)
     )
 }

@@ -3,7 +3,9 @@
 //! waiting for the previous one to be fully visible); each pod's latency is
 //! measured from the instant its Ready patch was sent to the instant its key showed up in an
 //! etcd watch (Registrar) and to the instant it showed up as a ready endpoint in an EndpointSlice
-//! watch (the peer).
+//! watch (the peer). Then the same pods are deleted in the same waves (each pod turns
+//! terminating: no kubelet confirms the deletion) and each pod's removal is measured from its
+//! delete request to its key's deletion in etcd and to its endpoint no longer ready.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use registrar::crd::ServiceRegistration;
 use registrar_testenv::poll;
 use serde_json::{Value, json};
 
 use crate::common::objects::pod_status;
 use crate::observe::{Observer, Targets};
-use crate::report::{Round, Stats, SystemResult};
+use crate::report::{OperatorLatency, Round, Stats, SystemResult};
 use crate::world::{NODE, PREFIX, World};
 
 /// Port of every pod, the Service and the registration.
@@ -130,11 +132,33 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
             return Err(e);
         }
     }
-    let seen = observer.finish().await?;
+    let ready_end = Instant::now();
     let rev_after = revision(&mut etcd).await?;
     let metrics_after = world.metrics().await?;
     let ltt = ready_transition_times(&client, &ns).await?;
-    say(&ns, "converged");
+    say(&ns, "converged; deleting the pods in the same waves");
+
+    let mut deleted = Vec::with_capacity(total);
+    for wave in 0..plan.waves {
+        tokio::time::sleep(QUIET).await;
+        let first = wave * plan.pods;
+        deleted.extend(delete(&client, &ns, first..first + plan.pods).await?);
+        let removed = first + plan.pods;
+        let converged = observer
+            .wait(
+                "every key deleted and every endpoint no longer ready",
+                deadline,
+                |p| p.gone >= removed && p.ready <= total - removed,
+            )
+            .await;
+        if let Err(e) = converged {
+            world.check_alive()?;
+            return Err(e);
+        }
+    }
+    let seen = observer.finish().await?;
+    let metrics_removed = world.metrics().await?;
+    say(&ns, "removals converged");
 
     let ips: HashMap<String, usize> = (0..total).map(|i| (pod_ip(i), i)).collect();
     let key_prefix = format!("{PREFIX}/{ns}/{SERVICE}/");
@@ -149,13 +173,25 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
             .with_context(|| format!("unknown address in {key}"))?;
         registrar.add(i, &sent[i], s.at, s.wall, ltt.get(&pod_name(i)));
     }
+    let mut registrar_removal = Samples::new(plan);
+    for (key, s) in &seen.gone {
+        let ip = key
+            .strip_prefix(&key_prefix)
+            .and_then(|a| a.strip_suffix(&format!(":{PORT}")))
+            .with_context(|| format!("unexpected key {key}"))?;
+        let i = *ips
+            .get(ip)
+            .with_context(|| format!("unknown address in {key}"))?;
+        registrar_removal.add(i, &deleted[i], s.at, s.wall, None);
+    }
+    let mut peer_removal = Samples::new(plan);
+    for (pod, s) in &seen.unready {
+        let i = pod_index(pod, total)?;
+        peer_removal.add(i, &deleted[i], s.at, s.wall, None);
+    }
     let mut peer = Samples::new(plan);
     for (pod, s) in &seen.ready {
-        let i = pod
-            .strip_prefix("p-")
-            .and_then(|i| i.parse::<usize>().ok())
-            .filter(|i| *i < total)
-            .with_context(|| format!("unexpected endpoint {pod}"))?;
+        let i = pod_index(pod, total)?;
         peer.add(i, &sent[i], s.at, s.wall, ltt.get(pod));
     }
     let flip_start = sent.iter().map(|s| s.at).min().context("nothing flipped")?;
@@ -163,10 +199,18 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
     let slice_writes = seen
         .slice_writes
         .iter()
-        .filter(|t| **t >= flip_start)
+        .filter(|t| **t >= flip_start && **t < ready_end)
         .count();
     let registrar = registrar.result(txns)?;
     let peer = peer.result(slice_writes)?;
+    let removal_registrar = registrar_removal.result(0)?;
+    let removal_peer = peer_removal.result(0)?;
+    anyhow::ensure!(
+        removal_registrar.from_patch.count == total && removal_peer.from_patch.count == total,
+        "measured {} key deletions and {} endpoints leaving for {total} pods",
+        removal_registrar.from_patch.count,
+        removal_peer.from_patch.count
+    );
     anyhow::ensure!(
         registrar.from_patch.count == total && peer.from_patch.count == total,
         "measured {} keys and {} endpoints for {total} pods",
@@ -181,7 +225,19 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         peer,
         revision_delta: rev_after - rev_before,
         operator_metric_mean: metric_mean(&metrics_before, &metrics_after),
+        removal_registrar,
+        removal_peer,
+        operator_ready: OperatorLatency::between(&metrics_before, &metrics_after),
+        operator_removal: OperatorLatency::between(&metrics_after, &metrics_removed),
     })
+}
+
+/// The index of pod `p-<i>` (`i < total`).
+fn pod_index(pod: &str, total: usize) -> Result<usize> {
+    pod.strip_prefix("p-")
+        .and_then(|i| i.parse::<usize>().ok())
+        .filter(|i| *i < total)
+        .with_context(|| format!("unexpected endpoint {pod}"))
 }
 
 fn say(ns: &str, what: &str) {
@@ -336,6 +392,30 @@ async fn flip(client: &kube::Client, ns: &str, range: std::ops::Range<usize>) ->
                 let at = Instant::now();
                 pods.patch_status(&pod_name(i), &PatchParams::default(), &Patch::Merge(body))
                     .await?;
+                anyhow::Ok((i, Sent { at }))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    sent.sort_by_key(|(i, _)| *i);
+    Ok(sent.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Deletes pods `range` at once (bounded concurrency; each turns terminating, since no kubelet
+/// confirms it), recording when each delete was sent; returns them in index order.
+async fn delete(
+    client: &kube::Client,
+    ns: &str,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<Sent>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut sent: Vec<(usize, Sent)> = futures::stream::iter(range)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let at = Instant::now();
+                pods.delete(&pod_name(i), &DeleteParams::default()).await?;
                 anyhow::Ok((i, Sent { at }))
             }
         })

@@ -211,12 +211,22 @@ pub struct Core {
     releasing: BTreeMap<RegKey, u64>,
     /// New endpoints waiting for their commit, for the propagation-latency metric.
     propagating: Vec<(u64, Vec<Time>)>,
+    /// When the pod events behind the pending (not yet flushed) changes were received, for
+    /// the operator-latency metric.
+    received: Vec<Instant>,
+    /// Receipt times of the changes in published desired states the writer has not applied
+    /// yet, by seq: every desired state carries them all ([`Desired::received`]), since the
+    /// writer may skip a seq.
+    unapplied: Vec<(u64, Vec<Instant>)>,
     /// When the debounce window ends.
     flush_at: Option<Instant>,
     /// When the last flush that published something started.
     last_flush: Option<Instant>,
     ready: bool,
 }
+
+/// At most this many receipt times wait for their commit (a burst beyond it is not measured).
+const MAX_RECEIPTS: usize = 20_000;
 
 /// Effects collected while handling one input.
 type Out = Vec<Effect>;
@@ -237,6 +247,7 @@ impl Core {
                 seq: 0,
                 keys: Arc::default(),
                 complete: false,
+                received: Arc::default(),
             },
             leader: false,
             writing: false,
@@ -247,6 +258,8 @@ impl Core {
             published: PublishedLog::default(),
             releasing: BTreeMap::new(),
             propagating: Vec::new(),
+            received: Vec::new(),
+            unapplied: Vec::new(),
             flush_at: None,
             last_flush: None,
             ready: false,
@@ -273,7 +286,14 @@ impl Core {
                 }
                 self.index.apply_registration(*ev);
             }
-            Input::Pod(ev) => self.index.apply_pod(*ev),
+            Input::Pod(ev) => {
+                // A change (not a list) seen while measuring: its receipt time goes with it.
+                let change = matches!(*ev, watcher::Event::Apply(_) | watcher::Event::Delete(_));
+                self.index.apply_pod(*ev);
+                if change && self.measuring() && self.index.has_dirty() {
+                    self.received.push(now.at);
+                }
+            }
             Input::Node(ev) => self.index.apply_node(*ev),
             Input::FlushDue => {
                 self.flush_at = None;
@@ -366,6 +386,14 @@ impl Core {
         out.push(Effect::ClearStatuses);
         self.releasing.clear();
         self.propagating.clear();
+        self.received.clear();
+        self.unapplied.clear();
+    }
+
+    /// Whether latencies are measured: only changes seen while a writer runs and after the
+    /// initial sync; a cold start or a takeover would record pods' whole age.
+    fn measuring(&self) -> bool {
+        self.writing && self.desired.complete
     }
 
     fn start_writer(&mut self, now: &Now, out: &mut Out) {
@@ -373,6 +401,8 @@ impl Core {
         self.writing = true;
         self.applied = 0;
         self.propagating.clear();
+        self.received.clear();
+        self.unapplied.clear();
         out.push(Effect::StartWriter);
         // Leaving or entering Pending is shown at once: statuses are kept while it starts.
         self.settle.observe(Publishing::Pending, now.at);
@@ -398,11 +428,14 @@ impl Core {
                 .filter(|(o, e)| !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr)))
                 .filter_map(|(_, e)| e.ready_since.clone())
                 .collect();
-            // Only changes seen while a writer runs and after the initial sync measure
-            // propagation; a cold start or a takeover would record pods' whole age.
-            let measuring = self.writing && self.desired.complete;
+            let measuring = self.measuring();
             if measuring && !fresh.is_empty() && self.propagating.len() < 10_000 {
                 self.propagating.push((seq, fresh));
+            }
+            let received = std::mem::take(&mut self.received);
+            let carried: usize = self.unapplied.iter().map(|(_, r)| r.len()).sum();
+            if measuring && !received.is_empty() && carried < MAX_RECEIPTS {
+                self.unapplied.push((seq, received));
             }
             for key in &flushed.changed {
                 let endpoints = self.index.outcome(key).map(InEtcd::of);
@@ -416,12 +449,19 @@ impl Core {
                 seq,
                 keys: Arc::new(keys),
                 complete,
+                received: self
+                    .unapplied
+                    .iter()
+                    .flat_map(|(_, r)| r.iter().copied())
+                    .collect(),
             };
             out.push(Effect::PublishDesired(self.desired.clone()));
         }
         out.push(Effect::Metric(Metric::Registrations(
             self.index.registrations().count(),
         )));
+        // Changes that changed no key: nothing is committed for them.
+        self.received.clear();
         self.schedule_releases(Some(&touched));
         self.update_statuses(now, Some(&touched), out);
         self.on_applied(now, self.applied, out);
@@ -512,6 +552,7 @@ impl Core {
         if !shown.is_empty() {
             self.update_statuses(now, Some(&shown), out);
         }
+        self.unapplied.retain(|(s, _)| *s > seq);
         let mut committed = Vec::new();
         self.propagating.retain_mut(|(s, times)| {
             if *s <= seq {

@@ -113,6 +113,7 @@ impl Engine {
             seq: 0,
             keys: Arc::default(),
             complete: false,
+            received: Arc::default(),
         });
         let mut core = Core::new(CoreConfig {
             prefix: self.writer.prefix.clone(),

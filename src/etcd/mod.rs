@@ -19,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 mod config;
 mod dial;
 pub mod error;
@@ -50,6 +52,11 @@ pub struct Desired {
     /// False until both kube caches finished their initial list: until then the writer only
     /// puts and never deletes.
     pub complete: bool,
+    /// When the operator received the watch events whose changes this desired state carries
+    /// and that no writer reported applied yet (oldest first; empty when not measured). The
+    /// writer observes each once, when the txn that wrote it committed
+    /// ([`WriterObserver::operator_latency`]).
+    pub received: Arc<[Instant]>,
 }
 
 /// What the writer is doing, for status conditions, readiness and metrics.

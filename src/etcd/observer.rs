@@ -22,6 +22,11 @@ pub trait WriterObserver: Send + Sync + 'static {
     fn keepalive(&self, ok: bool) {
         let _ = ok;
     }
+    /// A change committed `latency` after the operator received the watch event behind it
+    /// (watch event received → etcd txn committed).
+    fn operator_latency(&self, latency: Duration) {
+        let _ = latency;
+    }
     /// A lease was granted (one per term, plus one per lost lease).
     fn lease_granted(&self) {}
     /// etcd said the writer's lease is gone.
@@ -49,6 +54,11 @@ impl Events {
         WriterStats::add(&stats.puts, puts as u64);
         WriterStats::add(&stats.deletes, deletes as u64);
         self.observer.txn(latency, puts + deletes, true);
+    }
+
+    /// A change received `latency` before the txn that wrote it committed.
+    pub(crate) fn operator_latency(&self, latency: Duration) {
+        self.observer.operator_latency(latency);
     }
 
     /// A transaction of `ops` operations that failed.

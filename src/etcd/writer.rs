@@ -116,6 +116,7 @@ pub fn spawn_writer_with(
             lease: None,
             known: None,
             known_lease: None,
+            observed: None,
         };
         writer.run(backoff).await;
     });
@@ -160,6 +161,9 @@ struct Writer {
     /// The lease the known state was read and written under: after a new lease, the prefix
     /// is listed again and every key put again.
     known_lease: Option<i64>,
+    /// The latest receipt time of [`Desired::received`] already observed: each is observed
+    /// once, by the first flush that committed it.
+    observed: Option<Instant>,
 }
 
 impl Writer {
@@ -522,6 +526,17 @@ impl Writer {
             let revision = resp.header().map_or(0, |h| h.revision());
             known.record_own(&batch, lease, revision);
         }
+        // Every change this desired state carries is in etcd now.
+        let committed = Instant::now();
+        let mut observed = self.observed;
+        for &received in desired.received.iter() {
+            if Some(received) > observed {
+                self.events
+                    .operator_latency(committed.saturating_duration_since(received));
+                observed = Some(received);
+            }
+        }
+        self.observed = observed;
         self.applied.send_if_modified(|cur| {
             let changed = *cur != desired.seq;
             *cur = desired.seq;

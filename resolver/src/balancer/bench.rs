@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::connector::Liveness;
 use super::picker::{PickEntry, Picker};
@@ -56,6 +56,19 @@ impl WeightedIndexPicker {
 /// distinct `127.0.0.1` ports. The channels are never used, so nothing is ever dialed.
 pub struct ReadyPool(Pool);
 
+/// The backend a call holds from its pick on: one reference to the backend's connection.
+#[derive(Debug)]
+pub struct PickedBackend(Arc<Picked>);
+
+impl PickedBackend {
+    /// What sending the call does around handing the request over: takes a spare handle of
+    /// the backend's channel and gives it back.
+    pub fn cycle_channel(&self) {
+        let channel = self.0.take_channel();
+        self.0.put_channel(channel);
+    }
+}
+
 impl ReadyPool {
     /// `n` READY backends. Must be called within a Tokio runtime (each lazy channel spawns its
     /// idle worker task there).
@@ -65,22 +78,26 @@ impl ReadyPool {
                 let port = 1 + i % usize::from(u16::MAX);
                 let channel =
                     Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
-                Ok(live(Picked {
-                    addr: Arc::from(format!("127.0.0.1:{port}")),
+                let alive = Arc::new(Liveness::new());
+                let picked = Picked::new(
+                    Arc::from(format!("127.0.0.1:{port}")),
                     channel,
-                    alive: Arc::new(Liveness::new()),
-                    outcome: None,
-                    picks: Arc::default(),
-                }))
+                    alive.clone(),
+                    None,
+                );
+                Ok(PickEntry {
+                    value: Arc::new(picked),
+                    alive,
+                })
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(ReadyPool(Pool::with_ready(entries)))
     }
 
     /// What [`Balancer`](crate::Balancer)'s `call` does before sending: load the current
-    /// picker, take the next live backend and clone its channel.
-    pub fn pick(&self) -> Option<Channel> {
-        self.0.pick().map(|picked| picked.channel)
+    /// picker, take the next live backend, count the pick and take a reference to it.
+    pub fn pick(&self) -> Option<PickedBackend> {
+        self.0.pick().map(PickedBackend)
     }
 }
 

@@ -59,8 +59,8 @@ impl<T> Choice<T> {
     }
 }
 
-impl PickSet for Choice<Picked> {
-    fn pick_next(&self) -> Option<&Picked> {
+impl PickSet for Choice<Arc<Picked>> {
+    fn pick_next(&self) -> Option<&Arc<Picked>> {
         self.pick().map(|(_, picked)| picked)
     }
 }
@@ -70,7 +70,7 @@ pub(crate) struct Layer {
     pub(crate) balancers: Vec<Balancer>,
     /// Per group: `false` while its etcd has been unreachable for longer than `stale_after`.
     pub(crate) fresh: Vec<watch::Sender<bool>>,
-    choice: watch::Sender<Arc<Choice<Picked>>>,
+    choice: watch::Sender<Arc<Choice<Arc<Picked>>>>,
     /// The group calls went to at the last rebuild (to log changes); held while rebuilding so
     /// that rebuilds publish in the order they read.
     active: Mutex<Option<usize>>,
@@ -83,9 +83,9 @@ pub(crate) struct Layer {
 }
 
 impl Source for Layer {
-    type Set = Choice<Picked>;
+    type Set = Choice<Arc<Picked>>;
 
-    fn pick_sets(&self) -> watch::Receiver<Arc<Choice<Picked>>> {
+    fn pick_sets(&self) -> watch::Receiver<Arc<Choice<Arc<Picked>>>> {
         self.choice.subscribe()
     }
 }
@@ -109,14 +109,14 @@ impl Layer {
     }
 
     /// The current choice.
-    pub(crate) fn choice(&self) -> Arc<Choice<Picked>> {
+    pub(crate) fn choice(&self) -> Arc<Choice<Arc<Picked>>> {
         self.choice.borrow().clone()
     }
 
     /// The backend for the next call (counted): the current choice's next live backend.
-    pub(crate) fn pick(&self) -> Option<Picked> {
+    pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
         let choice = self.choice.borrow();
-        choice.pick().map(|(_, picked)| picked.clone().counted())
+        choice.pick().map(|(_, picked)| Picked::count(picked))
     }
 
     /// (now, ever seen) duplicated addresses.

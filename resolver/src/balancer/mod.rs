@@ -525,7 +525,7 @@ const MAX_TRANSPARENT_RETRIES: usize = 8;
 /// failure took its connection out, waiting for one within what is left of `wait`.
 async fn send<S: Source>(
     pool: Arc<S>,
-    mut picked: Option<Picked>,
+    mut picked: Option<Arc<Picked>>,
     wait: Duration,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
@@ -540,11 +540,22 @@ async fn send<S: Source>(
             None => wait_until(&*pool, deadline, wait).await?,
         };
         let request = http::Request::from_parts(parts.clone(), Body::new(attempt));
-        let error: tower::BoxError = match backend.channel.oneshot(request).await {
+        // tonic's `Service::call` needs a handle of its own: a spare one of the connection,
+        // given back as soon as the request is handed over.
+        let mut channel = backend.take_channel();
+        let response = match channel.ready().await {
+            Ok(ready) => {
+                let response = tower::Service::call(ready, request);
+                backend.put_channel(channel);
+                response.await
+            }
+            Err(e) => Err(e),
+        };
+        let error: tower::BoxError = match response {
             Ok(response) => {
                 body.commit();
-                return Ok(match backend.outcome {
-                    Some(outcome) => outcome.watch(response),
+                return Ok(match &backend.outcome {
+                    Some(outcome) => outcome.clone().watch(response),
                     None => response,
                 });
             }
@@ -600,7 +611,7 @@ async fn sweep(pool: Arc<Pool>, config: OutlierDetection) {
 
 /// Waits until a backend can be picked, at most `wait`.
 #[cfg(test)]
-async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Picked, tower::BoxError> {
+async fn wait_for_ready(pool: &Pool, wait: Duration) -> Result<Arc<Picked>, tower::BoxError> {
     wait_until(pool, tokio::time::Instant::now() + wait, wait).await
 }
 
@@ -609,11 +620,11 @@ async fn wait_until<S: Source>(
     pool: &S,
     deadline: tokio::time::Instant,
     wait: Duration,
-) -> Result<Picked, tower::BoxError> {
+) -> Result<Arc<Picked>, tower::BoxError> {
     let mut pickers = pool.pick_sets();
     loop {
-        if let Some(picked) = pickers.borrow_and_update().pick_next().cloned() {
-            return Ok(picked.counted());
+        if let Some(picked) = pickers.borrow_and_update().pick_next().map(Picked::count) {
+            return Ok(picked);
         }
         // A picker can also become empty of live entries without being replaced (its only
         // connection just closed); the replacement follows at once, so waiting for it is right.

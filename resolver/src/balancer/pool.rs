@@ -3,10 +3,21 @@
 //! picker, rebuilt whenever the set of pickable backends (READY, healthy, not ejected) or their
 //! routing metadata changes, applying the zone preference ([`super::locality`]) and the weights
 //! ([`super::stride`]) on each rebuild.
+//!
+//! The pick path is lock-free and touches little memory per backend: the current picker is
+//! loaded from an [`ArcSwap`] (no lock, no shared reference count), and the picked backend is one
+//! shared [`Picked`] whose reference count and pick counter sit on one cache line, so a call
+//! takes one reference rather than cloning the backend's channel, address and counters.
+//! Sending needs a tonic `Channel` handle of its own (its `Service::call` takes `&mut self`):
+//! the call borrows a spare one from its connection for the instant of handing the request
+//! over and gives it back ([`Picked::take_channel`]); nothing waits for the spares (`try_lock`),
+//! so a handle is cloned only when another call holds them at that instant.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use arc_swap::ArcSwap;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,33 +34,81 @@ use super::snapshot::{BackendSnapshot, BackendState, RoutingSnapshot};
 use super::stride;
 use super::{BackendHealth, BackendStatus, ConnectivityState};
 
-/// A backend picked for one call.
-#[derive(Clone, Debug)]
+/// One READY connection of a backend, as calls use it: shared (`Arc<Picked>`) by the pickers
+/// and by every call sent on it.
+#[derive(Debug)]
+// `picks` first: it shares a cache line with the `Arc`'s reference count, which every pick
+// also updates.
+#[repr(C)]
 pub(crate) struct Picked {
+    /// How many times this connection was picked.
+    pub(crate) picks: AtomicU64,
+    /// Spare handles of `channel`, for sending.
+    spare: Mutex<Vec<Channel>>,
     pub(crate) addr: Arc<str>,
     pub(crate) channel: Channel,
     /// The liveness of the channel's connection (cleared when it turns out unusable).
     pub(crate) alive: Arc<Liveness>,
     /// Where the call's outcome is counted (with outlier ejection on).
     pub(crate) outcome: Option<Outcome>,
-    /// How many times this backend was picked.
-    pub(crate) picks: Arc<AtomicU64>,
 }
 
 impl Picked {
-    /// Counts one pick of this backend; the backend.
-    pub(crate) fn counted(self) -> Self {
-        self.picks.fetch_add(1, Ordering::Relaxed);
-        self
+    /// A connection on `channel`, not picked yet.
+    pub(crate) fn new(
+        addr: Arc<str>,
+        channel: Channel,
+        alive: Arc<Liveness>,
+        outcome: Option<Outcome>,
+    ) -> Self {
+        Picked {
+            picks: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
+            addr,
+            channel,
+            alive,
+            outcome,
+        }
+    }
+
+    /// A handle of the channel to send one request with: a spare one, or a new clone. Give it
+    /// back with [`put_channel`](Self::put_channel) once the request is handed over.
+    pub(crate) fn take_channel(&self) -> Channel {
+        // Never waits: while another call holds the spares, a new clone it is.
+        let spare = self.spare.try_lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Gives back a handle taken by [`take_channel`](Self::take_channel) (dropped when there are
+    /// enough spares already, or when another call holds them at this instant).
+    pub(crate) fn put_channel(&self, channel: Channel) {
+        let extra = match self.spare.try_lock() {
+            Ok(mut spare) if spare.len() < SPARE_CHANNELS => {
+                spare.push(channel);
+                None
+            }
+            _ => Some(channel),
+        };
+        drop(extra);
+    }
+
+    /// Counts one pick of this connection; a handle to it for the call.
+    pub(crate) fn count(this: &Arc<Picked>) -> Arc<Picked> {
+        this.picks.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(this)
     }
 }
+
+/// Spare channel handles kept per connection: requests are handed over in an instant, so a few
+/// cover many concurrent calls.
+const SPARE_CHANNELS: usize = 16;
 
 /// Everything known about one backend address.
 struct Entry {
     generation: u64,
     state: ConnectivityState,
     last_error: Option<String>,
-    ready: Option<PickEntry<Picked>>,
+    ready: Option<PickEntry<Arc<Picked>>>,
     /// What health checking says of the current connection.
     health: HealthState,
     /// Why the last health Watch failed, while [`HealthState::Failed`].
@@ -63,8 +122,9 @@ struct Entry {
     task: Option<AbortOnDrop>,
     /// Its zone and weight, from the endpoint's metadata.
     meta: BackendMeta,
-    /// How many times it was picked.
-    picks: Arc<AtomicU64>,
+    /// How many times its earlier connections were picked (the current one counts its own,
+    /// [`Picked::picks`]).
+    picks_before: u64,
 }
 
 /// How the pool routes: zone preference and weights (both off by default).
@@ -78,7 +138,10 @@ pub(crate) struct Routing {
 /// the subchannels (through their [`Sink`]), the manager task and the balancer handles.
 pub(crate) struct Pool {
     table: Mutex<BTreeMap<Arc<str>, Entry>>,
-    picker: watch::Sender<Arc<Picker<Picked>>>,
+    /// The current picker, for picking (lock-free).
+    current: ArcSwap<Picker<Arc<Picked>>>,
+    /// The same picker, for waking whoever waits for a new one.
+    picker: watch::Sender<Arc<Picker<Arc<Picked>>>>,
     /// Which statuses are failures, when call outcomes are counted (outlier ejection on).
     counting: Option<FailureCodes>,
     routing: Routing,
@@ -99,9 +162,11 @@ impl Pool {
 
     /// A pool whose backends count the outcomes of their calls, by `failures`.
     pub(crate) fn counting(failures: Option<FailureCodes>) -> Self {
+        let empty = Arc::new(Picker::empty());
         Pool {
             table: Mutex::new(BTreeMap::new()),
-            picker: watch::Sender::new(Arc::new(Picker::empty())),
+            current: ArcSwap::new(empty.clone()),
+            picker: watch::Sender::new(empty),
             counting: failures,
             routing: Routing::default(),
             sequence: Arc::new(AtomicUsize::new(rand::random::<u32>() as usize)),
@@ -125,24 +190,31 @@ impl Pool {
 
     /// A pool with no backends whose picker holds `ready` (for the pick-path benchmark).
     #[cfg(any(test, feature = "bench-internals"))]
-    pub(crate) fn with_ready(ready: Vec<PickEntry<Picked>>) -> Self {
+    pub(crate) fn with_ready(ready: Vec<PickEntry<Arc<Picked>>>) -> Self {
         let pool = Pool::new();
-        pool.picker.send_replace(Arc::new(Picker::new(ready)));
+        pool.install(Arc::new(Picker::new(ready)));
         pool
     }
 
-    /// The current picker.
-    pub(crate) fn picker(&self) -> Arc<Picker<Picked>> {
-        self.picker.borrow().clone()
+    /// Makes `picker` the current one and wakes whoever waits for a new one.
+    fn install(&self, picker: Arc<Picker<Arc<Picked>>>) {
+        self.current.store(picker.clone());
+        self.picker.send_replace(picker);
     }
 
-    /// The backend for the next call: the current picker's next live entry, if any.
-    pub(crate) fn pick(&self) -> Option<Picked> {
-        self.picker().pick().cloned().map(Picked::counted)
+    /// The current picker.
+    pub(crate) fn picker(&self) -> Arc<Picker<Arc<Picked>>> {
+        self.current.load_full()
+    }
+
+    /// The backend for the next call: the current picker's next live entry, if any. Lock-free;
+    /// takes one reference to the backend's connection.
+    pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
+        self.current.load().pick().map(Picked::count)
     }
 
     /// A receiver woken whenever the picker is replaced.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Picker<Picked>>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Picker<Arc<Picked>>>> {
         self.picker.subscribe()
     }
 
@@ -189,7 +261,7 @@ impl Pool {
             entry.last_error = error;
         }
         let was_pickable = entry.pickable();
-        entry.ready = None;
+        entry.retire();
         // The next connection starts over with its own health checking.
         if entry.health != HealthState::Off {
             entry.health = HealthState::Pending;
@@ -242,14 +314,14 @@ impl Pool {
         entry.last_error = None;
         entry.health = health;
         entry.health_error = None;
+        entry.retire();
         entry.ready = Some(PickEntry {
-            value: Picked {
+            value: Arc::new(Picked::new(
                 addr,
                 channel,
-                alive: alive.clone(),
-                outcome: entry.outcome.clone(),
-                picks: entry.picks.clone(),
-            },
+                alive.clone(),
+                entry.outcome.clone(),
+            )),
             alive,
         });
         if was_pickable || entry.pickable() {
@@ -292,7 +364,7 @@ impl Pool {
                 }),
                 task: None,
                 meta,
-                picks: Arc::new(AtomicU64::new(0)),
+                picks_before: 0,
             },
         );
         if self.routing.zone.is_some() {
@@ -452,7 +524,7 @@ impl Pool {
             weighted = weights.is_some(),
             "new picker"
         );
-        self.picker.send_replace(Arc::new(Picker::continuing(
+        self.install(Arc::new(Picker::continuing(
             ready,
             weights,
             self.sequence.clone(),
@@ -484,7 +556,7 @@ impl Pool {
                 },
                 in_pick_set: e.pickable()
                     && locality::admits(filter, preference, e.meta.zone.as_deref()),
-                picks: e.picks.load(Ordering::Relaxed),
+                picks: e.picks(),
             })
             .collect();
         RoutingSnapshot {
@@ -504,6 +576,23 @@ impl Pool {
 }
 
 impl Entry {
+    /// Drops the current connection from the entry, keeping its pick count. (A pick through a
+    /// picker being replaced at that very instant may go uncounted.)
+    fn retire(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            self.picks_before += ready.value.picks.load(Ordering::Relaxed);
+        }
+    }
+
+    /// How many times this backend was picked, over all its connections.
+    fn picks(&self) -> u64 {
+        self.picks_before
+            + self
+                .ready
+                .as_ref()
+                .map_or(0, |r| r.value.picks.load(Ordering::Relaxed))
+    }
+
     /// Whether calls may go to this backend: READY, healthy and not ejected.
     fn pickable(&self) -> bool {
         self.ready.is_some() && self.health.is_pickable() && self.ejection.ejected_at.is_none()

@@ -12,7 +12,7 @@ use super::pool::{Picked, Pool};
 /// A set of backends to pick from.
 pub(crate) trait PickSet: Send + Sync + 'static {
     /// The next live backend, if any (not counted).
-    fn pick_next(&self) -> Option<&Picked>;
+    fn pick_next(&self) -> Option<&Arc<Picked>>;
 }
 
 /// Something whose pick set is published through a watch channel.
@@ -24,16 +24,16 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn pick_sets(&self) -> watch::Receiver<Arc<Self::Set>>;
 }
 
-impl PickSet for Picker<Picked> {
-    fn pick_next(&self) -> Option<&Picked> {
+impl PickSet for Picker<Arc<Picked>> {
+    fn pick_next(&self) -> Option<&Arc<Picked>> {
         self.pick()
     }
 }
 
 impl Source for Pool {
-    type Set = Picker<Picked>;
+    type Set = Picker<Arc<Picked>>;
 
-    fn pick_sets(&self) -> watch::Receiver<Arc<Picker<Picked>>> {
+    fn pick_sets(&self) -> watch::Receiver<Arc<Picker<Arc<Picked>>>> {
         self.subscribe()
     }
 }

@@ -858,3 +858,52 @@ fn removals_are_not_held_behind_the_window() {
         assert!(sim.core.flush_at() > Some(sim.now().at), "{name}");
     }
 }
+
+#[test]
+fn receipt_times_go_with_their_changes_until_applied() {
+    let (mut sim, _) = Sim::leading();
+    // g2 turns Ready: flushed at once, its receipt time goes with the desired state.
+    sim.on(Input::pod(watcher::Event::Apply(pod(
+        "greeter",
+        "g2",
+        "127.0.0.2",
+    ))));
+    let g2 = sim.now().at;
+    sim.fire_flush();
+    assert_eq!(&*sim.core.desired.received, [g2]);
+    // g3 within the window, flushed when it ends: the writer has not applied seq 2 yet, so the
+    // new desired state carries both (it may be the only one the writer sees).
+    sim.ms += 10;
+    sim.on(Input::pod(watcher::Event::Apply(pod(
+        "greeter",
+        "g3",
+        "127.0.0.3",
+    ))));
+    let g3 = sim.now().at;
+    sim.fire_flush();
+    let seq = sim.core.desired.seq;
+    assert_eq!(&*sim.core.desired.received, [g2, g3]);
+    // Applied: nothing left to carry; a change of no key carries nothing either.
+    sim.on(Input::WriterApplied(seq));
+    sim.ms += 100;
+    sim.on(Input::pod(watcher::Event::Apply({
+        let mut p = pod("greeter", "g1", "127.0.0.1");
+        p.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("extra".into(), "x".into());
+        p
+    })));
+    sim.fire_flush();
+    assert_eq!(sim.core.desired.seq, seq, "no new desired state");
+    assert!(sim.core.received.is_empty() && sim.core.unapplied.is_empty());
+    // g1 deleted: a removal, timed the same way.
+    sim.on(Input::pod(watcher::Event::Delete(pod(
+        "greeter",
+        "g1",
+        "127.0.0.1",
+    ))));
+    let g1 = sim.now().at;
+    sim.fire_flush();
+    assert_eq!(&*sim.core.desired.received, [g1]);
+}

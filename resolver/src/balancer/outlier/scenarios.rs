@@ -92,7 +92,7 @@ async fn run(config: OutlierDetection, behaviours: &[Behaviour], seconds: u64) -
             response
                 .headers_mut()
                 .insert("grpc-status", http::HeaderValue::from_static(status));
-            drop(picked.outcome.unwrap().watch(response));
+            drop(picked.outcome.clone().unwrap().watch(response));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
