@@ -156,6 +156,8 @@ struct Inner {
     not_ready: Gauge,
     etcd_unavailable: Gauge,
     leader: Gauge,
+    /// Tokio tasks alive in this process, read at each scrape.
+    tasks: Gauge,
     txns: Family<ResultLabels, Counter>,
     txn_ops: Counter,
     txn_duration: Histogram,
@@ -250,6 +252,14 @@ impl Metrics {
             leader.clone(),
         );
 
+        let tasks = Gauge::default();
+        registry.register(
+            "tasks",
+            "Tokio tasks alive in the operator process, read at scrape time (flat in a steady \
+             state; a rise that never comes back down is a task leak)",
+            tasks.clone(),
+        );
+
         let txns = Family::<ResultLabels, Counter>::default();
         for result in [Outcome::Ok, Outcome::Error] {
             txns.get_or_create_owned(&ResultLabels { result });
@@ -315,6 +325,7 @@ impl Metrics {
                 not_ready,
                 etcd_unavailable,
                 leader,
+                tasks,
                 txns,
                 txn_ops,
                 txn_duration,
@@ -440,6 +451,7 @@ impl Metrics {
 
     /// The exposition in the Prometheus text format 0.0.4 ([`PROMETHEUS_TEXT_CONTENT_TYPE`]).
     pub fn encode(&self) -> Result<String, fmt::Error> {
+        self.sample_runtime();
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry)?;
         Ok(out)
@@ -447,9 +459,21 @@ impl Metrics {
 
     /// The exposition in the OpenMetrics 1.0.0 text format ([`OPENMETRICS_CONTENT_TYPE`]).
     pub fn encode_openmetrics(&self) -> Result<String, fmt::Error> {
+        self.sample_runtime();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
         Ok(out)
+    }
+}
+
+impl Metrics {
+    /// Reads the runtime's figures into their gauges (outside a runtime: left as they are).
+    fn sample_runtime(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.inner
+                .tasks
+                .set(saturating_i64(handle.metrics().num_alive_tasks()));
+        }
     }
 }
 
@@ -521,12 +545,42 @@ mod tests {
             "registrar_etcd_keepalive_failures_total",
             "registrar_propagation_latency_seconds",
             "registrar_operator_latency_seconds",
+            "registrar_tasks",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} missing from:\n{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_task_gauge_counts_the_runtime_s_live_tasks() {
+        let metrics = Metrics::new();
+        let before = sample(&metrics.encode().unwrap(), "registrar_tasks").unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move { stopped.wait_for(|s| *s).await.map(|_| ()) })
+            })
+            .collect();
+        let during = sample(&metrics.encode().unwrap(), "registrar_tasks").unwrap();
+        assert_eq!(during, before + 5.0);
+        stop.send(true).unwrap();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        // A finished task leaves the count when the runtime releases it, just after its output.
+        let mut after = during;
+        for _ in 0..1000 {
+            after = sample(&metrics.encode().unwrap(), "registrar_tasks").unwrap();
+            if after == before {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(after, before);
     }
 
     #[test]

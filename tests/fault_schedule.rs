@@ -14,7 +14,8 @@
 //! - after each round: etcd holds exactly the keys and values that the operator's own pure
 //!   function ([`registrar::desired`]) computes from the API server's current objects, every key
 //!   on one lease, and every registration's status counts its endpoints;
-//! - at the end: both replicas alive, their open fds and RSS bounded (printed).
+//! - at the end: both replicas alive, their open fds and RSS bounded, and their task count
+//!   (`registrar_tasks`) within a few of what it was once the first state settled (printed).
 //!
 //! The run is one seed (`REGISTRAR_FAULT_SEED`, random by default; printed first and on
 //! failure): the same seed replays the same schedule. `REGISTRAR_FAULT_ROUNDS` (default 20)
@@ -763,7 +764,15 @@ async fn run(rounds: u64) {
         let op = op.as_mut().expect("both replicas run");
         op.process.check_alive().expect("replica alive");
         let (rss_kib, fds) = rss_and_fds(op);
-        eprintln!("replica {i}: RSS {} MiB, {fds} open fds", rss_kib / 1024);
+        let tasks = op.metric("registrar_tasks").await.unwrap_or(f64::NAN);
+        eprintln!(
+            "replica {i}: RSS {} MiB, {fds} open fds, {tasks} tasks (baseline {baseline})",
+            rss_kib / 1024
+        );
+        assert!(
+            tasks <= baseline + 16.0,
+            "replica {i}: {tasks} tasks alive, {baseline} when it started: a task leak"
+        );
         assert!(rss_kib < 256 * 1024, "replica {i} RSS {rss_kib} KiB");
         assert!(fds < 256, "replica {i} has {fds} open fds");
     }
