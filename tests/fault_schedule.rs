@@ -711,6 +711,11 @@ async fn run(rounds: u64) {
         first.is_ok(),
         "seed {seed}: initial state never converged: {first:?}"
     );
+    // The operator's own task count (leader or standby) once settled: the baseline for leaks.
+    let mut baseline = 0.0f64;
+    for op in w.ops.iter().flatten() {
+        baseline = baseline.max(op.metric("registrar_tasks").await.unwrap_or(0.0));
+    }
 
     let mut converge = Vec::new();
     let mut checked = 0;
