@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use registrar_testenv::workspace_root;
@@ -96,20 +95,15 @@ fn balanced(expr: &str) -> bool {
 
 /// Builds (once per source version) the PromQL parser of `tests/promql`.
 fn promql_binary() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let started = Instant::now();
-        let built = registrar_testenv::go_build(
-            &workspace_root().join("tests/promql"),
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "promql",
-        )
-        .map_err(|e| format!("{e:#}"));
-        println!("promql parser ready in {:?}", started.elapsed());
-        built
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("building tests/promql: {e}"))
+    let started = Instant::now();
+    let built = registrar_testenv::go_build(
+        &workspace_root().join("tests/promql"),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "promql",
+    )
+    .unwrap_or_else(|e| panic!("building tests/promql: {e:#}"));
+    println!("promql parser ready in {:?}", started.elapsed());
+    built
 }
 
 /// Parses each expression with the Prometheus parser: `Ok(value type)` or `Err(parse error)`.

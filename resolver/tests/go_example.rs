@@ -14,7 +14,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -28,16 +27,11 @@ fn example_source() -> PathBuf {
 
 /// Builds (once per source version) and returns the Go example binary.
 fn example_binary() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        registrar_testenv::go_build(
-            &example_source(),
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "greeter-example",
-        )
-        .map_err(|e| format!("{e:#}"))
-    });
-    built.clone().map_err(|e| anyhow::anyhow!("{e}"))
+    registrar_testenv::go_build(
+        &example_source(),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "greeter-example",
+    )
 }
 
 /// The example client's last line.

@@ -14,7 +14,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -30,16 +29,11 @@ fn interop_source() -> PathBuf {
 
 /// Builds (once per source version) and returns the Go interop binary.
 fn interop_binary() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        registrar_testenv::go_build(
-            &interop_source(),
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            "interop",
-        )
-        .map_err(|e| format!("{e:#}"))
-    });
-    built.clone().map_err(|e| anyhow::anyhow!("{e}"))
+    registrar_testenv::go_build(
+        &interop_source(),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "interop",
+    )
 }
 
 /// Runs the interop binary to completion; its stdout.

@@ -1,8 +1,10 @@
 //! Builds a small Go module of the project's tests (e.g. the grpc-go interop client) with the
 //! machine's Go (`GOTOOLCHAIN=local`, `$GO` or `go` on `PATH`), cached by a hash of its sources.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 
@@ -26,8 +28,22 @@ fn source_hash(dir: &Path) -> Result<u64> {
 }
 
 /// The binary `name` built from the module in `src` under `cache` (e.g. cargo's
-/// `CARGO_TARGET_TMPDIR`), building it only when its sources changed.
+/// `CARGO_TARGET_TMPDIR`), building it only when its sources changed. Once per process: the
+/// first call builds (or finds) it while concurrent callers wait, later calls get the same
+/// answer (a failure too, so that one broken build is reported once per test, not rebuilt).
 pub fn go_build(src: &Path, cache: &Path, name: &str) -> Result<PathBuf> {
+    static BUILT: Mutex<Option<HashMap<PathBuf, Result<PathBuf, String>>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let key = cache.join(name).join(src);
+    let answer = built
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_insert_with(|| build(src, cache, name).map_err(|e| format!("{e:#}")))
+        .clone();
+    answer.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn build(src: &Path, cache: &Path, name: &str) -> Result<PathBuf> {
     let hash = source_hash(src)?;
     let dir = cache.join(format!("go-{name}-{hash:016x}"));
     let bin = dir.join(name);
