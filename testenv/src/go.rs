@@ -32,9 +32,10 @@ fn source_hash(dir: &Path) -> Result<u64> {
 /// first call builds (or finds) it while concurrent callers wait, later calls get the same
 /// answer (a failure too, so that one broken build is reported once per test, not rebuilt).
 pub fn go_build(src: &Path, cache: &Path, name: &str) -> Result<PathBuf> {
-    static BUILT: Mutex<Option<HashMap<PathBuf, Result<PathBuf, String>>>> = Mutex::new(None);
+    type Built = HashMap<(PathBuf, PathBuf, String), Result<PathBuf, String>>;
+    static BUILT: Mutex<Option<Built>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let key = cache.join(name).join(src);
+    let key = (src.to_path_buf(), cache.to_path_buf(), name.to_string());
     let answer = built
         .get_or_insert_with(HashMap::new)
         .entry(key)
