@@ -223,7 +223,7 @@ fn oracle_selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -
 }
 
 /// The port `reg` gets on `pod`, stated independently: a number is used as is; a name is the
-/// first TCP port of that name in the containers, then in the sidecars.
+/// first valid TCP port of that name in the containers, then in the sidecars.
 fn oracle_port(reg: &ServiceRegistration, pod: &Pod) -> Option<u16> {
     let spec = pod.spec.as_ref()?;
     match &reg.spec.port {
@@ -237,10 +237,13 @@ fn oracle_port(reg: &ServiceRegistration, pod: &Pod) -> Option<u16> {
             }
             for c in candidates {
                 for p in c.ports.iter().flatten() {
+                    // A number the API server would refuse (0) does not count: the search
+                    // goes on (the API server also keeps port names unique within a pod).
                     if p.name.as_deref() == Some(name.as_str())
                         && matches!(p.protocol.as_deref(), None | Some("TCP"))
+                        && let Some(n) = u16::try_from(p.container_port).ok().filter(|n| *n > 0)
                     {
-                        return u16::try_from(p.container_port).ok().filter(|n| *n > 0);
+                        return Some(n);
                     }
                 }
             }
