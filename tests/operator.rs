@@ -52,12 +52,18 @@ async fn pod_readiness_drives_the_key_with_the_exact_value() {
     assert_eq!(st.ready_endpoints, 1);
     assert_eq!(st.target, Some(format!("registrar/{}/greeter", g.ns)));
     assert_eq!(st.endpoints, vec!["127.0.0.11:50051".to_string()]);
-    assert!(
+    // The finalizer is added by its own patch, which may land just after the status (a status
+    // write moves the resourceVersion that patch is guarded by; the next event retries it).
+    let regs: Api<ServiceRegistration> = Api::namespaced(g.client.clone(), &g.ns);
+    poll("the cleanup finalizer", DEADLINE, || async {
+        let reg = regs.get("greeter").await.ok()?;
         reg.metadata
-            .finalizers
-            .unwrap()
+            .finalizers?
             .contains(&"registrar.dev/cleanup".to_string())
-    );
+            .then_some(())
+    })
+    .await
+    .unwrap();
 
     // Not Ready: removed.
     set_ready(&g.client, &g.ns, "p1", "127.0.0.11", false)
