@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::*;
 use registrar_resolver::Registration;
-use registrar_testenv::{Etcd, Process, greeter, poll};
+use registrar_testenv::{Etcd, Process, greeter};
 
 fn example_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/go")
@@ -98,18 +98,7 @@ async fn example_server(etcd: &Etcd, target: &str, ip: u8, name: &str) -> Result
         .args(["-addr", &format!("127.0.0.{ip}:0"), "-name", name])
         .args(["-drain", "300ms"]);
     let process = Process::spawn(&format!("go-example-{name}"), cmd, &log)?;
-    let addr = poll(
-        &format!("Go example server {name}"),
-        Duration::from_secs(30),
-        || async {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("READY ").map(str::to_owned))
-        },
-    )
-    .await
-    .with_context(|| registrar_testenv::log_tail(&log, 20))?;
+    let addr = go_ready_addr(&log, &format!("Go example server {name}")).await?;
     Ok(ExampleServer {
         process,
         addr,

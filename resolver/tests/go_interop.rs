@@ -71,18 +71,7 @@ async fn go_server(etcd: &Etcd, target: &str, ip: u8, name: &str) -> Result<GoSe
     cmd.args(["serve", "-etcd", &etcd.endpoint(), "-target", target])
         .args(["-addr", &format!("127.0.0.{ip}:0"), "-name", name]);
     let process = Process::spawn(&format!("go-{name}"), cmd, &log)?;
-    let addr = poll(
-        &format!("Go server {name}"),
-        Duration::from_secs(30),
-        || async {
-            std::fs::read_to_string(&log)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("READY ").map(str::to_owned))
-        },
-    )
-    .await
-    .with_context(|| registrar_testenv::log_tail(&log, 20))?;
+    let addr = go_ready_addr(&log, &format!("Go server {name}")).await?;
     Ok(GoServer {
         process,
         addr,

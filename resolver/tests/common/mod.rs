@@ -166,3 +166,15 @@ pub async fn calls(balancer: &Balancer, total: usize, callers: usize) -> Result<
     }
     Ok((ok, failed))
 }
+
+/// Waits until a Go test program's log at `log` has its `READY <addr>` line; the address.
+pub async fn go_ready_addr(log: &std::path::Path, what: &str) -> Result<String> {
+    registrar_testenv::poll(what, Duration::from_secs(30), || async {
+        std::fs::read_to_string(log)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("READY ").map(str::to_owned))
+    })
+    .await
+    .with_context(|| registrar_testenv::log_tail(log, 20))
+}
