@@ -301,7 +301,7 @@ fn decode(key: &str, value: &[u8]) -> Option<Endpoint> {
 }
 
 /// Applies watch events; returns whether the endpoint set changed.
-fn apply(events: &[KvEvent], endpoints: &mut BTreeMap<String, Endpoint>) -> bool {
+pub(crate) fn apply(events: &[KvEvent], endpoints: &mut BTreeMap<String, Endpoint>) -> bool {
     let mut changed = false;
     for event in events {
         let update = event.value.as_deref().and_then(|v| decode(&event.key, v));
@@ -326,7 +326,8 @@ fn apply(events: &[KvEvent], endpoints: &mut BTreeMap<String, Endpoint>) -> bool
     changed
 }
 
-fn publish(
+/// Publishes `endpoints` at `revision` unless the current snapshot holds the same set.
+pub(crate) fn publish(
     tx: &watch::Sender<Arc<Snapshot>>,
     revision: i64,
     endpoints: &BTreeMap<String, Endpoint>,

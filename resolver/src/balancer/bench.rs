@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+mod updates;
+pub use updates::{StepCost, UpdateBench};
+
 use tonic::transport::Endpoint;
 
 use super::connector::Liveness;

@@ -12,11 +12,19 @@ use super::ConnectivityState;
 use super::meta::BackendMeta;
 use super::pool::{AbortOnDrop, Pool};
 use super::subchannel::{self, ConnectPolicy};
-use crate::discovery::Resolver;
+use crate::discovery::{Resolver, Snapshot};
 
 /// Builds the tonic endpoint of an address (scheme, TLS and the user's settings).
 pub(crate) type EndpointFactory =
     dyn Fn(&str) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
+
+/// Keeps a pool equal to the snapshots it is given.
+pub(crate) struct Manager {
+    pool: Arc<Pool>,
+    factory: Arc<EndpointFactory>,
+    policy: ConnectPolicy,
+    generation: u64,
+}
 
 /// Follows the resolver until aborted (or the resolver is gone).
 pub(crate) async fn manage(
@@ -26,9 +34,35 @@ pub(crate) async fn manage(
     policy: ConnectPolicy,
 ) {
     let mut snapshots = resolver.subscribe();
-    let mut generation = 0u64;
+    let mut manager = Manager::new(pool, factory, policy);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        manager.reconcile(&snapshot);
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Manager {
+    /// A manager of `pool`, starting subchannels through `factory` with `policy`.
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        factory: Arc<EndpointFactory>,
+        policy: ConnectPolicy,
+    ) -> Self {
+        Manager {
+            pool,
+            factory,
+            policy,
+            generation: 0,
+        }
+    }
+
+    /// Makes the pool's backends those of `snapshot`. Must run within a Tokio runtime (new
+    /// backends' subchannel tasks are spawned there).
+    pub(crate) fn reconcile(&mut self, snapshot: &Snapshot) {
+        let pool = &self.pool;
         let desired = snapshot.addrs();
         let mut metas: BTreeMap<&str, BackendMeta> = BTreeMap::new();
         for endpoint in snapshot.endpoints().values() {
@@ -48,14 +82,14 @@ pub(crate) async fn manage(
                 pool.set_meta(addr, meta);
                 continue;
             }
-            generation += 1;
+            self.generation += 1;
             let addr: Arc<str> = Arc::from(addr);
             tracing::info!(%addr, "backend added");
-            let sink = pool.add_with(addr.clone(), generation, meta);
-            match factory(&addr) {
+            let sink = pool.add_with(addr.clone(), self.generation, meta);
+            match (self.factory)(&addr) {
                 Ok(endpoint) => {
                     let task =
-                        tokio::spawn(subchannel::run(endpoint, policy.clone(), sink.clone()));
+                        tokio::spawn(subchannel::run(endpoint, self.policy.clone(), sink.clone()));
                     pool.attach(&sink, AbortOnDrop(task));
                 }
                 Err(e) => {
@@ -66,9 +100,6 @@ pub(crate) async fn manage(
                     );
                 }
             }
-        }
-        if snapshots.changed().await.is_err() {
-            return;
         }
     }
 }

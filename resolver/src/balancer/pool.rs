@@ -196,6 +196,35 @@ impl Pool {
         pool
     }
 
+    /// Makes the backends `addrs` READY on (a handle of) `channel`, then rebuilds the picker
+    /// once (for the update benchmark: nothing is dialed).
+    #[cfg(any(test, feature = "bench-internals"))]
+    pub(crate) fn make_ready(&self, addrs: &[Arc<str>], channel: &Channel) {
+        let mut table = self.table();
+        for addr in addrs {
+            let Some((addr, entry)) = table
+                .get_key_value(&**addr)
+                .map(|(a, _)| a.clone())
+                .and_then(|a| table.get_mut(&a).map(|e| (a, e)))
+            else {
+                continue;
+            };
+            let alive = Arc::new(Liveness::new());
+            entry.state = ConnectivityState::Ready;
+            entry.ready = Some(PickEntry {
+                value: Arc::new(Picked::new(addr, channel.clone(), alive.clone(), None)),
+                alive,
+            });
+        }
+        self.rebuild(&table);
+    }
+
+    /// Rebuilds the picker (for the update benchmark).
+    #[cfg(any(test, feature = "bench-internals"))]
+    pub(crate) fn force_rebuild(&self) {
+        self.rebuild(&self.table());
+    }
+
     /// Makes `picker` the current one and wakes whoever waits for a new one.
     fn install(&self, picker: Arc<Picker<Arc<Picked>>>) {
         self.current.store(picker.clone());
