@@ -9,8 +9,17 @@
 //! resolver reconnects with backoff. Consumers read [`Snapshot`]s through a
 //! [`tokio::sync::watch`] channel, so a slow consumer never blocks the watcher: it just sees the
 //! latest set when it looks again.
+//!
+//! The set is a persistent map ([`Endpoints`]): each watch response updates it in place of the
+//! keys it names and publishes a snapshot sharing the rest with the one before, so an update
+//! costs in proportion to its changes, not to the size of the set (100,000 keys stay cheap).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod endpoints;
+
+pub(crate) use endpoints::Change;
+pub use endpoints::Endpoints;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,17 +36,26 @@ use crate::value::Endpoint;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     revision: i64,
-    endpoints: BTreeMap<String, Endpoint>,
+    endpoints: Endpoints,
 }
 
 impl Snapshot {
+    /// The set `endpoints` at `revision`.
+    pub(crate) fn new(revision: i64, endpoints: Endpoints) -> Self {
+        Snapshot {
+            revision,
+            endpoints,
+        }
+    }
+
     /// The etcd revision this set reflects.
     pub fn revision(&self) -> i64 {
         self.revision
     }
 
-    /// Valid endpoints by their full etcd key.
-    pub fn endpoints(&self) -> &BTreeMap<String, Endpoint> {
+    /// Valid endpoints by their full etcd key (a persistent map shared with the resolver's
+    /// other snapshots; [`Endpoints::to_btree_map`] copies it into a standard one).
+    pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
     }
 
@@ -228,7 +246,7 @@ struct Discovery {
 
 impl Discovery {
     /// Decodes a listing into the endpoint set, skipping (and logging) invalid values.
-    fn decode_all(kvs: &[Kv]) -> BTreeMap<String, Endpoint> {
+    fn decode_all(kvs: &[Kv]) -> Endpoints {
         kvs.iter()
             .filter_map(|kv| decode(&kv.key, &kv.value).map(|e| (kv.key.clone(), e)))
             .collect()
@@ -238,7 +256,7 @@ impl Discovery {
         mut self,
         tx: watch::Sender<Arc<Snapshot>>,
         backoff: Backoff,
-        mut endpoints: BTreeMap<String, Endpoint>,
+        mut endpoints: Endpoints,
     ) {
         let mut backoff = BackoffState::new(backoff);
         let prefix = self.reflector.dir().to_owned();
@@ -250,9 +268,9 @@ impl Discovery {
                     reason,
                 }) => {
                     let fresh = Self::decode_all(&kvs);
-                    log_diff(&prefix, &reason, &endpoints, &fresh);
-                    endpoints = fresh;
-                    publish(&tx, revision, &endpoints);
+                    if relist(&prefix, &reason, &mut endpoints, &fresh) {
+                        publish(&tx, revision, &endpoints);
+                    }
                 }
                 Ok(Update::Watching { from }) => {
                     self.connected
@@ -261,7 +279,9 @@ impl Discovery {
                     tracing::debug!(prefix = %prefix, from, "watching");
                 }
                 Ok(Update::Changes { events, upto }) => {
-                    if apply(&events, &mut endpoints) {
+                    let applied = apply(&events, &mut endpoints);
+                    if applied.changed() {
+                        applied.log(&prefix, upto, endpoints.len());
                         publish(&tx, upto, &endpoints);
                     }
                 }
@@ -300,74 +320,124 @@ fn decode(key: &str, value: &[u8]) -> Option<Endpoint> {
     }
 }
 
-/// Applies watch events; returns whether the endpoint set changed.
-pub(crate) fn apply(events: &[KvEvent], endpoints: &mut BTreeMap<String, Endpoint>) -> bool {
-    let mut changed = false;
+/// What one watch response changed in the endpoint set.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    added: usize,
+    updated: usize,
+    removed: usize,
+    /// The first few keys changed (for the log line).
+    sample: Vec<String>,
+}
+
+/// Keys named in the one-line summary of a watch response.
+const SAMPLE_KEYS: usize = 3;
+
+impl Applied {
+    /// Whether the endpoint set changed.
+    pub(crate) fn changed(&self) -> bool {
+        self.added + self.updated + self.removed > 0
+    }
+
+    fn note(&mut self, key: &str) {
+        if self.sample.len() < SAMPLE_KEYS {
+            self.sample.push(truncate(key, 200).to_owned());
+        }
+    }
+
+    /// One INFO line for the whole response (each endpoint is logged at DEBUG).
+    fn log(&self, prefix: &str, revision: i64, total: usize) {
+        tracing::info!(
+            prefix,
+            revision,
+            added = self.added,
+            updated = self.updated,
+            removed = self.removed,
+            total,
+            keys = ?self.sample,
+            "endpoints changed"
+        );
+    }
+}
+
+/// Applies the events of one watch response to the set (O(log n) per event; the set's other
+/// snapshots are not touched); what changed.
+pub(crate) fn apply(events: &[KvEvent], endpoints: &mut Endpoints) -> Applied {
+    let mut applied = Applied::default();
     for event in events {
         let update = event.value.as_deref().and_then(|v| decode(&event.key, v));
         match update {
             Some(endpoint) => {
                 if endpoints.get(&event.key) != Some(&endpoint) {
-                    tracing::info!(key = ?event.key, addr = %endpoint.addr, "endpoint added or updated");
-                    endpoints.insert(event.key.clone(), endpoint);
-                    changed = true;
+                    tracing::debug!(key = ?event.key, addr = %endpoint.addr, "endpoint added or updated");
+                    match endpoints.insert(event.key.clone(), endpoint) {
+                        Some(_) => applied.updated += 1,
+                        None => applied.added += 1,
+                    }
+                    applied.note(&event.key);
                 }
             }
             None => {
                 // A delete, or a put of an invalid value: the key no longer names a valid
                 // endpoint (as a relist would find).
                 if let Some(old) = endpoints.remove(&event.key) {
-                    tracing::info!(key = ?event.key, addr = %old.addr, "endpoint removed");
-                    changed = true;
+                    tracing::debug!(key = ?event.key, addr = %old.addr, "endpoint removed");
+                    applied.removed += 1;
+                    applied.note(&event.key);
                 }
             }
         }
     }
-    changed
+    applied
 }
 
-/// Publishes `endpoints` at `revision` unless the current snapshot holds the same set.
-pub(crate) fn publish(
-    tx: &watch::Sender<Arc<Snapshot>>,
-    revision: i64,
-    endpoints: &BTreeMap<String, Endpoint>,
-) {
+/// Publishes `endpoints` at `revision` unless the current snapshot holds the same set (a
+/// comparison that skips what the two share).
+pub(crate) fn publish(tx: &watch::Sender<Arc<Snapshot>>, revision: i64, endpoints: &Endpoints) {
     tx.send_if_modified(|current| {
         if current.endpoints == *endpoints {
             return false;
         }
-        *current = Arc::new(Snapshot {
-            revision,
-            endpoints: endpoints.clone(),
-        });
+        *current = Arc::new(Snapshot::new(revision, endpoints.clone()));
         true
     });
 }
 
-fn log_diff(
-    prefix: &str,
-    reason: &ListReason,
-    old: &BTreeMap<String, Endpoint>,
-    new: &BTreeMap<String, Endpoint>,
-) {
-    if *reason == ListReason::Initial {
-        return;
+/// Brings `endpoints` to a fresh listing, changing only the keys that differ (so the new set
+/// still shares the rest with the earlier snapshots); whether anything changed.
+fn relist(prefix: &str, reason: &ListReason, endpoints: &mut Endpoints, fresh: &Endpoints) -> bool {
+    let mut next = endpoints.clone();
+    let (mut added, mut removed, mut updated) = (0usize, 0usize, 0usize);
+    for Change { key, old, new } in endpoints.changes(fresh) {
+        match (old, new) {
+            (None, Some(e)) => {
+                added += 1;
+                next.insert(key.to_owned(), e.clone());
+            }
+            (Some(_), Some(e)) => {
+                updated += 1;
+                next.insert(key.to_owned(), e.clone());
+            }
+            (Some(_), None) => {
+                removed += 1;
+                next.remove(key);
+            }
+            (None, None) => {}
+        }
     }
-    let added = new.keys().filter(|k| !old.contains_key(*k)).count();
-    let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
-    let updated = new
-        .iter()
-        .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
-        .count();
-    tracing::info!(
-        prefix,
-        added,
-        removed,
-        updated,
-        total = new.len(),
-        ?reason,
-        "relisted endpoints"
-    );
+    if *reason != ListReason::Initial {
+        tracing::info!(
+            prefix,
+            added,
+            removed,
+            updated,
+            total = next.len(),
+            ?reason,
+            "relisted endpoints"
+        );
+    }
+    *endpoints = next;
+    added + removed + updated > 0
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -398,7 +468,7 @@ mod tests {
 
     #[test]
     fn snapshot_dedups_addrs() {
-        let mut endpoints = BTreeMap::new();
+        let mut endpoints = Endpoints::new();
         for (k, a) in [("t/1", "h:1"), ("t/2", "h:1"), ("t/3", "h:2")] {
             endpoints.insert(
                 k.to_owned(),

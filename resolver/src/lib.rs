@@ -214,7 +214,7 @@ pub use balancer::{
     FailurePercentageEjection, GroupSnapshot, HealthState, OutlierDetection, ResponseFuture,
     RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
 };
-pub use discovery::{Resolver, ResolverBuilder, Snapshot};
+pub use discovery::{Endpoints, Resolver, ResolverBuilder, Snapshot};
 pub use drain::Drain;
 pub use error::{Error, ErrorKind};
 pub use registrar_etcd::EtcdConnect;

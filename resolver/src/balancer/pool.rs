@@ -358,9 +358,73 @@ impl Pool {
         }
     }
 
-    /// The addresses of every backend.
-    pub(crate) fn addrs(&self) -> Vec<Arc<str>> {
-        self.table().keys().cloned().collect()
+    /// Applies what one resolver update changed, under one lock and with at most one picker
+    /// rebuild: removes the backends `removed` (out of the picker at once; calls already sent
+    /// keep their channel and finish), gives each of `wanted` its metadata, adding it as IDLE
+    /// under the next `generation` if it is new. The sinks of the new backends, to start their
+    /// subchannels with.
+    pub(crate) fn update(
+        self: &Arc<Self>,
+        removed: &[Arc<str>],
+        wanted: Vec<(Arc<str>, BackendMeta)>,
+        generation: &mut u64,
+    ) -> Vec<Sink> {
+        let mut gone = Vec::with_capacity(removed.len());
+        let mut sinks = Vec::new();
+        let mut table = self.table();
+        let mut rebuild = false;
+        for addr in removed {
+            if let Some(entry) = table.remove(&**addr) {
+                rebuild |= entry.pickable() || self.routing.zone.is_some();
+                gone.push(entry);
+            }
+        }
+        for (addr, meta) in wanted {
+            if let Some(entry) = table.get_mut(&*addr) {
+                if entry.meta != meta {
+                    tracing::debug!(%addr, zone = ?meta.zone, weight = ?meta.weight, "backend metadata");
+                    entry.meta = meta;
+                    rebuild = true;
+                }
+                continue;
+            }
+            *generation += 1;
+            table.insert(addr.clone(), self.entry(*generation, meta));
+            // A new backend (not pickable yet) may still change what the zone filter decides.
+            rebuild |= self.routing.zone.is_some();
+            sinks.push(Sink {
+                pool: Arc::downgrade(self),
+                addr,
+                generation: *generation,
+            });
+        }
+        if rebuild {
+            self.rebuild(&table);
+        }
+        drop(table);
+        // Aborts their subchannel tasks, outside the lock.
+        drop(gone);
+        sinks
+    }
+
+    /// A new IDLE backend's entry.
+    fn entry(&self, generation: u64, meta: BackendMeta) -> Entry {
+        Entry {
+            generation,
+            state: ConnectivityState::Idle,
+            last_error: None,
+            ready: None,
+            health: HealthState::Off,
+            health_error: None,
+            ejection: EjectionState::default(),
+            outcome: self.counting.map(|failures| Outcome {
+                counter: Arc::new(CallCounter::default()),
+                failures,
+            }),
+            task: None,
+            meta,
+            picks_before: 0,
+        }
     }
 
     /// Adds (or replaces) the backend `addr` as IDLE under `generation`; its reporting sink.
@@ -371,31 +435,16 @@ impl Pool {
 
     /// Adds (or replaces) the backend `addr` with routing metadata `meta` as IDLE under
     /// `generation`; its reporting sink.
+    #[cfg(test)]
     pub(crate) fn add_with(
         self: &Arc<Self>,
         addr: Arc<str>,
         generation: u64,
         meta: BackendMeta,
     ) -> Sink {
-        let replaced = self.table().insert(
-            addr.clone(),
-            Entry {
-                generation,
-                state: ConnectivityState::Idle,
-                last_error: None,
-                ready: None,
-                health: HealthState::Off,
-                health_error: None,
-                ejection: EjectionState::default(),
-                outcome: self.counting.map(|failures| Outcome {
-                    counter: Arc::new(CallCounter::default()),
-                    failures,
-                }),
-                task: None,
-                meta,
-                picks_before: 0,
-            },
-        );
+        let replaced = self
+            .table()
+            .insert(addr.clone(), self.entry(generation, meta));
         if self.routing.zone.is_some() {
             // A new backend (not pickable yet) may still change what the zone filter decides.
             self.rebuild(&self.table());
@@ -421,6 +470,7 @@ impl Pool {
 
     /// Removes a backend: out of the picker at once, its subchannel task aborted. Calls already
     /// sent on its channel keep their own handle to it and finish.
+    #[cfg(test)]
     pub(crate) fn remove(&self, addr: &str) {
         let removed = {
             let mut table = self.table();
@@ -483,6 +533,7 @@ impl Pool {
 
     /// Sets the zone and weight of `addr` from its endpoint's metadata (rebuilding the picker
     /// when they changed).
+    #[cfg(test)]
     pub(crate) fn set_meta(&self, addr: &str, meta: BackendMeta) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(addr) else {

@@ -3,7 +3,6 @@
 //! published snapshot and its picker rebuilt (balancer). The backends are made READY on one
 //! lazily connected channel that is never used, so nothing is dialed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +14,13 @@ use crate::backoff::Backoff;
 use crate::balancer::manager::{EndpointFactory, Manager};
 use crate::balancer::pool::Pool;
 use crate::balancer::subchannel::ConnectPolicy;
-use crate::discovery::{self, Snapshot};
+use crate::discovery::{self, Endpoints, Snapshot};
 use crate::error::Error;
 use crate::value::{Endpoint, Metadata};
 
 /// A resolver's endpoint set and a balancer's pool holding `n` READY backends, one per key.
 pub struct UpdateBench {
-    endpoints: BTreeMap<String, Endpoint>,
+    endpoints: Endpoints,
     tx: watch::Sender<Arc<Snapshot>>,
     pool: Arc<Pool>,
     manager: Manager,
@@ -85,7 +84,7 @@ impl UpdateBench {
         let pool = Arc::new(Pool::new());
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
         let mut bench = UpdateBench {
-            endpoints: BTreeMap::new(),
+            endpoints: Endpoints::new(),
             tx,
             manager: Manager::new(pool.clone(), factory, policy),
             pool,
@@ -119,7 +118,7 @@ impl UpdateBench {
 
     fn apply(&mut self, events: &[KvEvent]) -> (Duration, Duration) {
         let start = Instant::now();
-        if discovery::apply(events, &mut self.endpoints) {
+        if discovery::apply(events, &mut self.endpoints).changed() {
             discovery::publish(&self.tx, self.revision, &self.endpoints);
         }
         let published = Instant::now();
