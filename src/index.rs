@@ -1,6 +1,6 @@
-//! The operator's in-memory view of the cluster: ServiceRegistrations and (trimmed) Pods, fed by
-//! watcher events and kept apart from the I/O that produces them, so it is tested without an
-//! API server.
+//! The operator's in-memory view of the cluster: ServiceRegistrations and Pods (in their
+//! compact form, [`CompactPod`], with shared strings interned), fed by watcher events and kept
+//! apart from the I/O that produces them, so it is tested without an API server.
 //!
 //! - Initial lists and relists are buffered until `InitDone` and then swapped in whole: a relist
 //!   (e.g. after an API-server restart) never shows an empty cluster in between, so it can never
@@ -16,11 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::watcher::Event;
 
 use crate::crd::ServiceRegistration;
-use crate::desired::{self, RegistrationOutcome, selector_matches};
+use crate::desired::{self, RegistrationOutcome, selector_matches_by};
+use crate::pod::{CompactPod, Interner};
 use crate::topology::NodeTopology;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
@@ -77,13 +78,16 @@ impl<K> Default for Kind<K> {
 pub struct Index {
     prefix: String,
     regs: BTreeMap<RegKey, Arc<ServiceRegistration>>,
-    pods: HashMap<String, BTreeMap<String, Arc<Pod>>>,
+    /// Pods by namespace, then name.
+    pods: HashMap<Arc<str>, BTreeMap<Arc<str>, Arc<CompactPod>>>,
+    /// The shared strings of the pods.
+    strings: Interner,
     outcomes: BTreeMap<RegKey, RegistrationOutcome>,
     dirty: BTreeSet<RegKey>,
     /// A pending change removes a published endpoint.
     removal: bool,
     reg_kind: Kind<ServiceRegistration>,
-    pod_kind: Kind<Pod>,
+    pod_kind: Kind<CompactPod>,
     /// Node topology by node name (empty, and synced from the start, without topology).
     nodes: HashMap<String, NodeTopology>,
     node_kind: Kind<Node>,
@@ -105,6 +109,7 @@ impl Index {
             prefix: prefix.into(),
             regs: BTreeMap::new(),
             pods: HashMap::new(),
+            strings: Interner::default(),
             outcomes: BTreeMap::new(),
             dirty: BTreeSet::new(),
             removal: false,
@@ -189,16 +194,11 @@ impl Index {
         if nodes.is_empty() {
             return;
         }
-        let on_them: Vec<Arc<Pod>> = self
+        let on_them: Vec<Arc<CompactPod>> = self
             .pods
             .values()
             .flat_map(BTreeMap::values)
-            .filter(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .is_some_and(|n| nodes.contains(n))
-            })
+            .filter(|p| p.node.as_deref().is_some_and(|n| nodes.contains(n)))
             .cloned()
             .collect();
         for pod in on_them {
@@ -266,26 +266,38 @@ impl Index {
         }
     }
 
-    /// Applies one Pod watcher event (pods should already be [`trim_pod`]med).
+    /// The compact form of `pod` (shared strings interned); `None` without a namespace or name.
+    fn compact(&mut self, pod: &Pod) -> Option<CompactPod> {
+        pod.metadata.namespace.as_ref()?;
+        pod.metadata.name.as_ref()?;
+        let strings = &mut self.strings;
+        Some(CompactPod::new(pod, |s| strings.intern(s)))
+    }
+
+    /// Applies one Pod watcher event: each pod is kept in its compact form only.
     pub fn apply_pod(&mut self, event: Event<Pod>) {
         match event {
             Event::Init => self.pod_kind.init = Some(Vec::new()),
-            Event::InitApply(pod) => match self.pod_kind.init.as_mut() {
-                Some(buffer) => buffer.push(pod),
-                None => self.upsert_pod(pod),
-            },
+            Event::InitApply(pod) => {
+                let Some(pod) = self.compact(&pod) else {
+                    return;
+                };
+                match self.pod_kind.init.as_mut() {
+                    Some(buffer) => buffer.push(pod),
+                    None => self.upsert_pod(pod),
+                }
+            }
             Event::InitDone => {
                 let listed = self.pod_kind.init.take().unwrap_or_default();
-                let mut pods: HashMap<String, BTreeMap<String, Arc<Pod>>> = HashMap::new();
+                let mut pods: HashMap<Arc<str>, BTreeMap<Arc<str>, Arc<CompactPod>>> =
+                    HashMap::new();
                 for pod in listed {
-                    if let (Some(ns), Some(name)) =
-                        (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-                    {
-                        pods.entry(ns).or_default().insert(name, Arc::new(pod));
-                    }
+                    pods.entry(pod.namespace.clone())
+                        .or_default()
+                        .insert(pod.name.clone(), Arc::new(pod));
                 }
                 // Which namespaces changed at all: only their registrations are recomputed.
-                let namespaces: BTreeSet<String> =
+                let namespaces: BTreeSet<Arc<str>> =
                     pods.keys().chain(self.pods.keys()).cloned().collect();
                 for ns in namespaces {
                     if self.pods.get(&ns) != pods.get(&ns) {
@@ -293,9 +305,15 @@ impl Index {
                     }
                 }
                 self.pods = pods;
+                // The previous generation's strings are free now.
+                self.strings.sweep();
                 self.pod_kind.synced = true;
             }
-            Event::Apply(pod) => self.upsert_pod(pod),
+            Event::Apply(pod) => {
+                if let Some(pod) = self.compact(&pod) {
+                    self.upsert_pod(pod);
+                }
+            }
             Event::Delete(pod) => {
                 let (Some(ns), Some(name)) = (
                     pod.metadata.namespace.as_deref(),
@@ -312,11 +330,8 @@ impl Index {
         }
     }
 
-    fn upsert_pod(&mut self, pod: Pod) {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-        else {
-            return;
-        };
+    fn upsert_pod(&mut self, pod: CompactPod) {
+        let (ns, name) = (pod.namespace.clone(), pod.name.clone());
         let pod = Arc::new(pod);
         let old = self.pods.entry(ns).or_default().insert(name, pod.clone());
         if old.as_ref() == Some(&pod) {
@@ -331,16 +346,11 @@ impl Index {
 
     /// Notes a removal when `old` is published by some registration and `new` (`None`: the pod
     /// is gone) no longer gives that registration the same endpoint.
-    fn note_removal(&mut self, old: &Pod, new: Option<&Pod>) {
+    fn note_removal(&mut self, old: &CompactPod, new: Option<&CompactPod>) {
         if self.removal {
             return;
         }
-        let (Some(ns), Some(name)) = (
-            old.metadata.namespace.as_deref(),
-            old.metadata.name.as_deref(),
-        ) else {
-            return;
-        };
+        let (ns, name) = (&*old.namespace, &*old.name);
         let start = RegKey::new(ns, "");
         self.removal = self
             .outcomes
@@ -365,13 +375,8 @@ impl Index {
     }
 
     /// Marks the registrations that select `pod` or published it.
-    fn mark_for_pod(&mut self, pod: &Pod) {
-        let (Some(ns), Some(name)) = (
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref(),
-        ) else {
-            return;
-        };
+    fn mark_for_pod(&mut self, pod: &CompactPod) {
+        let (ns, name) = (&*pod.namespace, &*pod.name);
         let start = RegKey::new(ns, "");
         for (key, reg) in self
             .regs
@@ -381,7 +386,7 @@ impl Index {
             let published = self.outcomes.get(key).is_some_and(|o| {
                 o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
             });
-            if published || selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref()) {
+            if published || selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
                 self.dirty.insert(key.clone());
             }
         }
@@ -412,9 +417,9 @@ impl Index {
             };
             let pods = self
                 .pods
-                .get(&key.namespace)
+                .get(key.namespace.as_str())
                 .into_iter()
-                .flat_map(|m| m.values().map(Arc::as_ref));
+                .flat_map(|m| m.values());
             let nodes = &self.nodes;
             let cluster = self.cluster.as_deref();
             let outcome = desired::registration_outcome_on(
@@ -464,51 +469,6 @@ impl Index {
     }
 }
 
-/// Drops what the operator never reads from a Pod before it is cached: managed fields,
-/// annotations, owner references, most of the spec and status. Name, namespace, labels,
-/// deletion timestamp and resourceVersion stay.
-pub fn trim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    let trim_container = |c: &Container| Container {
-        name: c.name.clone(),
-        ports: c.ports.clone(),
-        restart_policy: c.restart_policy.clone(),
-        ..Container::default()
-    };
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            containers: spec.containers.iter().map(trim_container).collect(),
-            init_containers: spec
-                .init_containers
-                .map(|cs| cs.iter().map(trim_container).collect()),
-            node_name: spec.node_name,
-            ..PodSpec::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            pod_ips: status.pod_ips,
-            conditions: status.conditions.map(|cs| {
-                cs.into_iter()
-                    .filter(|c| c.type_ == "Ready")
-                    .map(|c| PodCondition {
-                        last_probe_time: None,
-                        message: None,
-                        ..c
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +484,7 @@ mod tests {
     }
 
     fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
-        let mut p: Pod = serde_json::from_value(json!({
+        serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "labels": {"app": app},
                          "managedFields": [{"manager": "x"}], "annotations": {"a": "b"}},
             "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 50051}]}],
@@ -533,9 +493,7 @@ mod tests {
                        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}},
                                       {"type": "ContainersReady", "status": "True"}]}
         }))
-        .unwrap();
-        trim_pod(&mut p);
-        p
+        .unwrap()
     }
 
     fn node(name: &str, zone: Option<&str>) -> Node {
@@ -713,21 +671,22 @@ mod tests {
     }
 
     #[test]
-    fn trim_keeps_what_the_decision_reads() {
-        let p = pod("shop", "p1", "g", "127.0.0.5", true);
-        assert!(p.metadata.managed_fields.is_none());
-        assert!(p.metadata.annotations.is_none());
-        let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert!(spec.service_account_name.is_none());
-        assert_eq!(
-            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
-            50051
-        );
-        let status = p.status.as_ref().unwrap();
-        let conds = status.conditions.as_ref().unwrap();
-        assert_eq!(conds.len(), 1);
-        assert_eq!(conds[0].type_, "Ready");
+    fn the_cache_keeps_what_the_decision_reads() {
+        let mut idx = synced_index(vec![], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        let p = idx.pods["shop"]["p1"].clone();
+        assert_eq!(p.node.as_deref(), Some("n1"));
+        assert_eq!(p.labels.get("app"), Some("g"));
+        assert_eq!(p.ip.as_deref(), Some("127.0.0.5"));
+        assert_eq!(p.phase.as_deref(), Some("Running"));
+        assert!(p.ready && !p.terminating);
+        // A second pod of the namespace shares its interned strings.
+        idx.apply_pod(Event::Apply(pod("shop", "p2", "g", "127.0.0.6", true)));
+        let q = idx.pods["shop"]["p2"].clone();
+        assert!(Arc::ptr_eq(&p.namespace, &q.namespace));
+        assert!(Arc::ptr_eq(
+            p.node.as_ref().unwrap(),
+            q.node.as_ref().unwrap()
+        ));
     }
 }
 
