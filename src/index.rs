@@ -407,31 +407,55 @@ impl Index {
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
         self.removal = false;
-        for key in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        // The dirty keys come namespace by namespace: one label index at a time.
+        let mut by_label: Option<(&str, candidates::ByLabel<'_>)> = None;
+        for key in &dirty {
             flushed.touched.push(key.clone());
-            let Some(reg) = self.regs.get(&key) else {
-                if self.outcomes.remove(&key).is_some() {
-                    flushed.changed.push(key);
+            let Some(reg) = self.regs.get(key) else {
+                if self.outcomes.remove(key).is_some() {
+                    flushed.changed.push(key.clone());
                 }
                 continue;
             };
-            let pods = self
-                .pods
-                .get(key.namespace.as_str())
-                .into_iter()
-                .flat_map(|m| m.values());
+            let in_namespace = self.pods.get(key.namespace.as_str());
+            let ns = key.namespace.as_str();
+            if by_label.as_ref().is_none_or(|(at, _)| *at != ns) {
+                let many = dirty
+                    .range(RegKey::new(ns, "")..)
+                    .take_while(|k| k.namespace == ns)
+                    .nth(candidates::INDEX_FROM - 1)
+                    .is_some();
+                by_label = in_namespace
+                    .filter(|_| many)
+                    .map(|pods| (ns, candidates::ByLabel::new(pods)));
+            }
+            let indexed = by_label
+                .as_ref()
+                .filter(|(at, _)| *at == ns)
+                .and_then(|(_, index)| index.candidates(&reg.spec.selector));
             let nodes = &self.nodes;
             let cluster = self.cluster.as_deref();
-            let outcome = desired::registration_outcome_on(
-                &self.prefix,
-                reg,
-                pods,
-                |n| nodes.get(n),
-                cluster,
-            );
-            if self.outcomes.get(&key) != Some(&outcome) {
+            let node = |n: &str| nodes.get(n);
+            let outcome = match indexed {
+                Some(candidates) => desired::registration_outcome_on(
+                    &self.prefix,
+                    reg,
+                    candidates.iter().copied(),
+                    node,
+                    cluster,
+                ),
+                None => desired::registration_outcome_on(
+                    &self.prefix,
+                    reg,
+                    in_namespace.into_iter().flat_map(|m| m.values()),
+                    node,
+                    cluster,
+                ),
+            };
+            if self.outcomes.get(key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
-                flushed.changed.push(key);
+                flushed.changed.push(key.clone());
             }
         }
         flushed
@@ -689,6 +713,8 @@ mod tests {
         ));
     }
 }
+
+mod candidates;
 
 #[cfg(test)]
 mod props;
