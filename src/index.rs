@@ -93,6 +93,8 @@ pub struct Index {
     node_kind: Kind<Node>,
     /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
     cluster: Option<String>,
+    /// From this many registrations of one namespace in a flush, its pods are indexed by label.
+    label_index_from: usize,
 }
 
 fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
@@ -121,7 +123,16 @@ impl Index {
                 init: None,
             },
             cluster: None,
+            label_index_from: candidates::INDEX_FROM,
         }
+    }
+
+    /// The same index, indexing a namespace's pods by label from `n` registrations to
+    /// recompute (tests use 1 to take that path always).
+    #[cfg(test)]
+    fn with_label_index_from(mut self, n: usize) -> Self {
+        self.label_index_from = n.max(1);
+        self
     }
 
     /// The same index, adding `cluster` to every endpoint's metadata (when `Some`).
@@ -221,8 +232,12 @@ impl Index {
         self.removal
     }
 
-    /// Applies one ServiceRegistration watcher event.
-    pub fn apply_registration(&mut self, event: Event<ServiceRegistration>) {
+    /// Applies one ServiceRegistration watcher event. Registrations are cached without their
+    /// `managedFields` (nothing reads them; the operator's own status writes add an entry each).
+    pub fn apply_registration(&mut self, mut event: Event<ServiceRegistration>) {
+        if let Event::InitApply(reg) | Event::Apply(reg) = &mut event {
+            reg.metadata.managed_fields = None;
+        }
         match event {
             Event::Init => self.reg_kind.init = Some(Vec::new()),
             Event::InitApply(reg) => match self.reg_kind.init.as_mut() {
@@ -424,7 +439,7 @@ impl Index {
                 let many = dirty
                     .range(RegKey::new(ns, "")..)
                     .take_while(|k| k.namespace == ns)
-                    .nth(candidates::INDEX_FROM - 1)
+                    .nth(self.label_index_from - 1)
                     .is_some();
                 by_label = in_namespace
                     .filter(|_| many)

@@ -158,6 +158,12 @@ impl AsCompactPod for Pod {
     }
 }
 
+impl<T: AsCompactPod + ?Sized> AsCompactPod for &T {
+    fn compact(&self) -> Cow<'_, CompactPod> {
+        (**self).compact()
+    }
+}
+
 impl<T: AsCompactPod + ?Sized> AsCompactPod for Arc<T> {
     fn compact(&self) -> Cow<'_, CompactPod> {
         (**self).compact()
