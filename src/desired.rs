@@ -12,7 +12,8 @@
 //! port with that name among the containers, then among sidecar (restartable init) containers.
 //! A pod without it is skipped and reported as a [`Problem`].
 //!
-//! Nothing here does I/O; the controller feeds it the cached objects.
+//! Nothing here does I/O; the controller feeds it the cached objects. Pods are read in their
+//! compact form ([`CompactPod`]); a whole `Pod` is accepted too (converted on the fly).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -20,13 +21,14 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value};
 
 use crate::crd::ServiceRegistration;
 use crate::etcd::value;
+use crate::pod::{AsCompactPod, CompactPod};
 use crate::topology::NodeTopology;
 
 /// One endpoint a registration wants published.
@@ -149,7 +151,7 @@ fn registration_gate(reg: &ServiceRegistration) -> Option<PodDecision> {
 
 /// The decision for one `pod` of `reg` (any pod: namespace, selector, phase, IP, readiness and
 /// port are checked here), without node topology in the endpoint's metadata.
-pub fn pod_decision(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
+pub fn pod_decision(reg: &ServiceRegistration, pod: &(impl AsCompactPod + ?Sized)) -> PodDecision {
     pod_decision_on(reg, pod, &|_| None, None)
 }
 
@@ -158,43 +160,41 @@ pub fn pod_decision(reg: &ServiceRegistration, pod: &Pod) -> PodDecision {
 /// so does `cluster` (`--publish-cluster-id`), when set.
 pub fn pod_decision_on<'n>(
     reg: &ServiceRegistration,
-    pod: &Pod,
+    pod: &(impl AsCompactPod + ?Sized),
     node: &impl Fn(&str) -> Option<&'n NodeTopology>,
     cluster: Option<&str>,
 ) -> PodDecision {
-    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, pod, node, cluster))
+    registration_gate(reg).unwrap_or_else(|| pod_rules(reg, &pod.compact(), node, cluster))
 }
 
 /// The per-pod rules, once [`registration_gate`] let the registration through.
 fn pod_rules<'n>(
     reg: &ServiceRegistration,
-    pod: &Pod,
+    pod: &CompactPod,
     node: &impl Fn(&str) -> Option<&'n NodeTopology>,
     cluster: Option<&str>,
 ) -> PodDecision {
     let namespace = reg.metadata.namespace.as_deref().unwrap_or_default();
-    if pod.metadata.namespace.as_deref() != Some(namespace)
-        || !selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref())
+    if *pod.namespace != *namespace
+        || !selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k))
     {
         return PodDecision::NotSelected;
     }
-    let Some(ip) = pod_ip(pod) else {
+    let Some(ip) = pod.ip.as_deref() else {
         return PodDecision::NoIp;
     };
     if is_terminal(pod) {
         return PodDecision::Terminal;
     }
-    let ready = ready_condition(pod);
-    let terminating = pod.metadata.deletion_timestamp.is_some();
     if !reg.spec.publish_not_ready {
-        if ready.is_none() {
+        if !pod.ready {
             return PodDecision::NotReady;
         }
-        if terminating {
+        if pod.terminating {
             return PodDecision::Terminating;
         }
     }
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let pod_name = pod.name.to_string();
     let Some(port) = resolve_port(pod, &reg.spec.port) else {
         return PodDecision::PortNotFound(Problem::PortNotFound {
             pod: pod_name,
@@ -213,7 +213,7 @@ fn pod_rules<'n>(
         value: value::encode(&addr, Some(&metadata)),
         addr,
         pod: pod_name,
-        ready_since: ready.and_then(|c| c.last_transition_time.clone()),
+        ready_since: pod.ready_since.clone(),
     })
 }
 
@@ -222,10 +222,10 @@ fn pod_rules<'n>(
 ///
 /// A registration being deleted (`deletionTimestamp` set) wants nothing, so that its keys are
 /// removed before its finalizer is released.
-pub fn registration_outcome<'a>(
+pub fn registration_outcome<'a, P: AsCompactPod + ?Sized + 'a>(
     prefix: &str,
     reg: &ServiceRegistration,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a P>,
 ) -> RegistrationOutcome {
     registration_outcome_on(prefix, reg, pods, |_| None, None)
 }
@@ -233,10 +233,10 @@ pub fn registration_outcome<'a>(
 /// [`registration_outcome`] with each pod's node topology from `node` (by node name): its
 /// `zone` and `region`, when the node has them, join the endpoint's metadata; so does
 /// `cluster` (`--publish-cluster-id`), when set.
-pub fn registration_outcome_on<'a, 'n>(
+pub fn registration_outcome_on<'a, 'n, P: AsCompactPod + ?Sized + 'a>(
     prefix: &str,
     reg: &ServiceRegistration,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a P>,
     node: impl Fn(&str) -> Option<&'n NodeTopology>,
     cluster: Option<&str>,
 ) -> RegistrationOutcome {
@@ -256,7 +256,7 @@ pub fn registration_outcome_on<'a, 'n>(
         None => {}
     }
     for pod in pods {
-        let endpoint = match pod_rules(reg, pod, &node, cluster) {
+        let endpoint = match pod_rules(reg, &pod.compact(), &node, cluster) {
             PodDecision::Endpoint(endpoint) => endpoint,
             PodDecision::PortNotFound(problem) | PodDecision::InvalidIp(problem) => {
                 outcome.problems.push(problem);
@@ -331,23 +331,32 @@ pub fn selector_matches(
     selector: &LabelSelector,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {
+    selector_matches_by(selector, |key| {
+        labels.and_then(|l| l.get(key)).map(String::as_str)
+    })
+}
+
+/// [`selector_matches`] with the labels read through `get` (label key -> value).
+pub fn selector_matches_by<'l>(
+    selector: &LabelSelector,
+    get: impl Fn(&str) -> Option<&'l str>,
+) -> bool {
     let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
     let expressions = selector.match_expressions.as_deref().unwrap_or_default();
     if match_labels.is_none() && expressions.is_empty() {
         return false;
     }
-    let get = |key: &str| labels.and_then(|l| l.get(key));
     let labels_ok = match_labels
         .into_iter()
         .flatten()
-        .all(|(k, v)| get(k) == Some(v));
+        .all(|(k, v)| get(k) == Some(v.as_str()));
     labels_ok
         && expressions.iter().all(|e| {
             let values = e.values.as_deref().unwrap_or_default();
             let value = get(&e.key);
             match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
                 _ => false,
@@ -355,7 +364,8 @@ pub fn selector_matches(
         })
 }
 
-/// The pod's primary IP (`status.podIP`, else the first of `status.podIPs`).
+/// The pod's primary IP (`status.podIP`, else the first of `status.podIPs`); read once, into
+/// [`CompactPod::ip`].
 pub fn pod_ip(pod: &Pod) -> Option<&str> {
     let status = pod.status.as_ref()?;
     status
@@ -372,14 +382,12 @@ pub fn pod_ip(pod: &Pod) -> Option<&str> {
         })
 }
 
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+fn is_terminal(pod: &CompactPod) -> bool {
+    matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
-/// The pod's `Ready` condition when it is True (readiness gates included; not ContainersReady).
+/// The pod's `Ready` condition when it is True (readiness gates included; not ContainersReady);
+/// read once, into [`CompactPod::ready`] and [`CompactPod::ready_since`].
 pub fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
     pod.status
         .as_ref()?
@@ -389,32 +397,15 @@ pub fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
         .find(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// The port number `port` resolves to on `pod`, like `FindPort` for a Service's targetPort.
-pub fn resolve_port(pod: &Pod, port: &IntOrString) -> Option<u16> {
+/// The port number `port` resolves to on `pod`, like `FindPort` for a Service's targetPort:
+/// the first TCP container port with that name (and a usable number) among the containers,
+/// then among sidecar (restartable init) containers ([`CompactPod::ports`] keeps them in that
+/// order).
+pub fn resolve_port(pod: &CompactPod, port: &IntOrString) -> Option<u16> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
-        IntOrString::String(name) => {
-            let spec = pod.spec.as_ref()?;
-            let sidecars = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-            spec.containers
-                .iter()
-                .chain(sidecars)
-                .find_map(|c| named_tcp_port(c, name))
-        }
+        IntOrString::String(name) => pod.named_port(name),
     }
-}
-
-fn named_tcp_port(container: &Container, name: &str) -> Option<u16> {
-    container.ports.iter().flatten().find_map(|p| {
-        let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
-        (tcp && p.name.as_deref() == Some(name))
-            .then(|| u16::try_from(p.container_port).ok().filter(|n| *n != 0))
-            .flatten()
-    })
 }
 
 pub fn port_label(port: &IntOrString) -> String {
@@ -429,7 +420,7 @@ pub fn port_label(port: &IntOrString) -> String {
 /// override the spec's (which the API server already refuses).
 fn endpoint_metadata<'n>(
     reg: &ServiceRegistration,
-    pod: &Pod,
+    pod: &CompactPod,
     topology: &impl Fn(&str) -> Option<&'n NodeTopology>,
     cluster: Option<&str>,
 ) -> Map<String, Value> {
@@ -440,16 +431,8 @@ fn endpoint_metadata<'n>(
         .flatten()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    metadata.insert(
-        "pod".into(),
-        Value::String(pod.metadata.name.clone().unwrap_or_default()),
-    );
-    if let Some(node) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .filter(|n| !n.is_empty())
-    {
+    metadata.insert("pod".into(), Value::String(pod.name.to_string()));
+    if let Some(node) = pod.node.as_deref().filter(|n| !n.is_empty()) {
         metadata.insert("node".into(), Value::String(node.to_string()));
         if let Some(t) = topology(node) {
             for (key, value) in [("zone", &t.zone), ("region", &t.region)] {

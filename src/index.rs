@@ -1,6 +1,6 @@
-//! The operator's in-memory view of the cluster: ServiceRegistrations and (trimmed) Pods, fed by
-//! watcher events and kept apart from the I/O that produces them, so it is tested without an
-//! API server.
+//! The operator's in-memory view of the cluster: ServiceRegistrations and Pods (in their
+//! compact form, [`CompactPod`], with shared strings interned), fed by watcher events and kept
+//! apart from the I/O that produces them, so it is tested without an API server.
 //!
 //! - Initial lists and relists are buffered until `InitDone` and then swapped in whole: a relist
 //!   (e.g. after an API-server restart) never shows an empty cluster in between, so it can never
@@ -16,11 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::watcher::Event;
 
 use crate::crd::ServiceRegistration;
-use crate::desired::{self, RegistrationOutcome, selector_matches};
+use crate::desired::{self, RegistrationOutcome, selector_matches_by};
+use crate::pod::{CompactPod, Interner};
 use crate::topology::NodeTopology;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
@@ -77,18 +78,23 @@ impl<K> Default for Kind<K> {
 pub struct Index {
     prefix: String,
     regs: BTreeMap<RegKey, Arc<ServiceRegistration>>,
-    pods: HashMap<String, BTreeMap<String, Arc<Pod>>>,
+    /// Pods by namespace, then name.
+    pods: HashMap<Arc<str>, BTreeMap<Arc<str>, Arc<CompactPod>>>,
+    /// The shared strings of the pods.
+    strings: Interner,
     outcomes: BTreeMap<RegKey, RegistrationOutcome>,
     dirty: BTreeSet<RegKey>,
     /// A pending change removes a published endpoint.
     removal: bool,
     reg_kind: Kind<ServiceRegistration>,
-    pod_kind: Kind<Pod>,
+    pod_kind: Kind<CompactPod>,
     /// Node topology by node name (empty, and synced from the start, without topology).
     nodes: HashMap<String, NodeTopology>,
     node_kind: Kind<Node>,
     /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
     cluster: Option<String>,
+    /// From this many registrations of one namespace in a flush, its pods are indexed by label.
+    label_index_from: usize,
 }
 
 fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
@@ -105,6 +111,7 @@ impl Index {
             prefix: prefix.into(),
             regs: BTreeMap::new(),
             pods: HashMap::new(),
+            strings: Interner::default(),
             outcomes: BTreeMap::new(),
             dirty: BTreeSet::new(),
             removal: false,
@@ -116,7 +123,16 @@ impl Index {
                 init: None,
             },
             cluster: None,
+            label_index_from: candidates::INDEX_FROM,
         }
+    }
+
+    /// The same index, indexing a namespace's pods by label from `n` registrations to
+    /// recompute (tests use 1 to take that path always).
+    #[cfg(test)]
+    fn with_label_index_from(mut self, n: usize) -> Self {
+        self.label_index_from = n.max(1);
+        self
     }
 
     /// The same index, adding `cluster` to every endpoint's metadata (when `Some`).
@@ -189,16 +205,11 @@ impl Index {
         if nodes.is_empty() {
             return;
         }
-        let on_them: Vec<Arc<Pod>> = self
+        let on_them: Vec<Arc<CompactPod>> = self
             .pods
             .values()
             .flat_map(BTreeMap::values)
-            .filter(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .is_some_and(|n| nodes.contains(n))
-            })
+            .filter(|p| p.node.as_deref().is_some_and(|n| nodes.contains(n)))
             .cloned()
             .collect();
         for pod in on_them {
@@ -221,8 +232,12 @@ impl Index {
         self.removal
     }
 
-    /// Applies one ServiceRegistration watcher event.
-    pub fn apply_registration(&mut self, event: Event<ServiceRegistration>) {
+    /// Applies one ServiceRegistration watcher event. Registrations are cached without their
+    /// `managedFields` (nothing reads them; the operator's own status writes add an entry each).
+    pub fn apply_registration(&mut self, mut event: Event<ServiceRegistration>) {
+        if let Event::InitApply(reg) | Event::Apply(reg) = &mut event {
+            reg.metadata.managed_fields = None;
+        }
         match event {
             Event::Init => self.reg_kind.init = Some(Vec::new()),
             Event::InitApply(reg) => match self.reg_kind.init.as_mut() {
@@ -266,26 +281,38 @@ impl Index {
         }
     }
 
-    /// Applies one Pod watcher event (pods should already be [`trim_pod`]med).
+    /// The compact form of `pod` (shared strings interned); `None` without a namespace or name.
+    fn compact(&mut self, pod: &Pod) -> Option<CompactPod> {
+        pod.metadata.namespace.as_ref()?;
+        pod.metadata.name.as_ref()?;
+        let strings = &mut self.strings;
+        Some(CompactPod::new(pod, |s| strings.intern(s)))
+    }
+
+    /// Applies one Pod watcher event: each pod is kept in its compact form only.
     pub fn apply_pod(&mut self, event: Event<Pod>) {
         match event {
             Event::Init => self.pod_kind.init = Some(Vec::new()),
-            Event::InitApply(pod) => match self.pod_kind.init.as_mut() {
-                Some(buffer) => buffer.push(pod),
-                None => self.upsert_pod(pod),
-            },
+            Event::InitApply(pod) => {
+                let Some(pod) = self.compact(&pod) else {
+                    return;
+                };
+                match self.pod_kind.init.as_mut() {
+                    Some(buffer) => buffer.push(pod),
+                    None => self.upsert_pod(pod),
+                }
+            }
             Event::InitDone => {
                 let listed = self.pod_kind.init.take().unwrap_or_default();
-                let mut pods: HashMap<String, BTreeMap<String, Arc<Pod>>> = HashMap::new();
+                let mut pods: HashMap<Arc<str>, BTreeMap<Arc<str>, Arc<CompactPod>>> =
+                    HashMap::new();
                 for pod in listed {
-                    if let (Some(ns), Some(name)) =
-                        (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-                    {
-                        pods.entry(ns).or_default().insert(name, Arc::new(pod));
-                    }
+                    pods.entry(pod.namespace.clone())
+                        .or_default()
+                        .insert(pod.name.clone(), Arc::new(pod));
                 }
                 // Which namespaces changed at all: only their registrations are recomputed.
-                let namespaces: BTreeSet<String> =
+                let namespaces: BTreeSet<Arc<str>> =
                     pods.keys().chain(self.pods.keys()).cloned().collect();
                 for ns in namespaces {
                     if self.pods.get(&ns) != pods.get(&ns) {
@@ -293,9 +320,15 @@ impl Index {
                     }
                 }
                 self.pods = pods;
+                // The previous generation's strings are free now.
+                self.strings.sweep();
                 self.pod_kind.synced = true;
             }
-            Event::Apply(pod) => self.upsert_pod(pod),
+            Event::Apply(pod) => {
+                if let Some(pod) = self.compact(&pod) {
+                    self.upsert_pod(pod);
+                }
+            }
             Event::Delete(pod) => {
                 let (Some(ns), Some(name)) = (
                     pod.metadata.namespace.as_deref(),
@@ -312,11 +345,8 @@ impl Index {
         }
     }
 
-    fn upsert_pod(&mut self, pod: Pod) {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-        else {
-            return;
-        };
+    fn upsert_pod(&mut self, pod: CompactPod) {
+        let (ns, name) = (pod.namespace.clone(), pod.name.clone());
         let pod = Arc::new(pod);
         let old = self.pods.entry(ns).or_default().insert(name, pod.clone());
         if old.as_ref() == Some(&pod) {
@@ -331,16 +361,11 @@ impl Index {
 
     /// Notes a removal when `old` is published by some registration and `new` (`None`: the pod
     /// is gone) no longer gives that registration the same endpoint.
-    fn note_removal(&mut self, old: &Pod, new: Option<&Pod>) {
+    fn note_removal(&mut self, old: &CompactPod, new: Option<&CompactPod>) {
         if self.removal {
             return;
         }
-        let (Some(ns), Some(name)) = (
-            old.metadata.namespace.as_deref(),
-            old.metadata.name.as_deref(),
-        ) else {
-            return;
-        };
+        let (ns, name) = (&*old.namespace, &*old.name);
         let start = RegKey::new(ns, "");
         self.removal = self
             .outcomes
@@ -365,13 +390,8 @@ impl Index {
     }
 
     /// Marks the registrations that select `pod` or published it.
-    fn mark_for_pod(&mut self, pod: &Pod) {
-        let (Some(ns), Some(name)) = (
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref(),
-        ) else {
-            return;
-        };
+    fn mark_for_pod(&mut self, pod: &CompactPod) {
+        let (ns, name) = (&*pod.namespace, &*pod.name);
         let start = RegKey::new(ns, "");
         for (key, reg) in self
             .regs
@@ -381,7 +401,7 @@ impl Index {
             let published = self.outcomes.get(key).is_some_and(|o| {
                 o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
             });
-            if published || selector_matches(&reg.spec.selector, pod.metadata.labels.as_ref()) {
+            if published || selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
                 self.dirty.insert(key.clone());
             }
         }
@@ -402,31 +422,55 @@ impl Index {
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
         self.removal = false;
-        for key in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        // The dirty keys come namespace by namespace: one label index at a time.
+        let mut by_label: Option<(&str, candidates::ByLabel<'_>)> = None;
+        for key in &dirty {
             flushed.touched.push(key.clone());
-            let Some(reg) = self.regs.get(&key) else {
-                if self.outcomes.remove(&key).is_some() {
-                    flushed.changed.push(key);
+            let Some(reg) = self.regs.get(key) else {
+                if self.outcomes.remove(key).is_some() {
+                    flushed.changed.push(key.clone());
                 }
                 continue;
             };
-            let pods = self
-                .pods
-                .get(&key.namespace)
-                .into_iter()
-                .flat_map(|m| m.values().map(Arc::as_ref));
+            let in_namespace = self.pods.get(key.namespace.as_str());
+            let ns = key.namespace.as_str();
+            if by_label.as_ref().is_none_or(|(at, _)| *at != ns) {
+                let many = dirty
+                    .range(RegKey::new(ns, "")..)
+                    .take_while(|k| k.namespace == ns)
+                    .nth(self.label_index_from - 1)
+                    .is_some();
+                by_label = in_namespace
+                    .filter(|_| many)
+                    .map(|pods| (ns, candidates::ByLabel::new(pods)));
+            }
+            let indexed = by_label
+                .as_ref()
+                .filter(|(at, _)| *at == ns)
+                .and_then(|(_, index)| index.candidates(&reg.spec.selector));
             let nodes = &self.nodes;
             let cluster = self.cluster.as_deref();
-            let outcome = desired::registration_outcome_on(
-                &self.prefix,
-                reg,
-                pods,
-                |n| nodes.get(n),
-                cluster,
-            );
-            if self.outcomes.get(&key) != Some(&outcome) {
+            let node = |n: &str| nodes.get(n);
+            let outcome = match indexed {
+                Some(candidates) => desired::registration_outcome_on(
+                    &self.prefix,
+                    reg,
+                    candidates.iter().copied(),
+                    node,
+                    cluster,
+                ),
+                None => desired::registration_outcome_on(
+                    &self.prefix,
+                    reg,
+                    in_namespace.into_iter().flat_map(|m| m.values()),
+                    node,
+                    cluster,
+                ),
+            };
+            if self.outcomes.get(key) != Some(&outcome) {
                 self.outcomes.insert(key.clone(), outcome);
-                flushed.changed.push(key);
+                flushed.changed.push(key.clone());
             }
         }
         flushed
@@ -464,51 +508,6 @@ impl Index {
     }
 }
 
-/// Drops what the operator never reads from a Pod before it is cached: managed fields,
-/// annotations, owner references, most of the spec and status. Name, namespace, labels,
-/// deletion timestamp and resourceVersion stay.
-pub fn trim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    let trim_container = |c: &Container| Container {
-        name: c.name.clone(),
-        ports: c.ports.clone(),
-        restart_policy: c.restart_policy.clone(),
-        ..Container::default()
-    };
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            containers: spec.containers.iter().map(trim_container).collect(),
-            init_containers: spec
-                .init_containers
-                .map(|cs| cs.iter().map(trim_container).collect()),
-            node_name: spec.node_name,
-            ..PodSpec::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            pod_ips: status.pod_ips,
-            conditions: status.conditions.map(|cs| {
-                cs.into_iter()
-                    .filter(|c| c.type_ == "Ready")
-                    .map(|c| PodCondition {
-                        last_probe_time: None,
-                        message: None,
-                        ..c
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +523,7 @@ mod tests {
     }
 
     fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
-        let mut p: Pod = serde_json::from_value(json!({
+        serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "labels": {"app": app},
                          "managedFields": [{"manager": "x"}], "annotations": {"a": "b"}},
             "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 50051}]}],
@@ -533,9 +532,7 @@ mod tests {
                        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}},
                                       {"type": "ContainersReady", "status": "True"}]}
         }))
-        .unwrap();
-        trim_pod(&mut p);
-        p
+        .unwrap()
     }
 
     fn node(name: &str, zone: Option<&str>) -> Node {
@@ -713,23 +710,26 @@ mod tests {
     }
 
     #[test]
-    fn trim_keeps_what_the_decision_reads() {
-        let p = pod("shop", "p1", "g", "127.0.0.5", true);
-        assert!(p.metadata.managed_fields.is_none());
-        assert!(p.metadata.annotations.is_none());
-        let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert!(spec.service_account_name.is_none());
-        assert_eq!(
-            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
-            50051
-        );
-        let status = p.status.as_ref().unwrap();
-        let conds = status.conditions.as_ref().unwrap();
-        assert_eq!(conds.len(), 1);
-        assert_eq!(conds[0].type_, "Ready");
+    fn the_cache_keeps_what_the_decision_reads() {
+        let mut idx = synced_index(vec![], vec![pod("shop", "p1", "g", "127.0.0.5", true)]);
+        let p = idx.pods["shop"]["p1"].clone();
+        assert_eq!(p.node.as_deref(), Some("n1"));
+        assert_eq!(p.labels.get("app"), Some("g"));
+        assert_eq!(p.ip.as_deref(), Some("127.0.0.5"));
+        assert_eq!(p.phase.as_deref(), Some("Running"));
+        assert!(p.ready && !p.terminating);
+        // A second pod of the namespace shares its interned strings.
+        idx.apply_pod(Event::Apply(pod("shop", "p2", "g", "127.0.0.6", true)));
+        let q = idx.pods["shop"]["p2"].clone();
+        assert!(Arc::ptr_eq(&p.namespace, &q.namespace));
+        assert!(Arc::ptr_eq(
+            p.node.as_ref().unwrap(),
+            q.node.as_ref().unwrap()
+        ));
     }
 }
+
+mod candidates;
 
 #[cfg(test)]
 mod props;

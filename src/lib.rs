@@ -25,6 +25,7 @@ pub mod index;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;
+pub mod pod;
 pub mod probe;
 pub mod status;
 pub mod topology;

@@ -115,7 +115,11 @@ async fn api_server_enforces_the_crd_schema() -> Result<()> {
     assert_eq!(minimal.service_name(), "ok-0");
 
     // a status computed by the operator's code is accepted by the status subresource
-    let outcome = registration_outcome("registrar", &minimal, []);
+    let outcome = registration_outcome(
+        "registrar",
+        &minimal,
+        std::iter::empty::<&k8s_openapi::api::core::v1::Pod>(),
+    );
     let update = next_status(
         &minimal,
         &outcome,

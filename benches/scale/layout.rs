@@ -42,6 +42,17 @@ impl Size {
         if ok { Ok(size) } else { Err(bad()) }
     }
 
+    /// Parses a comma-separated list of sizes, e.g. `10000x1000,100000x10000`.
+    pub fn parse_list(text: &str) -> Result<Vec<Size>> {
+        let sizes = text
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(Size::parse)
+            .collect::<Result<Vec<_>>>()?;
+        anyhow::ensure!(!sizes.is_empty(), "REGISTRAR_BENCH_SCALE={text:?}: no size");
+        Ok(sizes)
+    }
+
     /// Pods selected by each registration.
     pub fn per_registration(&self) -> usize {
         self.pods / self.registrations

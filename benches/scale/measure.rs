@@ -1,4 +1,4 @@
-//! The timed parts: a cold start (a fresh operator, nothing in etcd, everything already in the
+//! The operator on an empty cluster (its baseline memory), and the timed parts: a cold start (a fresh operator, nothing in etcd, everything already in the
 //! API server) until every key is in etcd and every registration reports Ready/Published, and
 //! a warm restart (SIGTERM, start again) until the new operator is ready and every key hangs
 //! on its new lease, watching that no key is deleted while the old lease runs out.
@@ -91,6 +91,28 @@ fn ticker<'a>(operator: &'a mut Operator) -> impl FnMut(&Progress) -> Result<()>
         }
         operator.check_alive()
     }
+}
+
+/// The operator's memory on `world` with nothing to publish: started, ready, and its RSS
+/// unchanged over 1 s (sampled every 200 ms; at most 30 s after ready); then stopped.
+pub async fn empty_cluster(world: &World) -> Result<Memory> {
+    let mut operator = world.spawn_operator()?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut last = operator.memory()?;
+    let mut still = 0;
+    while still < 5 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = operator.memory()?;
+        still = if now.rss_kib == last.rss_kib {
+            still + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    operator.terminate(Duration::from_secs(20)).await?;
+    Ok(last)
 }
 
 /// Starts the operator cold and measures until convergence; returns it still running.

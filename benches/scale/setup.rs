@@ -16,9 +16,9 @@ use crate::layout::{self, PORT, Size};
 
 /// The Node every pod is bound to.
 pub const NODE: &str = "scale-node";
-/// API requests in flight during setup.
-pub const IN_FLIGHT: usize = 48;
-/// Progress is printed every this many pods.
+/// API requests in flight during setup, by default (`REGISTRAR_BENCH_IN_FLIGHT`).
+pub const IN_FLIGHT: u64 = 64;
+/// Progress is printed at least every this many pods (and about 20 times in all).
 const PROGRESS_EVERY: usize = 1000;
 
 /// How long each setup phase took.
@@ -29,7 +29,7 @@ pub struct SetupTimes {
 }
 
 /// Creates everything for `size`.
-pub async fn populate(client: &kube::Client, size: Size) -> Result<SetupTimes> {
+pub async fn populate(client: &kube::Client, size: Size, in_flight: usize) -> Result<SetupTimes> {
     crate::common::objects::create_node(client, NODE).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for n in 0..size.namespaces() {
@@ -41,7 +41,7 @@ pub async fn populate(client: &kube::Client, size: Size) -> Result<SetupTimes> {
     let started = Instant::now();
     futures::stream::iter(0..size.registrations)
         .map(|r| create_registration(client, size, r))
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight)
         .try_collect::<()>()
         .await?;
     let registrations = started.elapsed();
@@ -54,13 +54,14 @@ pub async fn populate(client: &kube::Client, size: Size) -> Result<SetupTimes> {
 
     let started = Instant::now();
     let mut done = 0usize;
+    let every = PROGRESS_EVERY.max(size.pods / 20);
     let mut pods = futures::stream::iter(size.pods())
         .map(|pod| create_pod(client, size, pod))
-        .buffer_unordered(IN_FLIGHT);
+        .buffer_unordered(in_flight);
     while let Some(res) = pods.next().await {
         res?;
         done += 1;
-        if done.is_multiple_of(PROGRESS_EVERY) || done == size.pods {
+        if done.is_multiple_of(every) || done == size.pods {
             let secs = started.elapsed().as_secs_f64();
             say(&format!(
                 "{done}/{} pods created and Ready ({secs:.1} s, {:.0} pods/s)",

@@ -2,13 +2,17 @@
 //! by the operator, so its revision counts the operator's txns) and a temp dir for the
 //! operator's log; plus the etcd figures the report needs.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use etcd_client::{GetOptions, LeaseTimeToLiveOptions};
+use etcd_client::GetOptions;
 use registrar_testenv::{ControlPlane, Etcd};
 
 use crate::common::operator::{self, Operator};
+
+/// Keys per page when counting the keys attached to each lease.
+const PAGE: i64 = 10_000;
 
 /// Registrar's etcd prefix in the benchmark.
 pub const PREFIX: &str = "registrar";
@@ -99,7 +103,9 @@ impl World {
         }
     }
 
-    /// Every lease in Registrar's etcd with the number of keys attached.
+    /// Every lease in Registrar's etcd with the number of keys under the prefix attached. The
+    /// keys are counted from a paged read of the prefix (a lease's key list in one response
+    /// passes gRPC's 4 MiB limit from about 100,000 keys).
     pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
         let mut etcd = self.etcd.client().await?;
         let ids: Vec<i64> = etcd
@@ -109,16 +115,41 @@ impl World {
             .iter()
             .map(|l| l.id())
             .collect();
+        let mut attached: HashMap<i64, usize> = HashMap::new();
+        let mut from = format!("{PREFIX}/").into_bytes();
+        // The end of the prefix range: "<prefix>0" ('0' follows '/').
+        let end = format!("{PREFIX}0").into_bytes();
+        loop {
+            let page = etcd
+                .get(
+                    from.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_keys_only()
+                            .with_limit(PAGE),
+                    ),
+                )
+                .await?;
+            for kv in page.kvs() {
+                *attached.entry(kv.lease()).or_default() += 1;
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let ttl = etcd
-                .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
-                .await?;
+            let ttl = etcd.lease_time_to_live(id, None).await?;
             // An expired lease answers TTL -1: it is gone.
             if ttl.ttl() >= 0 {
                 out.push(LeaseInfo {
                     id,
-                    keys: ttl.keys().len(),
+                    keys: attached.get(&id).copied().unwrap_or(0),
                 });
             }
         }

@@ -35,7 +35,7 @@ use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{
     Desired, EtcdSource, WriterConfig, WriterHandle, WriterState, spawn_writer_with,
 };
-use crate::index::{RegKey, trim_pod};
+use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
 use status_queue::{QueueConfig, StatusQueue};
 
@@ -99,9 +99,9 @@ impl Engine {
         let mut reg_events = watcher(regs, watcher::Config::default())
             .default_backoff()
             .boxed();
+        // The index keeps each pod in its compact form only.
         let mut pod_events = watcher(pods, watcher::Config::default())
             .default_backoff()
-            .map_ok(|ev| ev.modify(trim_pod))
             .boxed();
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut node_events = watcher(nodes, watcher::Config::default())

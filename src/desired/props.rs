@@ -360,7 +360,7 @@ proptest! {
             for e in outcome.endpoints.values() {
                 let pod = pods.iter().find(|p| p.metadata.name.as_deref() == Some(e.pod.as_str())).unwrap();
                 prop_assert_eq!(pod.metadata.namespace.as_deref(), Some(ns));
-                prop_assert_eq!(&e.value, &value::encode(&e.addr, Some(&endpoint_metadata(reg, pod, &|_| None, None))));
+                prop_assert_eq!(&e.value, &value::encode(&e.addr, Some(&endpoint_metadata(reg, &CompactPod::from(pod), &|_| None, None))));
             }
         }
     }

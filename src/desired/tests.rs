@@ -254,7 +254,7 @@ fn unscheduled_pod_has_no_node_key_and_not_ready_has_no_ready_since() {
 fn service_and_prefix_make_the_target() {
     let mut reg = grpc_registration();
     reg.spec.service = Some("hello".into());
-    let outcome = registration_outcome("env/prod", &reg, []);
+    let outcome = registration_outcome("env/prod", &reg, std::iter::empty::<&Pod>());
     assert_eq!(outcome.target, "env/prod/shop/hello");
     assert_eq!(target("env/prod", "shop", "hello"), "env/prod/shop/hello");
 }

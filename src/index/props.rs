@@ -110,7 +110,11 @@ fn list_pods(index: &mut Index, cluster: &Cluster) {
 }
 
 fn fresh(cluster: &Cluster) -> Index {
-    let mut index = Index::new(PREFIX);
+    fresh_with(cluster, Index::new(PREFIX))
+}
+
+/// [`fresh`] from `index` (empty).
+fn fresh_with(cluster: &Cluster, mut index: Index) -> Index {
     list_regs(&mut index, cluster);
     list_pods(&mut index, cluster);
     index.flush();
@@ -209,6 +213,9 @@ proptest! {
         let want = fresh(&cluster);
         prop_assert_eq!(view(&index), view(&want));
         prop_assert_eq!(index.pod_count(), cluster.pods.len());
+        // Indexing the pods by label for every flush changes nothing.
+        let by_label = fresh_with(&cluster, Index::new(PREFIX).with_label_index_from(1));
+        prop_assert_eq!(view(&by_label), view(&want));
         // And the fresh view is the pure function of the final objects.
         let outcomes: Vec<RegistrationOutcome> = cluster
             .regs

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, PodDecision, Problem};
 use crate::etcd::value;
+use crate::pod::CompactPod;
 use crate::topology::NodeTopology;
 
 /// What etcd holds at one key.
@@ -127,8 +128,9 @@ pub fn pod_facts(
     pod: &Pod,
     nodes: &BTreeMap<String, NodeTopology>,
 ) -> PodFacts {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let port = desired::resolve_port(pod, &reg.spec.port);
+    let pod = CompactPod::from(pod);
+    let name = pod.name.to_string();
+    let port = desired::resolve_port(&pod, &reg.spec.port);
     let port_error = port.is_none().then(|| {
         Problem::PortNotFound {
             pod: name.clone(),
@@ -137,17 +139,16 @@ pub fn pod_facts(
         .to_string()
     });
     PodFacts {
-        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        node: pod.node.as_deref().map(str::to_string),
         zone: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_ref())
+            .node
+            .as_deref()
             .and_then(|n| nodes.get(n))
             .and_then(|t| t.zone.clone()),
-        ip: desired::pod_ip(pod).map(str::to_string),
-        phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
-        ready: desired::ready_condition(pod).is_some(),
-        terminating: pod.metadata.deletion_timestamp.is_some(),
+        ip: pod.ip.as_deref().map(str::to_string),
+        phase: pod.phase.as_deref().map(str::to_string),
+        ready: pod.ready,
+        terminating: pod.terminating,
         port,
         port_error,
         name,

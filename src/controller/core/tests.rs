@@ -3,7 +3,6 @@
 //! says so).
 
 use super::*;
-use crate::index::trim_pod;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
@@ -43,16 +42,14 @@ fn with_status(mut r: ServiceRegistration, s: &ServiceRegistrationStatus) -> Ser
 
 /// A ready pod selected by registration `app`.
 fn pod(app: &str, name: &str, ip: &str) -> Pod {
-    let mut p: Pod = serde_json::from_value(json!({
+    serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
         "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 50051}]}], "nodeName": "n1"},
         "status": {"phase": "Running", "podIP": ip,
                    "conditions": [{"type": "Ready", "status": "True",
                                    "lastTransitionTime": "2025-01-01T00:00:00Z"}]}
     }))
-    .unwrap();
-    trim_pod(&mut p);
-    p
+    .unwrap()
 }
 
 /// One step of a scenario: wait `after_ms`, feed `input` (or, with `None`, the debounce timer
