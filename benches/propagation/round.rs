@@ -232,7 +232,7 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
     }
     // Where the time goes, per pod, from the bench's own sightings.
     let mut stages: [Vec<Duration>; 4] = Default::default();
-    for i in 0..total {
+    for (i, patch) in sent.iter().enumerate() {
         let key = format!("{key_prefix}{}:{PORT}", pod_ip(i));
         let addr = format!("{}:{PORT}", pod_ip(i));
         let (Some(watched), Some(etcd), Some(resolved), Some(picked)) = (
@@ -243,7 +243,7 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         ) else {
             continue;
         };
-        stages[0].push(watched.saturating_duration_since(sent[i].at));
+        stages[0].push(watched.saturating_duration_since(patch.at));
         stages[1].push(etcd.at.saturating_duration_since(*watched));
         stages[2].push(resolved.saturating_duration_since(etcd.at));
         stages[3].push(picked.saturating_duration_since(*resolved));
