@@ -5,22 +5,27 @@
 //! (EndpointSlice controller only), Registrar's etcd and the `registrar` binary on loopback,
 //! then for each round size creates that many pods selected by both a Service and a
 //! ServiceRegistration, gives them IPs (not Ready), and flips them all Ready at once. Per pod it
-//! measures from the instant its Ready patch was sent to the instant its key is seen by an etcd
-//! watch (what a resolver sees) and to the instant it is a ready endpoint in an EndpointSlice
-//! watch; then it deletes them in the same waves (each turns terminating) and measures the delete
-//! request → key deleted and → endpoint no longer ready, and it scrapes the operator's own
-//! latency histogram (watch event received → etcd txn committed). Pod IPs come from
-//! documentation ranges (the EndpointSlice controller refuses loopback) and nothing ever
-//! connects to them.
+//! measures from the instant its Ready patch was sent to the instant its backend is in the pick
+//! set of a `registrar-resolver` `Balancer` on the target, to the instant its key is seen by an
+//! etcd watch, and to the instant it is a ready endpoint in an EndpointSlice watch; then it
+//! deletes them in the same waves (each turns terminating) and measures the delete request →
+//! out of the pick set, → key deleted and → endpoint no longer ready, and it scrapes the
+//! operator's own latency and stage histograms. Pod IPs come from 198.18.0.0/15 (the
+//! EndpointSlice controller refuses loopback) and nothing ever connects to them: the balancer
+//! dials every backend on a loopback server instead.
 //!
 //! Environment:
 //! - `REGISTRAR_BENCH_PODS`: rounds, comma separated: `N` flips N pods at once, `NxW` does that
 //!   W times in a row, each wave after the previous one is fully visible (default
-//!   `1x20,100x5,500,750`; at most 762 pods per round, one distinct documentation-range IP each).
+//!   `1x50,100x5,500x3,1000x3`; one distinct IP of 198.18.0.0/15 per pod).
+//! - `REGISTRAR_BENCH_RUNS`: how many times to run all rounds (default 1); with more, the report
+//!   ends with the spread (min–max) of each size's p50, p99 and ratios over the runs.
 //! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/propagation.md`).
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+#[path = "propagation/client.rs"]
+mod client;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "propagation/observe.rs"]
@@ -36,7 +41,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-const DEFAULT_PODS: &str = "1x20,100x5,500,750";
+const DEFAULT_PODS: &str = "1x50,100x5,500x3,1000x3";
 
 fn main() -> std::process::ExitCode {
     common::harness::main("propagation", run)
@@ -78,10 +83,27 @@ async fn run() -> Result<()> {
         "[bench] ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let mut rounds = Vec::new();
-    for (index, plan) in plans.into_iter().enumerate() {
-        rounds.push(round::run(&mut world, index, plan).await?);
-        world.check_alive()?;
+    let repeat: usize = match std::env::var("REGISTRAR_BENCH_RUNS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .with_context(|| format!("REGISTRAR_BENCH_RUNS={v:?}: expected a count ≥ 1"))?,
+        Err(_) => 1,
+    };
+    let mut runs = Vec::new();
+    let mut index = 0;
+    for run in 0..repeat {
+        if repeat > 1 {
+            println!("[bench] run {} of {repeat}", run + 1);
+        }
+        let mut rounds = Vec::new();
+        for plan in &plans {
+            rounds.push(round::run(&mut world, index, *plan).await?);
+            index += 1;
+            world.check_alive()?;
+        }
+        runs.push(rounds);
     }
     let date = common::report::when_and_where();
     let coalesce = std::env::var("REGISTRAR_COALESCE_MS").unwrap_or_else(|_| "50".into());
@@ -92,8 +114,10 @@ async fn run() -> Result<()> {
          (EndpointSlice controller only, client QPS 20). Everything (API server, both etcds, \
          controller, operator, bench) shares the machine.\n\n\
          Per pod, latency runs from the instant the bench sent the pod's Ready status patch to \
-         the instant a client saw the endpoint: an etcd watch on `<target>/` for Registrar, an \
-         EndpointSlice watch for the peer. The \"from LTT\" columns measure from the Ready \
+         the instant a client saw the endpoint: for Registrar, a `registrar-resolver` `Balancer` \
+         on the target having the backend in its pick set (connected: every backend connection \
+         goes to a loopback server), and an etcd watch on `<target>/`; an EndpointSlice watch \
+         for the peer. The \"from LTT\" columns measure from the Ready \
          condition's stored `lastTransitionTime` instead (one-second resolution, so up to 1 s \
          longer), as the operator's own metric does. The pods of a wave flip Ready at once (64 \
          patches in flight); \"N (×W waves)\" flips N pods W times in a row, each wave once the \
@@ -102,13 +126,16 @@ async fn run() -> Result<()> {
          patch to its last endpoint seen (slowest wave). Registrar's writes are etcd txns (one \
          txn = one revision); the peer's are EndpointSlice writes. Then the same pods are deleted \
          in the same waves (they turn terminating: no kubelet confirms the deletion): removal \
-         runs from the delete request to the key's deletion seen by the etcd watch, and to the \
-         endpoint no longer ready in the EndpointSlice watch. The operator's own latency is its \
+         runs from the delete request to the backend out of the pick set, to the key's deletion \
+         seen by the etcd watch, and to the endpoint no longer ready in the EndpointSlice watch. The operator's own latency is its \
          `registrar_operator_latency_seconds` histogram (pod watch event received → etcd txn \
-         committed) scraped around the Ready waves and around the removal waves.",
+         committed) scraped around the Ready waves and around the removal waves (p50/p99/all: \
+         the bucket bounds they fall under). \"Where the time goes\" splits the round with the \
+         largest waves: per pod from the bench's own sightings (a pod watch, the etcd watch, the \
+         balancer's resolver and pick set), then the operator's `registrar_stage_seconds`.",
         versions = world.versions
     );
-    let md = report::markdown(&header, &rounds);
+    let md = report::markdown(&header, &runs);
     println!("\n{md}");
     let path = common::report::write("propagation.md", &md)?;
     println!(

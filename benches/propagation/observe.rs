@@ -1,6 +1,7 @@
 //! The observers of one round: an etcd watch on the round's target prefix (what a resolver
-//! sees of Registrar) and a watch on the Service's EndpointSlices (the peer), each recording
-//! when an endpoint appeared and when it went away again. They run on their
+//! sees of Registrar), a watch on the Service's EndpointSlices (the peer), each recording
+//! when an endpoint appeared and when it went away again, and a pod watch (when the API server
+//! delivered each pod's Ready and terminating changes). They run on their
 //! own thread and tokio runtime, so sending hundreds of status patches never delays the
 //! timestamping of what they see.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -41,6 +43,11 @@ pub struct Seen {
     /// First time each pod seen ready was no longer a ready endpoint (terminating, not ready or
     /// out of the slices).
     pub unready: HashMap<String, Sighting>,
+    /// First time a pod watch delivered each pod as Ready (what the API server's watch
+    /// delivery costs; the operator's own pod watch is another such watch).
+    pub pod_ready: HashMap<String, Instant>,
+    /// First time a pod watch delivered each pod as terminating (deletion timestamp set).
+    pub pod_deleting: HashMap<String, Instant>,
 }
 
 /// Live counts, to wait on.
@@ -123,6 +130,14 @@ fn endpoints_of(slice: &EndpointSlice) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Whether the pod's Ready condition is True.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 async fn observe(
     targets: Targets,
     mut stop: oneshot::Receiver<()>,
@@ -152,10 +167,18 @@ async fn observe(
     let created = keys.message().await?.context("etcd watch closed")?;
     anyhow::ensure!(created.created(), "etcd watch not created: {created:?}");
 
-    let api: Api<EndpointSlice> = Api::namespaced(client, &targets.namespace);
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &targets.namespace);
     let config = watcher::Config::default()
         .labels(&format!("kubernetes.io/service-name={}", targets.service));
     let mut slice_events = watcher(api, config).default_backoff().boxed();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &targets.namespace);
+    let mut pod_events = watcher(
+        pods,
+        watcher::Config::default().labels(&format!("app={}", targets.service)),
+    )
+    .default_backoff()
+    .boxed();
 
     let mut seen = Seen::default();
     let mut slices = Slices::default();
@@ -181,6 +204,19 @@ async fn observe(
                         seen.keys.entry(key).or_insert(sighting);
                     }
                 }
+            }
+            ev = pod_events.next() => {
+                let at = Instant::now();
+                let ev = ev.context("Pod watch ended")??;
+                if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = ev {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        seen.pod_deleting.entry(name).or_insert(at);
+                    } else if is_ready(&pod) {
+                        seen.pod_ready.entry(name).or_insert(at);
+                    }
+                }
+                continue;
             }
             ev = slice_events.next() => {
                 let sighting = Sighting { at: Instant::now(), wall: SystemTime::now() };

@@ -71,7 +71,28 @@ pub struct Round {
     /// waves, and over the removal waves.
     pub operator_ready: Option<OperatorLatency>,
     pub operator_removal: Option<OperatorLatency>,
+    /// The client: from each pod's Ready patch to its backend in a `Balancer`'s pick set.
+    pub pick: SystemResult,
+    /// The client: from each pod's delete request to its backend out of the pick set.
+    pub removal_pick: SystemResult,
+    /// Per pod over the Ready waves, from the bench's sightings: patch → pod watch event
+    /// (API server watch delivery), → key in the bench's etcd watch (the operator, etcd and
+    /// etcd's watch delivery), → listed by the balancer's resolver, → in its pick set.
+    pub stages: [Option<Stats>; 4],
+    /// The operator's `registrar_stage_seconds` over the Ready waves, one per [`STAGES`].
+    pub operator_stages: [Option<OperatorLatency>; 5],
 }
+
+/// The `stage` labels of `registrar_stage_seconds`, in order.
+pub const STAGES: [&str; 5] = ["window", "compute", "handoff", "plan", "commit"];
+
+/// The bench-side stages of [`Round::stages`].
+const CLIENT_STAGES: [&str; 4] = [
+    "API server watch delivery (patch → pod watch event)",
+    "operator + etcd (pod watch event → key in an etcd watch)",
+    "etcd → resolver watch (etcd watch → resolver lists it)",
+    "resolver → pick set (connect, picker rebuild)",
+];
 
 /// The operator-latency histogram (`registrar_operator_latency_seconds`) between two scrapes:
 /// its mean and the bucket bounds its p50 and p99 fall under.
@@ -81,32 +102,57 @@ pub struct OperatorLatency {
     pub mean: Duration,
     pub p50: Duration,
     pub p99: Duration,
+    /// The bucket bound every observation falls under.
+    pub max: Duration,
 }
 
 const OPERATOR_LATENCY: &str = "registrar_operator_latency_seconds";
 
 impl OperatorLatency {
-    /// The histogram's observations after `before` up to `after` (`None` when there were none).
+    /// The operator-latency histogram's observations after `before` up to `after` (`None`
+    /// when there were none).
     pub fn between(before: &str, after: &str) -> Option<OperatorLatency> {
+        Self::histogram(OPERATOR_LATENCY, "", before, after)
+    }
+
+    /// The same of `registrar_stage_seconds{stage}`.
+    pub fn of_stage(stage: &str, before: &str, after: &str) -> Option<OperatorLatency> {
+        Self::histogram(
+            "registrar_stage_seconds",
+            &format!("stage=\"{stage}\""),
+            before,
+            after,
+        )
+    }
+
+    /// Histogram `name` with `labels` (`a="x"`, or empty).
+    fn histogram(name: &str, labels: &str, before: &str, after: &str) -> Option<OperatorLatency> {
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let delta = |series: &str| {
             Some(
                 crate::common::operator::sample(after, series)?
                     - crate::common::operator::sample(before, series).unwrap_or(0.0),
             )
         };
-        let count = delta(&format!("{OPERATOR_LATENCY}_count"))?;
-        let sum = delta(&format!("{OPERATOR_LATENCY}_sum"))?;
+        let count = delta(&format!("{name}_count{braced}"))?;
+        let sum = delta(&format!("{name}_sum{braced}"))?;
         if count <= 0.0 {
             return None;
         }
-        let mut buckets: Vec<(f64, f64)> = buckets(after)
+        let bucket = if labels.is_empty() {
+            format!("{name}_bucket{{le=\"")
+        } else {
+            format!("{name}_bucket{{{labels},le=\"")
+        };
+        let mut buckets: Vec<(f64, f64)> = buckets(after, &bucket)
             .into_iter()
             .map(|(le, n)| {
-                let was = crate::common::operator::sample(
-                    before,
-                    &format!("{OPERATOR_LATENCY}_bucket{{le=\"{le}\"}}"),
-                )
-                .unwrap_or(0.0);
+                let was = crate::common::operator::sample(before, &format!("{bucket}{le}\"}}"))
+                    .unwrap_or(0.0);
                 (le.parse().unwrap_or(f64::INFINITY), n - was)
             })
             .collect();
@@ -123,16 +169,17 @@ impl OperatorLatency {
             mean: Duration::from_secs_f64((sum / count).max(0.0)),
             p50: under(0.5),
             p99: under(0.99),
+            max: under(1.0),
         })
     }
 }
 
-/// The `le` label and cumulative count of every bucket of the operator-latency histogram.
-fn buckets(text: &str) -> Vec<(String, f64)> {
-    let start = format!("{OPERATOR_LATENCY}_bucket{{le=\"");
+/// The `le` label and cumulative count of every bucket whose series starts with `start`
+/// (`name_bucket{...le="`).
+fn buckets(text: &str, start: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(start.as_str())?;
+            let rest = line.strip_prefix(start)?;
             let (le, rest) = rest.split_once("\"}")?;
             Some((le.to_owned(), rest.split_whitespace().next()?.parse().ok()?))
         })
@@ -169,6 +216,7 @@ pub fn latency_table(rounds: &[Round]) -> String {
     let mut rows = Vec::new();
     for r in rounds {
         for (name, s, unit) in [
+            ("Registrar (Balancer pick set)", &r.pick, ""),
             ("Registrar (etcd watch)", &r.registrar, "txns"),
             ("EndpointSlice controller", &r.peer, "slice writes"),
         ] {
@@ -181,7 +229,11 @@ pub fn latency_table(rounds: &[Round]) -> String {
                 opt(s.from_ltt, |l| ms(l.p50)),
                 opt(s.from_ltt, |l| ms(l.p99)),
                 ms(s.converge),
-                format!("{} {unit}", s.writes),
+                if unit.is_empty() {
+                    "—".into()
+                } else {
+                    format!("{} {unit}", s.writes)
+                },
             ]);
         }
     }
@@ -201,28 +253,31 @@ pub fn latency_table(rounds: &[Round]) -> String {
     )
 }
 
-/// Registrar ÷ EndpointSlice controller, same pods, same run (below 1: Registrar is faster).
+/// Registrar ÷ EndpointSlice controller, same pods, same run (below 1: Registrar is faster):
+/// the client's pick set first, then the etcd watch.
 pub fn ratio_table(rounds: &[Round]) -> String {
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|r| {
-            let (a, b) = (&r.registrar, &r.peer);
+            let (c, a, b) = (&r.pick, &r.registrar, &r.peer);
             vec![
                 r.label(),
+                ratio(c.from_patch.p50, b.from_patch.p50),
+                ratio(c.from_patch.p99, b.from_patch.p99),
+                ratio(c.converge, b.converge),
                 ratio(a.from_patch.p50, b.from_patch.p50),
                 ratio(a.from_patch.p99, b.from_patch.p99),
-                ratio(a.from_patch.max, b.from_patch.max),
-                ratio(a.converge, b.converge),
             ]
         })
         .collect();
     table(
         &[
             "pods",
-            "p50 ratio",
-            "p99 ratio",
-            "max ratio",
-            "converge ratio",
+            "pick set p50 ratio",
+            "pick set p99 ratio",
+            "pick set converge ratio",
+            "etcd watch p50 ratio",
+            "etcd watch p99 ratio",
         ],
         &rows,
     )
@@ -260,27 +315,35 @@ pub fn removal_table(rounds: &[Round]) -> String {
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|r| {
-            let (a, b) = (&r.removal_registrar.from_patch, &r.removal_peer.from_patch);
+            let (c, a, b) = (
+                &r.removal_pick.from_patch,
+                &r.removal_registrar.from_patch,
+                &r.removal_peer.from_patch,
+            );
             vec![
                 r.label(),
+                ms(c.p50),
+                ms(c.p99),
                 ms(a.p50),
                 ms(a.p99),
                 ms(b.p50),
                 ms(b.p99),
-                ratio(a.p50, b.p50),
-                ratio(a.p99, b.p99),
+                ratio(c.p50, b.p50),
+                ratio(c.p99, b.p99),
             ]
         })
         .collect();
     table(
         &[
             "pods",
-            "Registrar p50 (key deleted)",
-            "Registrar p99",
+            "pick set p50 (backend out)",
+            "pick set p99",
+            "etcd watch p50 (key deleted)",
+            "etcd watch p99",
             "EndpointSlice p50 (not ready)",
             "EndpointSlice p99",
-            "p50 ratio",
-            "p99 ratio",
+            "pick set p50 ratio",
+            "pick set p99 ratio",
         ],
         &rows,
     )
@@ -295,8 +358,15 @@ pub fn operator_table(rounds: &[Round]) -> String {
             ms(o.mean),
             format!("≤ {}", ms(o.p50)),
             format!("≤ {}", ms(o.p99)),
+            format!("≤ {}", ms(o.max)),
         ],
-        None => vec!["0".into(), "n/a".into(), "n/a".into(), "n/a".into()],
+        None => vec![
+            "0".into(),
+            "n/a".into(),
+            "n/a".into(),
+            "n/a".into(),
+            "n/a".into(),
+        ],
     };
     let rows: Vec<Vec<String>> = rounds
         .iter()
@@ -314,23 +384,144 @@ pub fn operator_table(rounds: &[Round]) -> String {
             "mean",
             "p50",
             "p99",
+            "all",
             "removal: events",
             "mean",
             "p50",
             "p99",
+            "all",
         ],
         &rows,
     )
 }
 
-/// The whole report.
-pub fn markdown(header: &str, rounds: &[Round]) -> String {
+/// Where the time goes in the round with the largest waves (its last run): the bench's
+/// per-pod sightings, then the operator's stage histogram.
+pub fn stage_table(rounds: &[Round]) -> String {
+    let Some(r) = rounds.iter().rev().max_by_key(|r| r.pods) else {
+        return String::new();
+    };
+    let mut rows: Vec<Vec<String>> = CLIENT_STAGES
+        .iter()
+        .zip(&r.stages)
+        .map(|(name, s)| {
+            vec![
+                (*name).to_string(),
+                opt(*s, |s| s.count.to_string()),
+                "—".into(),
+                opt(*s, |s| ms(s.p50)),
+                opt(*s, |s| ms(s.p99)),
+                opt(*s, |s| ms(s.max)),
+            ]
+        })
+        .collect();
+    for (stage, o) in STAGES.iter().zip(&r.operator_stages) {
+        rows.push(vec![
+            format!("operator: {stage} (`registrar_stage_seconds`)"),
+            opt(*o, |o| format!("{:.0}", o.count)),
+            opt(*o, |o| ms(o.mean)),
+            opt(*o, |o| format!("≤ {}", ms(o.p50))),
+            opt(*o, |o| format!("≤ {}", ms(o.p99))),
+            opt(*o, |o| format!("≤ {}", ms(o.max))),
+        ]);
+    }
     format!(
-        "{header}\n\n### Pod Ready → endpoint visible\n\n{}\n### Registrar ÷ EndpointSlice controller\n\n{}\n### Registrar's etcd writes\n\n{}\n### Pod terminating → endpoint gone\n\n{}\n### The operator's own latency (watch event received → etcd txn committed)\n\n{}",
-        latency_table(rounds),
-        ratio_table(rounds),
-        registrar_table(rounds),
-        removal_table(rounds),
-        operator_table(rounds)
+        "Round {} (Ready waves):\n\n{}",
+        r.label(),
+        table(&["stage", "samples", "mean", "p50", "p99", "max"], &rows)
     )
+}
+
+/// Per round size over several runs: the lowest and highest p50 and p99 of the pick set and
+/// of the peer, and of their ratios (Ready, then removal).
+pub fn spread_table(runs: &[Vec<Round>]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let range = |v: Vec<f64>, f: &dyn Fn(f64) -> String| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{}–{}", f(lo), f(hi))
+    };
+    let msf = |x: f64| format!("{:.1}", x * 1e3);
+    let rf = |x: f64| format!("{x:.2}");
+    let rows: Vec<Vec<String>> = (0..first.len())
+        .map(|i| {
+            let same: Vec<&Round> = runs.iter().filter_map(|run| run.get(i)).collect();
+            let get = |f: &dyn Fn(&Round) -> f64| same.iter().map(|r| f(r)).collect::<Vec<f64>>();
+            let secs = |d: Duration| d.as_secs_f64();
+            let div = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+            vec![
+                first[i].label(),
+                same.len().to_string(),
+                range(get(&|r| secs(r.pick.from_patch.p50)), &msf),
+                range(get(&|r| secs(r.pick.from_patch.p99)), &msf),
+                range(get(&|r| secs(r.peer.from_patch.p50)), &msf),
+                range(get(&|r| secs(r.peer.from_patch.p99)), &msf),
+                range(
+                    get(&|r| div(r.pick.from_patch.p50, r.peer.from_patch.p50)),
+                    &rf,
+                ),
+                range(
+                    get(&|r| div(r.pick.from_patch.p99, r.peer.from_patch.p99)),
+                    &rf,
+                ),
+                range(
+                    get(&|r| div(r.removal_pick.from_patch.p50, r.removal_peer.from_patch.p50)),
+                    &rf,
+                ),
+                range(
+                    get(&|r| div(r.removal_pick.from_patch.p99, r.removal_peer.from_patch.p99)),
+                    &rf,
+                ),
+                range(
+                    get(&|r| r.operator_ready.map_or(f64::NAN, |o| secs(o.p99))),
+                    &msf,
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "pods",
+            "runs",
+            "pick set p50 (ms)",
+            "pick set p99 (ms)",
+            "peer p50 (ms)",
+            "peer p99 (ms)",
+            "p50 ratio",
+            "p99 ratio",
+            "removal p50 ratio",
+            "removal p99 ratio",
+            "operator p99 bucket (ms)",
+        ],
+        &rows,
+    )
+}
+
+/// The whole report: every run's tables, then the spread over the runs.
+pub fn markdown(header: &str, runs: &[Vec<Round>]) -> String {
+    let mut out = header.to_string();
+    for (n, rounds) in runs.iter().enumerate() {
+        if runs.len() > 1 {
+            out.push_str(&format!("\n\n## Run {} of {}", n + 1, runs.len()));
+        }
+        out.push_str(&format!(
+            "\n\n### Pod Ready → endpoint visible\n\n{}\n### Registrar ÷ EndpointSlice controller\n\n{}\n### Registrar's etcd writes\n\n{}\n### Pod terminating → endpoint gone\n\n{}\n### The operator's own latency (watch event received → etcd txn committed)\n\n{}\n### Where the time goes\n\n{}",
+            latency_table(rounds),
+            ratio_table(rounds),
+            registrar_table(rounds),
+            removal_table(rounds),
+            operator_table(rounds),
+            stage_table(rounds),
+        ));
+    }
+    if runs.len() > 1 {
+        out.push_str(&format!(
+            "\n\n## Spread over {} runs (min–max)\n\n{}",
+            runs.len(),
+            spread_table(runs)
+        ));
+    }
+    out
 }

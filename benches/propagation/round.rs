@@ -30,17 +30,18 @@ const IN_FLIGHT: usize = 64;
 /// The service (and registration) name in every round's namespace.
 const SERVICE: &str = "echo";
 
-/// Address blocks for pod IPs: documentation ranges that nothing routes to; nothing ever
-/// connects to them (the EndpointSlice controller refuses loopback addresses).
-const BLOCKS: [&str; 3] = ["192.0.2", "203.0.113", "198.51.100"];
-/// Hosts per block (.1 to .254).
+/// Pod IPs: the benchmarking range 198.18.0.0/15 (RFC 2544), which nothing routes; nothing
+/// ever connects to them (the EndpointSlice controller refuses loopback addresses, and the
+/// bench's balancer dials every backend on loopback instead, see [`crate::client`]).
+/// Hosts per /24 (.1 to .254).
 const HOSTS: usize = 254;
-/// The largest round the address blocks allow (one distinct IP per pod).
-pub const MAX_PODS: usize = BLOCKS.len() * HOSTS;
+/// The largest round the range allows (one distinct IP per pod).
+pub const MAX_PODS: usize = 512 * HOSTS;
 
 /// The IP of pod `i` (`i < MAX_PODS`).
 fn pod_ip(i: usize) -> String {
-    format!("{}.{}", BLOCKS[(i / HOSTS) % BLOCKS.len()], i % HOSTS + 1)
+    let net = i / HOSTS;
+    format!("198.{}.{}.{}", 18 + net / 256, net % 256, i % HOSTS + 1)
 }
 
 /// Pause between waves. Registrar writes a change at once after a quiet period and batches
@@ -91,6 +92,12 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         prefix: format!("{PREFIX}/{ns}/{SERVICE}/"),
     })
     .await?;
+    let mut balancer = crate::client::start(
+        world.etcd.endpoint(),
+        format!("{PREFIX}/{ns}/{SERVICE}"),
+        world.backends.addr(),
+    )
+    .await?;
     settle(world, &mut observer, &ns, total).await?;
 
     let mut etcd = world.etcd.client().await?;
@@ -127,6 +134,16 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
                 |p| p.keys >= visible && p.ready >= visible,
             )
             .await;
+        let converged = match converged {
+            Ok(_) => {
+                balancer
+                    .wait("every backend in the pick set", deadline, |p| {
+                        p.picked >= visible
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = converged {
             world.check_alive()?;
             return Err(e);
@@ -151,12 +168,23 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
                 |p| p.gone >= removed && p.ready <= total - removed,
             )
             .await;
+        let converged = match converged {
+            Ok(_) => {
+                balancer
+                    .wait("every removed backend out of the pick set", deadline, |p| {
+                        p.picked <= total - removed
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = converged {
             world.check_alive()?;
             return Err(e);
         }
     }
     let seen = observer.finish().await?;
+    let client_seen = balancer.finish().await?;
     let metrics_removed = world.metrics().await?;
     say(&ns, "removals converged");
 
@@ -184,6 +212,43 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
             .with_context(|| format!("unknown address in {key}"))?;
         registrar_removal.add(i, &deleted[i], s.at, s.wall, None);
     }
+    let index_of = |addr: &str| -> Result<usize> {
+        let ip = addr
+            .strip_suffix(&format!(":{PORT}"))
+            .with_context(|| format!("unexpected backend {addr}"))?;
+        ips.get(ip)
+            .copied()
+            .with_context(|| format!("unknown backend {addr}"))
+    };
+    let mut pick = Samples::new(plan);
+    for (addr, at) in &client_seen.picked {
+        let i = index_of(addr)?;
+        pick.add(i, &sent[i], *at, SystemTime::now(), None);
+    }
+    let mut pick_removal = Samples::new(plan);
+    for (addr, at) in &client_seen.unpicked {
+        let i = index_of(addr)?;
+        pick_removal.add(i, &deleted[i], *at, SystemTime::now(), None);
+    }
+    // Where the time goes, per pod, from the bench's own sightings.
+    let mut stages: [Vec<Duration>; 4] = Default::default();
+    for (i, patch) in sent.iter().enumerate() {
+        let key = format!("{key_prefix}{}:{PORT}", pod_ip(i));
+        let addr = format!("{}:{PORT}", pod_ip(i));
+        let (Some(watched), Some(etcd), Some(resolved), Some(picked)) = (
+            seen.pod_ready.get(&pod_name(i)),
+            seen.keys.get(&key),
+            client_seen.resolved.get(&addr),
+            client_seen.picked.get(&addr),
+        ) else {
+            continue;
+        };
+        stages[0].push(watched.saturating_duration_since(patch.at));
+        stages[1].push(etcd.at.saturating_duration_since(*watched));
+        stages[2].push(resolved.saturating_duration_since(etcd.at));
+        stages[3].push(picked.saturating_duration_since(*resolved));
+    }
+    let stages = stages.map(Stats::of);
     let mut peer_removal = Samples::new(plan);
     for (pod, s) in &seen.unready {
         let i = pod_index(pod, total)?;
@@ -203,6 +268,14 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         .count();
     let registrar = registrar.result(txns)?;
     let peer = peer.result(slice_writes)?;
+    let pick = pick.result(0)?;
+    let removal_pick = pick_removal.result(0)?;
+    anyhow::ensure!(
+        pick.from_patch.count == total && removal_pick.from_patch.count == total,
+        "measured {} backends entering and {} leaving the pick set for {total} pods",
+        pick.from_patch.count,
+        removal_pick.from_patch.count
+    );
     let removal_registrar = registrar_removal.result(0)?;
     let removal_peer = peer_removal.result(0)?;
     anyhow::ensure!(
@@ -229,6 +302,11 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         removal_peer,
         operator_ready: OperatorLatency::between(&metrics_before, &metrics_after),
         operator_removal: OperatorLatency::between(&metrics_after, &metrics_removed),
+        pick,
+        removal_pick,
+        stages,
+        operator_stages: crate::report::STAGES
+            .map(|stage| OperatorLatency::of_stage(stage, &metrics_before, &metrics_after)),
     })
 }
 

@@ -1,7 +1,7 @@
 //! The benchmark's world: a control plane, kube-controller-manager running only the
 //! EndpointSlice controller (the peer), Registrar's own etcd and the `registrar` binary, plus a
 //! Node that no kubelet simulator manages, so pod statuses change only when the bench patches
-//! them.
+//! them, and a loopback gRPC server for the bench's client balancer to connect to.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use registrar_testenv::{ControlPlane, Etcd, Process, tool};
 
+use crate::client::LoopbackServer;
 use crate::common::objects;
 use crate::common::operator::{self, Operator};
 
@@ -31,6 +32,8 @@ pub struct World {
     pub client: kube::Client,
     /// Versions of the components, for the report.
     pub versions: String,
+    /// The loopback server every client connection goes to.
+    pub backends: LoopbackServer,
     _dir: tempfile::TempDir,
 }
 
@@ -60,6 +63,7 @@ impl World {
             etcd,
             client,
             versions,
+            backends: LoopbackServer::start()?,
             _dir: dir,
         };
         world.operator.wait_ready(Duration::from_secs(60)).await?;

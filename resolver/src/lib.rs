@@ -211,8 +211,8 @@ pub use balancer::bench as bench_internals;
 pub use balancer::{
     BackendHealth, BackendSnapshot, BackendState, BackendStatus, Balancer, BalancerBuilder,
     ConnectivityState, FailoverBalancer, FailoverBuilder, FailoverSnapshot,
-    FailurePercentageEjection, GroupSnapshot, HealthState, OutlierDetection, ResponseFuture,
-    RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
+    FailurePercentageEjection, GroupSnapshot, HealthState, OutlierDetection, PickSetWatch,
+    ResponseFuture, RoutingSnapshot, SuccessRateEjection, ZONE_ENV, ZoneFilter,
 };
 pub use discovery::{Endpoints, Resolver, ResolverBuilder, Snapshot};
 pub use drain::Drain;

@@ -125,6 +125,10 @@ pub enum Metric {
     Error(ErrorKind),
     /// These endpoints (their ready-since times) are now in etcd.
     Propagated(Vec<Time>),
+    /// A flush took up changes received this long ago (pod watch event received → the flush
+    /// that computes its desired state starts: the coalescing window and the wait for the
+    /// event loop), one per change: `registrar_stage_seconds{stage="window"}`.
+    Window(Vec<Duration>),
 }
 
 /// Something to do.
@@ -248,6 +252,8 @@ impl Core {
                 keys: Arc::default(),
                 complete: false,
                 received: Arc::default(),
+                flushed: None,
+                published: None,
             },
             leader: false,
             writing: false,
@@ -433,6 +439,13 @@ impl Core {
                 self.propagating.push((seq, fresh));
             }
             let received = std::mem::take(&mut self.received);
+            if measuring && !received.is_empty() {
+                let waited = received
+                    .iter()
+                    .map(|r| now.at.saturating_duration_since(*r))
+                    .collect();
+                out.push(Effect::Metric(Metric::Window(waited)));
+            }
             let carried: usize = self.unapplied.iter().map(|(_, r)| r.len()).sum();
             if measuring && !received.is_empty() && carried < MAX_RECEIPTS {
                 self.unapplied.push((seq, received));
@@ -454,6 +467,8 @@ impl Core {
                     .iter()
                     .flat_map(|(_, r)| r.iter().copied())
                     .collect(),
+                flushed: measuring.then_some(now.at),
+                published: None,
             };
             out.push(Effect::PublishDesired(self.desired.clone()));
         }

@@ -33,7 +33,7 @@ pub use kube_writes::{FINALIZER, KubeWriter};
 use self::core::{Core, CoreConfig, Effect, Input, Metric, Now};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{
-    Desired, EtcdSource, WriterConfig, WriterHandle, WriterState, spawn_writer_with,
+    Desired, EtcdSource, Stage, WriterConfig, WriterHandle, WriterState, spawn_writer_with,
 };
 use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
@@ -114,6 +114,8 @@ impl Engine {
             keys: Arc::default(),
             complete: false,
             received: Arc::default(),
+            flushed: None,
+            published: None,
         });
         let mut core = Core::new(CoreConfig {
             prefix: self.writer.prefix.clone(),
@@ -242,7 +244,10 @@ impl Io {
 
     fn apply(&mut self, effect: Effect) {
         match effect {
-            Effect::PublishDesired(desired) => {
+            Effect::PublishDesired(mut desired) => {
+                if desired.flushed.is_some() {
+                    desired.published = Some(tokio::time::Instant::now());
+                }
                 self.desired_tx.send_replace(desired);
             }
             Effect::StartWriter => self.start_writer(),
@@ -293,6 +298,11 @@ impl Io {
                     let now = SystemTime::now();
                     for t in &times {
                         self.metrics.propagated(t, now);
+                    }
+                }
+                Metric::Window(waited) => {
+                    for d in waited {
+                        self.metrics.stage(Stage::Window, d);
                     }
                 }
             },

@@ -35,7 +35,7 @@ mod writer;
 pub use config::WriterConfig;
 pub use dial::EtcdSource;
 pub use error::EtcdError;
-pub use observer::WriterObserver;
+pub use observer::{Stage, WriterObserver};
 pub(crate) use reachable::is_unreachable;
 pub use registrar_etcd::value;
 pub use stats::{StatsSnapshot, WriterStats};
@@ -57,6 +57,12 @@ pub struct Desired {
     /// writer observes each once, when the txn that wrote it committed
     /// ([`WriterObserver::operator_latency`]).
     pub received: Arc<[Instant]>,
+    /// When the operator's flush that computed this desired state started (`None` when not
+    /// measured): the end of the coalescing window for the changes it carries. For the stage
+    /// metric ([`WriterObserver::stage`]).
+    pub flushed: Option<Instant>,
+    /// When this desired state was handed to the writer (`None` when not measured).
+    pub published: Option<Instant>,
 }
 
 /// What the writer is doing, for status conditions, readiness and metrics.

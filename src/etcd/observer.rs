@@ -27,10 +27,47 @@ pub trait WriterObserver: Send + Sync + 'static {
     fn operator_latency(&self, latency: Duration) {
         let _ = latency;
     }
+    /// One stage of the operator's part of propagation took `latency` ([`Stage`]).
+    fn stage(&self, stage: Stage, latency: Duration) {
+        let _ = (stage, latency);
+    }
     /// A lease was granted (one per term, plus one per lost lease).
     fn lease_granted(&self) {}
     /// etcd said the writer's lease is gone.
     fn lease_lost(&self) {}
+}
+
+/// The stages of the operator's part of propagation, in order, for
+/// `registrar_stage_seconds{stage}`. Together they cover watch event received → etcd txn
+/// committed (`registrar_operator_latency_seconds`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Stage {
+    /// Per change: pod watch event received → the flush that takes it up starts (the
+    /// coalescing window, and the wait for the event loop).
+    Window,
+    /// Per flush: the flush (index, desired state, plan of status writes) until its desired
+    /// state is handed to the writer.
+    Compute,
+    /// Per flush: desired state handed over → the writer takes it up (it may be writing the
+    /// previous one).
+    Handoff,
+    /// Per flush: the writer's diff against what etcd holds, until its first txn is sent.
+    Plan,
+    /// Per flush: first txn sent → last txn committed.
+    Commit,
+}
+
+impl Stage {
+    /// The `stage` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Window => "window",
+            Stage::Compute => "compute",
+            Stage::Handoff => "handoff",
+            Stage::Plan => "plan",
+            Stage::Commit => "commit",
+        }
+    }
 }
 
 /// An observer that ignores everything.
@@ -59,6 +96,11 @@ impl Events {
     /// A change received `latency` before the txn that wrote it committed.
     pub(crate) fn operator_latency(&self, latency: Duration) {
         self.observer.operator_latency(latency);
+    }
+
+    /// One stage of a measured flush.
+    pub(crate) fn stage(&self, stage: Stage, latency: Duration) {
+        self.observer.stage(stage, latency);
     }
 
     /// A transaction of `ops` operations that failed.

@@ -37,7 +37,7 @@ use super::config::WriterConfig;
 use super::dial::{self, EtcdSource};
 use super::error::{EtcdError, is_lease_not_found, timed};
 use super::known::{Known, Seen};
-use super::observer::{Events, WriterObserver};
+use super::observer::{Events, Stage, WriterObserver};
 use super::owner::{self, Claim};
 use super::plan::KnownKv;
 use super::plan::{self, Op};
@@ -469,6 +469,8 @@ impl Writer {
     /// Writes the diff between the desired and the known state.
     async fn flush(&mut self, lease: i64) -> Result<(), End> {
         let desired = self.desired.borrow_and_update().clone();
+        let taken = Instant::now();
+        let mut first_sent = None;
         let Some(known) = self.known.as_mut() else {
             return Err(End::Restart("no known state".into()));
         };
@@ -489,6 +491,7 @@ impl Writer {
                 .when([owner::still_ours(&self.owner_key, &self.cfg.cluster_id)])
                 .and_then(batch.iter().map(|op| txn_op(op, lease)).collect::<Vec<_>>());
             let started = Instant::now();
+            first_sent.get_or_insert(started);
             let result = timed(
                 "write a transaction",
                 self.cfg.request_timeout,
@@ -536,6 +539,9 @@ impl Writer {
                 observed = Some(received);
             }
         }
+        if observed != self.observed {
+            self.observe_stages(&desired, taken, first_sent, committed);
+        }
         self.observed = observed;
         self.applied.send_if_modified(|cur| {
             let changed = *cur != desired.seq;
@@ -543,6 +549,28 @@ impl Writer {
             changed
         });
         Ok(())
+    }
+}
+
+impl Writer {
+    /// The stages of a flush that committed measured changes (`registrar_stage_seconds`): the
+    /// core's flush, the handoff to this writer, the plan, and the txns.
+    fn observe_stages(
+        &self,
+        desired: &Desired,
+        taken: Instant,
+        first_sent: Option<Instant>,
+        committed: Instant,
+    ) {
+        let since = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier);
+        if let (Some(flushed), Some(published)) = (desired.flushed, desired.published) {
+            self.events.stage(Stage::Compute, since(published, flushed));
+            self.events.stage(Stage::Handoff, since(taken, published));
+        }
+        if let Some(sent) = first_sent {
+            self.events.stage(Stage::Plan, since(sent, taken));
+            self.events.stage(Stage::Commit, since(committed, sent));
+        }
     }
 }
 

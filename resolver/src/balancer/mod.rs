@@ -20,7 +20,8 @@
 //!   while at least `min_local` of them are pickable.
 //! - Opt-in weights ([`BalancerBuilder::weighted`]): the endpoints' `weight` metadata through
 //!   gRPC's static-stride scheduler.
-//! - [`Balancer::snapshot`] shows every backend's zone, weight, state and picks.
+//! - [`Balancer::snapshot`] shows every backend's zone, weight, state and picks;
+//!   [`Balancer::watch_pick_set`] follows the pick set as it changes.
 
 #[cfg(any(test, feature = "bench-internals"))]
 pub mod bench;
@@ -33,6 +34,7 @@ mod locality;
 mod manager;
 mod meta;
 mod outlier;
+mod pick_watch;
 mod picker;
 mod pool;
 mod replay;
@@ -64,6 +66,7 @@ pub use health::HealthState;
 use locality::ZonePreference;
 use manager::EndpointFactory;
 pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+pub use pick_watch::PickSetWatch;
 use pool::{AbortOnDrop, Picked, Pool, Routing};
 use replay::{REPLAY_LIMIT, Replay};
 pub use snapshot::{BackendSnapshot, BackendState, RoutingSnapshot, ZoneFilter};
@@ -471,6 +474,12 @@ impl Balancer {
     /// weight, state and picks, and what the [zone preference](BalancerBuilder::zone) decided.
     pub fn snapshot(&self) -> RoutingSnapshot {
         self.inner.pool.snapshot()
+    }
+
+    /// Follows the pick set (the backends calls can go to now) as it changes, without polling
+    /// [`snapshot`](Self::snapshot).
+    pub fn watch_pick_set(&self) -> PickSetWatch {
+        PickSetWatch::new(self.inner.pool.subscribe())
     }
 }
 

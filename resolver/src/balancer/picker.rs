@@ -98,6 +98,11 @@ impl<T> Picker<T> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// The entries' values (live or not), in order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|e| &e.value)
+    }
 }
 
 #[cfg(test)]
