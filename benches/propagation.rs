@@ -10,14 +10,15 @@
 //! etcd watch, and to the instant it is a ready endpoint in an EndpointSlice watch; then it
 //! deletes them in the same waves (each turns terminating) and measures the delete request →
 //! out of the pick set, → key deleted and → endpoint no longer ready, and it scrapes the
-//! operator's own latency and stage histograms. Pod IPs come from 198.18.0.0/15 (the
-//! EndpointSlice controller refuses loopback) and nothing ever connects to them: the balancer
-//! dials every backend on a loopback server instead.
+//! operator's own latency and stage histograms. Pod IPs come from 192.0.2.0/24 (the
+//! EndpointSlice controller refuses loopback), made distinct per pod by a named container port,
+//! and nothing ever connects to them: the balancer dials every backend on a loopback server
+//! instead.
 //!
 //! Environment:
 //! - `REGISTRAR_BENCH_PODS`: rounds, comma separated: `N` flips N pods at once, `NxW` does that
 //!   W times in a row, each wave after the previous one is fully visible (default
-//!   `1x50,100x5,500x3,1000x3`; one distinct IP of 198.18.0.0/15 per pod).
+//!   `1x50,100x5,500x3,1000x3`; one distinct `192.0.2.x:port` address per pod).
 //! - `REGISTRAR_BENCH_RUNS`: how many times to run all rounds (default 1); with more, the report
 //!   ends with the spread (min–max) of each size's p50, p99 and ratios over the runs.
 //! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/propagation.md`).

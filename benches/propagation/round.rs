@@ -30,18 +30,33 @@ const IN_FLIGHT: usize = 64;
 /// The service (and registration) name in every round's namespace.
 const SERVICE: &str = "echo";
 
-/// Pod IPs: the benchmarking range 198.18.0.0/15 (RFC 2544), which nothing routes; nothing
-/// ever connects to them (the EndpointSlice controller refuses loopback addresses, and the
-/// bench's balancer dials every backend on loopback instead, see [`crate::client`]).
-/// Hosts per /24 (.1 to .254).
+/// Pod addresses: IPs in 192.0.2.0/24 (TEST-NET-1; the EndpointSlice controller refuses
+/// loopback addresses), made distinct per pod by the pod's port: pod `i` has
+/// `192.0.2.(i % 254 + 1)` and a container port named `grpc` numbered `PORT + i / 254`, which
+/// the Service, the registration and the EndpointSlice controller all resolve by name. Nothing
+/// ever connects to these addresses: the bench's balancer dials every backend on loopback
+/// instead, see [`crate::client`].
+/// Hosts per port (.1 to .254).
 const HOSTS: usize = 254;
-/// The largest round the range allows (one distinct IP per pod).
-pub const MAX_PODS: usize = 512 * HOSTS;
+/// Ports per round above [`PORT`].
+const PORTS: usize = 64;
+/// The largest round the addresses allow (one distinct address per pod).
+pub const MAX_PODS: usize = PORTS * HOSTS;
 
 /// The IP of pod `i` (`i < MAX_PODS`).
 fn pod_ip(i: usize) -> String {
-    let net = i / HOSTS;
-    format!("198.{}.{}.{}", 18 + net / 256, net % 256, i % HOSTS + 1)
+    format!("192.0.2.{}", i % HOSTS + 1)
+}
+
+/// The container port of pod `i`.
+fn pod_port(i: usize) -> i32 {
+    // i < MAX_PODS, so the quotient is < PORTS (64).
+    PORT + i32::try_from(i / HOSTS).unwrap_or(0)
+}
+
+/// The address (`ip:port`) pod `i` is published under.
+fn pod_addr(i: usize) -> String {
+    format!("{}:{}", pod_ip(i), pod_port(i))
 }
 
 /// Pause between waves. Registrar writes a change at once after a quiet period and batches
@@ -188,35 +203,31 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
     let metrics_removed = world.metrics().await?;
     say(&ns, "removals converged");
 
-    let ips: HashMap<String, usize> = (0..total).map(|i| (pod_ip(i), i)).collect();
+    let addrs: HashMap<String, usize> = (0..total).map(|i| (pod_addr(i), i)).collect();
     let key_prefix = format!("{PREFIX}/{ns}/{SERVICE}/");
     let mut registrar = Samples::new(plan);
     for (key, s) in &seen.keys {
-        let ip = key
+        let addr = key
             .strip_prefix(&key_prefix)
-            .and_then(|a| a.strip_suffix(&format!(":{PORT}")))
             .with_context(|| format!("unexpected key {key}"))?;
-        let i = *ips
-            .get(ip)
+        let i = *addrs
+            .get(addr)
             .with_context(|| format!("unknown address in {key}"))?;
         registrar.add(i, &sent[i], s.at, s.wall, ltt.get(&pod_name(i)));
     }
     let mut registrar_removal = Samples::new(plan);
     for (key, s) in &seen.gone {
-        let ip = key
+        let addr = key
             .strip_prefix(&key_prefix)
-            .and_then(|a| a.strip_suffix(&format!(":{PORT}")))
             .with_context(|| format!("unexpected key {key}"))?;
-        let i = *ips
-            .get(ip)
+        let i = *addrs
+            .get(addr)
             .with_context(|| format!("unknown address in {key}"))?;
         registrar_removal.add(i, &deleted[i], s.at, s.wall, None);
     }
     let index_of = |addr: &str| -> Result<usize> {
-        let ip = addr
-            .strip_suffix(&format!(":{PORT}"))
-            .with_context(|| format!("unexpected backend {addr}"))?;
-        ips.get(ip)
+        addrs
+            .get(addr)
             .copied()
             .with_context(|| format!("unknown backend {addr}"))
     };
@@ -233,8 +244,8 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
     // Where the time goes, per pod, from the bench's own sightings.
     let mut stages: [Vec<Duration>; 4] = Default::default();
     for (i, patch) in sent.iter().enumerate() {
-        let key = format!("{key_prefix}{}:{PORT}", pod_ip(i));
-        let addr = format!("{}:{PORT}", pod_ip(i));
+        let addr = pod_addr(i);
+        let key = format!("{key_prefix}{addr}");
         let (Some(watched), Some(etcd), Some(resolved), Some(picked)) = (
             seen.pod_ready.get(&pod_name(i)),
             seen.keys.get(&key),
@@ -388,7 +399,7 @@ async fn setup(client: &kube::Client, ns: &str, n: usize) -> Result<()> {
     let service: Service = serde_json::from_value(json!({
         "metadata": {"name": SERVICE},
         "spec": {"selector": {"app": SERVICE},
-                 "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
+                 "ports": [{"name": "grpc", "port": PORT, "targetPort": "grpc"}]},
     }))?;
     Api::<Service>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &service)
@@ -398,7 +409,7 @@ async fn setup(client: &kube::Client, ns: &str, n: usize) -> Result<()> {
         let reg: ServiceRegistration = serde_json::from_value(json!({
             "apiVersion": "registrar.dev/v1alpha1", "kind": "ServiceRegistration",
             "metadata": {"name": name},
-            "spec": {"selector": {"matchLabels": {"app": name}}, "port": PORT},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "port": "grpc"},
         }))?;
         regs.create(&PostParams::default(), &reg).await?;
     }
@@ -407,7 +418,7 @@ async fn setup(client: &kube::Client, ns: &str, n: usize) -> Result<()> {
         .map(|i| {
             let pods = pods.clone();
             async move {
-                let pod: Pod = serde_json::from_value(pod(&pod_name(i), SERVICE))?;
+                let pod: Pod = serde_json::from_value(pod(&pod_name(i), SERVICE, pod_port(i)))?;
                 pods.create(&PostParams::default(), &pod).await?;
                 pods.patch_status(
                     &pod_name(i),
@@ -434,7 +445,7 @@ async fn settle(world: &World, observer: &mut Observer, ns: &str, n: usize) -> R
         })
         .await?;
     let pods: Api<Pod> = Api::namespaced(world.client.clone(), ns);
-    let sentinel: Pod = serde_json::from_value(pod("sentinel", "sentinel"))?;
+    let sentinel: Pod = serde_json::from_value(pod("sentinel", "sentinel", PORT))?;
     pods.create(&PostParams::default(), &sentinel).await?;
     pods.patch_status(
         "sentinel",
@@ -504,11 +515,11 @@ async fn delete(
     Ok(sent.into_iter().map(|(_, s)| s).collect())
 }
 
-fn pod(name: &str, app: &str) -> Value {
+fn pod(name: &str, app: &str, port: i32) -> Value {
     json!({
         "metadata": {"name": name, "labels": {"app": app}},
         "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "example.invalid/app",
-                 "ports": [{"name": "grpc", "containerPort": PORT}]}]},
+                 "ports": [{"name": "grpc", "containerPort": port}]}]},
     })
 }
 
