@@ -1,6 +1,6 @@
 //! Soak benchmark (issue 14 §4): the operator (release binary, default lease TTL) on a kwok
 //! cluster for `REGISTRAR_SOAK_SECS` (default 1800) under continuous churn at a bounded rate
-//! (at most one action a second: readiness flips, scales within 2–6 replicas, a rolling
+//! (at most one action a second: readiness flips, scales within 3–10 replicas, a rolling
 //! restart at most every 45 s) with etcd restarted every few minutes (SIGTERM, kill -9, and
 //! kill -9 with etcd down for longer than the lease TTL, data kept: none of them loses the
 //! lease) and the lease revoked once behind the operator's back (the one real loss).
@@ -164,11 +164,15 @@ async fn run() -> Result<()> {
     let model = model::start(client.clone(), regs);
     // The initial state: etcd equal to what the model (and the API server) want.
     converged(&client, &endpoint, Duration::from_secs(60)).await?;
-    poll("the model on etcd's keys", Duration::from_secs(30), || async {
-        let (have, _, _) = etcd_state(&endpoint).await.ok()?;
-        let m = model.lock().ok()?.desired.clone();
-        (m == have).then_some(())
-    })
+    poll(
+        "the model on etcd's keys",
+        Duration::from_secs(30),
+        || async {
+            let (have, _, _) = etcd_state(&endpoint).await.ok()?;
+            let m = model.lock().ok()?.desired.clone();
+            (m == have).then_some(())
+        },
+    )
     .await?;
     let (known, _, r0) = etcd_state(&endpoint).await?;
     if let Ok(mut m) = model.lock() {
@@ -209,6 +213,7 @@ async fn run() -> Result<()> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    let churn_s = start.elapsed().as_secs_f64();
     let counts = churn.await?;
     let (etcd, faults, fault_error) = faulting.await?;
     if let Some(e) = failure.or(fault_error) {
@@ -218,7 +223,6 @@ async fn run() -> Result<()> {
             operator.log_tail(30)
         )));
     }
-    let churn_s = start.elapsed().as_secs_f64();
     let load_end = loadavg();
 
     // Quiet: etcd must end up equal to the desired keys, on one lease.
@@ -245,7 +249,10 @@ async fn run() -> Result<()> {
         recording,
         r0,
         r_end,
-        final_keys: final_keys.as_ref().map(|k| k.len()).map_err(|e| format!("{e:#}")),
+        final_keys: final_keys
+            .as_ref()
+            .map(|k| k.len())
+            .map_err(|e| format!("{e:#}")),
     };
     let markdown = render::markdown(&outcome);
     println!("\n{markdown}");

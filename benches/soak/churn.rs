@@ -13,9 +13,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::config::{
-    CHURN_PERIOD, MAX_REPLICAS, MIN_REPLICAS, NAMESPACE, ROLLOUT_EVERY, SERVICES,
-};
+use super::config::{CHURN_PERIOD, MAX_REPLICAS, MIN_REPLICAS, NAMESPACE, ROLLOUT_EVERY, SERVICES};
 use crate::objects::pod_status;
 
 /// splitmix64: a tiny deterministic generator, so that a seed replays its choices.

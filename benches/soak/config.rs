@@ -11,9 +11,9 @@ pub const ROLLOUT_EVERY: Duration = Duration::from_secs(45);
 /// The Deployments (each selected by the ServiceRegistration of the same name).
 pub const SERVICES: [&str; 3] = ["alpha", "beta", "gamma"];
 /// Initial replicas of each Deployment; scaling keeps each within `MIN..=MAX`.
-pub const REPLICAS: i32 = 4;
-pub const MIN_REPLICAS: i32 = 2;
-pub const MAX_REPLICAS: i32 = 6;
+pub const REPLICAS: i32 = 6;
+pub const MIN_REPLICAS: i32 = 3;
+pub const MAX_REPLICAS: i32 = 10;
 /// The operator's etcd lease TTL (its default).
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How long etcd stays down in a short restart.

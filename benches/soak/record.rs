@@ -49,7 +49,10 @@ impl Recording {
 
     /// Events at `revision`.
     pub fn at(&self, revision: i64) -> usize {
-        self.events.iter().filter(|e| e.revision == revision).count()
+        self.events
+            .iter()
+            .filter(|e| e.revision == revision)
+            .count()
     }
 }
 

@@ -56,19 +56,63 @@ pub fn sample_line(s: &Sample) -> String {
     )
 }
 
-fn series(o: &Outcome) -> Vec<Series> {
+/// The samples the slopes are taken over: after the warm-up, and taken while etcd answered
+/// (while it is down the operator holds fewer connections and tasks, which says nothing about
+/// leaks).
+fn steady(o: &Outcome) -> Vec<Sample> {
     let w = o.cfg.warm_up.as_secs_f64();
+    o.samples
+        .iter()
+        .filter(|s| s.t >= w && s.revision.is_some())
+        .cloned()
+        .collect()
+}
+
+fn series(o: &Outcome) -> Vec<Series> {
+    let samples = steady(o);
     [
-        stats::series("RSS (MiB)", &o.samples, w, |s| {
+        stats::series("RSS (MiB)", &samples, 0.0, |s| {
             Some(s.rss_kib as f64 / 1024.0)
         }),
-        stats::series("open fds", &o.samples, w, |s| Some(s.fds as f64)),
-        stats::series("tasks (registrar_tasks)", &o.samples, w, |s| s.tasks),
-        stats::series("CPU (s, cumulative)", &o.samples, w, |s| Some(s.cpu_s)),
+        stats::series("open fds", &samples, 0.0, |s| Some(s.fds as f64)),
+        stats::series("tasks (registrar_tasks)", &samples, 0.0, |s| s.tasks),
+        stats::series(
+            "CPU s (cumulative; slope = CPU s per hour)",
+            &samples,
+            0.0,
+            |s| Some(s.cpu_s),
+        ),
     ]
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// About a dozen samples spread over the run, as rows.
+fn sample_rows(samples: &[Sample]) -> Vec<Vec<String>> {
+    let step = samples.len().div_ceil(12).max(1);
+    let mut picked: Vec<&Sample> = samples.iter().step_by(step).collect();
+    if let Some(last) = samples.last()
+        && picked.last().is_none_or(|p| p.t != last.t)
+    {
+        picked.push(last);
+    }
+    picked
+        .into_iter()
+        .map(|s| {
+            vec![
+                format!("{:.0} s", s.t),
+                format!("{:.1}", s.rss_kib as f64 / 1024.0),
+                s.fds.to_string(),
+                opt(s.tasks),
+                format!("{:.1}", s.cpu_s),
+                opt(s.lease_grants),
+                opt(s.txns_ok),
+                opt(s.revision),
+                opt(s.keys),
+            ]
+        })
+        .collect()
 }
 
 /// Key events the operator wrote and key changes it was expected to write: the watch's events
@@ -102,7 +146,9 @@ fn delta(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> 
 pub fn problems(o: &Outcome) -> Vec<String> {
     let mut out = Vec::new();
     if let Err(e) = &o.final_keys {
-        out.push(format!("etcd never equalled the desired keys at the end: {e}"));
+        out.push(format!(
+            "etcd never equalled the desired keys at the end: {e}"
+        ));
     }
     let ttl = LEASE_TTL.as_secs_f64();
     for r in stats::regrants(&o.samples, &o.faults, ttl) {
@@ -152,7 +198,8 @@ pub fn markdown(o: &Outcome) -> String {
          (release binary, lease TTL {} s) on its own etcd. {:.0} s of churn at <= 1 action/s: \
          {} actions — {} readiness flips to NotReady, {} to Ready, {} scales (+{} / -{} \
          replicas), {} rolling restarts; {} API errors, {} idle ticks. Samples every {} s; \
-         slopes by least squares over the samples after a {} s warm-up.\n",
+         slopes (per hour) by least squares over the {} samples after a {} s warm-up taken \
+         while etcd answered ({} taken while it was down left out).\n",
         SERVICES.len(),
         LEASE_TTL.as_secs(),
         o.churn_s,
@@ -166,7 +213,30 @@ pub fn markdown(o: &Outcome) -> String {
         c.api_errors,
         c.idle,
         o.cfg.sample_every.as_secs(),
+        steady(o).len(),
         o.cfg.warm_up.as_secs(),
+        o.samples
+            .iter()
+            .filter(|s| s.t >= o.cfg.warm_up.as_secs_f64() && s.revision.is_none())
+            .count(),
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        table(
+            &[
+                "t",
+                "RSS MiB",
+                "fds",
+                "tasks",
+                "CPU s",
+                "lease grants",
+                "txns",
+                "etcd revision",
+                "keys"
+            ],
+            &sample_rows(&o.samples)
+        )
     );
     let rows: Vec<Vec<String>> = series(o)
         .iter()
@@ -225,7 +295,10 @@ pub fn markdown(o: &Outcome) -> String {
     let _ = writeln!(
         md,
         "{}",
-        table(&["at", "fault", "took", "lease of the keys", "lease"], &rows)
+        table(
+            &["at", "fault", "took", "lease of the keys", "lease"],
+            &rows
+        )
     );
     let ttl = LEASE_TTL.as_secs_f64();
     let regrants = stats::regrants(&o.samples, &o.faults, ttl);
@@ -310,8 +383,9 @@ pub fn markdown(o: &Outcome) -> String {
 
 /// The samples as CSV.
 pub fn csv(samples: &[Sample]) -> String {
-    let mut out =
-        String::from("t_s,rss_kib,fds,cpu_s,tasks,lease_grants,txns_ok,txn_ops,revision,keys,lease\n");
+    let mut out = String::from(
+        "t_s,rss_kib,fds,cpu_s,tasks,lease_grants,txns_ok,txn_ops,revision,keys,lease\n",
+    );
     for s in samples {
         let _ = writeln!(
             out,

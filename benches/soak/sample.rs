@@ -60,7 +60,9 @@ pub async fn take(op: &Operator, etcd_endpoint: &str, t: f64) -> Sample {
         s.txn_ops = sample(&text, "registrar_etcd_txn_ops_total");
     }
     let etcd = async {
-        let mut c = etcd_client::Client::connect([etcd_endpoint], None).await.ok()?;
+        let mut c = etcd_client::Client::connect([etcd_endpoint], None)
+            .await
+            .ok()?;
         let resp = c
             .get(format!("{PREFIX}/"), Some(GetOptions::new().with_prefix()))
             .await
