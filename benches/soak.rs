@@ -194,7 +194,9 @@ async fn run() -> Result<()> {
     let mut samples = vec![sample::take(&operator, &endpoint, 0.0).await];
     let stop = Arc::new(AtomicBool::new(false));
     let churn = tokio::spawn(churn::run(client.clone(), cfg.seed, stop.clone()));
-    let faulting = tokio::spawn(faults::run(etcd, cfg, start, stop.clone()));
+    let mut faulting = tokio::spawn(faults::run(etcd, cfg, start, stop.clone()));
+    // The fault task's result once it has ended (after its last fault, or on an error).
+    let mut faulted = None;
     let mut tick = tokio::time::interval_at(start + cfg.sample_every, cfg.sample_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failure = None;
@@ -207,15 +209,23 @@ async fn run() -> Result<()> {
         let s = sample::take(&operator, &endpoint, start.elapsed().as_secs_f64()).await;
         println!("soak: {}", render::sample_line(&s));
         samples.push(s);
-        if faulting.is_finished() {
-            // The fault task only ends early on an error; the rest of the schedule is gone.
-            break;
+        if faulted.is_none() && faulting.is_finished() {
+            let ended = (&mut faulting).await?;
+            // A fault that failed (etcd did not come back) ends the soak.
+            let failed = ended.2.is_some();
+            faulted = Some(ended);
+            if failed {
+                break;
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
     let churn_s = start.elapsed().as_secs_f64();
     let counts = churn.await?;
-    let (etcd, faults, fault_error) = faulting.await?;
+    let (etcd, faults, fault_error) = match faulted {
+        Some(ended) => ended,
+        None => faulting.await?,
+    };
     if let Some(e) = failure.or(fault_error) {
         return Err(e.context(format!(
             "soak stopped at {:.0} s; operator log tail:\n{}",
