@@ -195,12 +195,17 @@ pub fn markdown(o: &Outcome) -> String {
         md,
         "Load: a kwok cluster (2 fake Nodes), {} Deployments of {REPLICAS} replicas (scaled \
          within {MIN_REPLICAS}–{MAX_REPLICAS}), one ServiceRegistration each; the operator \
-         (release binary, lease TTL {} s) on its own etcd. {:.0} s of churn at <= 1 action/s: \
+         ({} binary, lease TTL {} s) on its own etcd. {:.0} s of churn at <= 1 action/s: \
          {} actions — {} readiness flips to NotReady, {} to Ready, {} scales (+{} / -{} \
          replicas), {} rolling restarts; {} API errors, {} idle ticks. Samples every {} s; \
          slopes (per hour) by least squares over the {} samples after a {} s warm-up taken \
          while etcd answered ({} taken while it was down left out).\n",
         SERVICES.len(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         LEASE_TTL.as_secs(),
         o.churn_s,
         c.actions(),
