@@ -1,5 +1,6 @@
 //! A real etcd on random free loopback ports with a temporary data dir, optionally with
-//! client-certificate TLS. Killed on drop; can be stopped, restarted and wiped by tests.
+//! client-certificate TLS. Killed on drop; can be stopped (killed or terminated), restarted and
+//! wiped by tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,6 +185,14 @@ impl Etcd {
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(mut p) = self.process.take() {
             tokio::task::spawn_blocking(move || p.kill()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops etcd cleanly (SIGTERM, killed after `grace`), keeping its data dir and ports.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            tokio::task::spawn_blocking(move || p.terminate(grace)).await?;
         }
         Ok(())
     }
