@@ -163,6 +163,7 @@ struct Inner {
     txn_duration: Histogram,
     lease_grants: Counter,
     keepalive_failures: Counter,
+    kube_throttled: Counter,
     propagation: Histogram,
     operator_latency: Histogram,
 }
@@ -295,6 +296,14 @@ impl Metrics {
             keepalive_failures.clone(),
         );
 
+        let kube_throttled = Counter::default();
+        registry.register(
+            "kube_throttled",
+            "429 Too Many Requests answers of the API server to the operator's writes (each \
+             pauses every write; see --kube-api-qps)",
+            kube_throttled.clone(),
+        );
+
         let propagation = Histogram::new(PROPAGATION_BUCKETS);
         registry.register_with_unit(
             "propagation_latency",
@@ -331,10 +340,16 @@ impl Metrics {
                 txn_duration,
                 lease_grants,
                 keepalive_failures,
+                kube_throttled,
                 propagation,
                 operator_latency,
             }),
         }
+    }
+
+    /// Counts one 429 answer of the API server to a write.
+    pub fn kube_throttled(&self) {
+        self.inner.kube_throttled.inc();
     }
 
     /// Counts one reconcile.
