@@ -1,7 +1,8 @@
 //! Writes to the Kubernetes API on behalf of the engine: finalizers and Events, each in its own
 //! task so the engine never waits on the API, and the status write that the status queue
 //! ([`super::status_queue`]) calls, one at a time per registration. Every write takes from one
-//! shared [`WriteBudget`] (in flight at once, QPS and burst, a pause after a 429).
+//! shared [`WriteBudget`] (QPS and burst, a pause after a 429); finalizers and Events are bounded
+//! in flight here, status patches by the status queue.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use super::status_queue::WriteResult;
 use crate::backoff::Backoff;
@@ -35,18 +37,26 @@ const FINALIZER_ATTEMPTS: u32 = 5;
 const FINALIZER_RETRY_INITIAL: Duration = Duration::from_millis(500);
 const FINALIZER_RETRY_MAX: Duration = Duration::from_secs(8);
 
-/// Issues Kubernetes writes concurrently, within the shared budget.
+/// Issues Kubernetes writes concurrently, at most `limit` at once, within the shared budget.
 #[derive(Clone)]
 pub struct KubeWriter {
     client: Client,
     recorder: Recorder,
+    permits: std::sync::Arc<Semaphore>,
     budget: WriteBudget,
     metrics: Metrics,
 }
 
 impl KubeWriter {
-    /// A writer for `client`, reporting Events as `identity`, each write within `budget`.
-    pub fn new(client: Client, identity: String, metrics: Metrics, budget: WriteBudget) -> Self {
+    /// A writer for `client`, reporting Events as `identity`, at most `limit` writes at once,
+    /// each within `budget`.
+    pub fn new(
+        client: Client,
+        identity: String,
+        metrics: Metrics,
+        limit: usize,
+        budget: WriteBudget,
+    ) -> Self {
         let reporter = Reporter {
             controller: "registrar".into(),
             instance: Some(identity),
@@ -54,6 +64,7 @@ impl KubeWriter {
         KubeWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            permits: std::sync::Arc::new(Semaphore::new(limit.max(1))),
             budget,
             metrics,
         }
@@ -70,9 +81,13 @@ impl KubeWriter {
         F: FnOnce(Budgeted) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), kube::Error>> + Send + 'static,
     {
+        let permits = self.permits.clone();
         let budget = Budgeted(self.budget.clone());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
             match write(budget).await {
                 Ok(()) => {}
                 // The object is gone: nothing left to write.
@@ -199,7 +214,7 @@ impl Budgeted {
         &self,
         request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, kube::Error> {
-        let _admitted = self.0.admit().await;
+        self.0.admit().await;
         let result = request.await;
         self.0.outcome(&result);
         result

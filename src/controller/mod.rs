@@ -137,6 +137,7 @@ impl Engine {
                 self.client.clone(),
                 self.identity.clone(),
                 self.metrics.clone(),
+                self.kube_writes.in_flight,
                 budget.clone(),
             ),
             statuses: StatusQueue::spawn(

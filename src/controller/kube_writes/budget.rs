@@ -1,6 +1,6 @@
-//! The budget of the operator's Kubernetes writes (status patches, finalizers, Events), shared
-//! by all of them: at most `in_flight` requests at once, started no faster than a token bucket
-//! allows (`qps` sustained, `burst` at once; client-go's QPS/burst), and after the API server
+//! The rate budget of the operator's Kubernetes writes (status patches, finalizers, Events),
+//! shared by all of them: writes start no faster than a token bucket allows (`qps` sustained,
+//! `burst` at once; client-go's QPS/burst), and after the API server
 //! answers 429 Too Many Requests (priority and fairness rejected or timed out a request) every
 //! write waits: 1 s, doubling up to 32 s while 429s continue, jittered, or longer when the answer
 //! asks for it (`retryAfterSeconds`, capped at 32 s); a success ends the streak. Watches and lists do not take from the budget (they are long-running or rare).
@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -26,7 +25,7 @@ pub struct WriteLimits {
     pub qps: f64,
     /// Writes that may start at once after a quiet period (>= 1).
     pub burst: u32,
-    /// Writes in flight at once (>= 1).
+    /// Writes in flight at once, per kind: status patches; finalizers and Events (>= 1).
     pub in_flight: usize,
 }
 
@@ -64,7 +63,6 @@ struct Bucket {
 }
 
 struct Inner {
-    permits: Semaphore,
     bucket: Mutex<Bucket>,
     metrics: Metrics,
 }
@@ -73,12 +71,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct WriteBudget {
     inner: Arc<Inner>,
-}
-
-/// A write admitted by the budget: it counts as in flight until dropped.
-pub struct Admission<'a> {
-    // `None` only if the semaphore were closed, which it never is.
-    _permit: Option<SemaphorePermit<'a>>,
 }
 
 impl WriteBudget {
@@ -93,7 +85,6 @@ impl WriteBudget {
         let burst = limits.burst.max(1);
         WriteBudget {
             inner: Arc::new(Inner {
-                permits: Semaphore::new(limits.in_flight.max(1)),
                 bucket: Mutex::new(Bucket {
                     interval,
                     tolerance: interval.saturating_mul(burst - 1),
@@ -111,17 +102,15 @@ impl WriteBudget {
         self.inner.bucket.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a place in flight and a token; the write may start now and counts as in
-    /// flight while the admission lives.
-    pub async fn admit(&self) -> Admission<'_> {
-        let permit = self.inner.permits.acquire().await.ok();
+    /// Waits for a token: the write may start now.
+    pub async fn admit(&self) {
         loop {
             let at = self.reserve(Instant::now());
             tokio::time::sleep_until(at).await;
             // A 429 that came while this write waited pauses it too.
             let paused = self.bucket().paused_until.filter(|p| *p > Instant::now());
             if paused.is_none() {
-                return Admission { _permit: permit };
+                return;
             }
         }
     }
@@ -171,12 +160,6 @@ impl WriteBudget {
             ?pause,
             "the API server answered 429; pausing Kubernetes writes"
         );
-    }
-
-    /// Writes in flight now (for tests).
-    #[cfg(test)]
-    pub fn in_flight(&self, limit: usize) -> usize {
-        limit - self.inner.permits.available_permits()
     }
 }
 
