@@ -224,6 +224,20 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRAR_STATUS_RESYNC_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub status_resync_seconds: u64,
 
+    /// Sustained Kubernetes writes per second (status patches, finalizers, Events), a token
+    /// bucket shared by all of them; watches are not limited.
+    #[arg(long, env = "REGISTRAR_KUBE_API_QPS", default_value_t = crate::controller::WriteLimits::DEFAULT_QPS, value_parser = parse_qps)]
+    pub kube_api_qps: f64,
+
+    /// Kubernetes writes allowed at once above the sustained rate after a quiet period.
+    #[arg(long, env = "REGISTRAR_KUBE_API_BURST", default_value_t = crate::controller::WriteLimits::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub kube_api_burst: u32,
+
+    /// Kubernetes writes in flight at once, per kind: status patches, and separately finalizer
+    /// and Event writes (each holds one seat of the API server's priority level while it runs).
+    #[arg(long, env = "REGISTRAR_KUBE_API_MAX_IN_FLIGHT", default_value_t = crate::controller::WriteLimits::DEFAULT_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub kube_api_max_in_flight: u32,
+
     /// Elect a leader with a coordination.k8s.io Lease; only the leader writes.
     #[arg(long, env = "REGISTRAR_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -287,6 +301,20 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Highest accepted `--kube-api-qps`.
+const MAX_QPS: f64 = 100_000.0;
+
+fn parse_qps(s: &str) -> Result<f64, String> {
+    let qps: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !qps.is_finite() || qps <= 0.0 || qps > MAX_QPS {
+        return Err(format!("{s} is not in (0, {MAX_QPS}] (writes per second)"));
+    }
+    Ok(qps)
+}
+
 fn parse_publish_cluster_id(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 253 || s.chars().any(char::is_control) {
         return Err("must be 1 to 253 characters, without control characters".into());
@@ -329,6 +357,15 @@ impl RunArgs {
     /// The coalescing window.
     pub fn coalesce(&self) -> Duration {
         Duration::from_millis(self.coalesce_ms)
+    }
+
+    /// The budget of Kubernetes writes.
+    pub fn kube_writes(&self) -> crate::controller::WriteLimits {
+        crate::controller::WriteLimits {
+            qps: self.kube_api_qps,
+            burst: self.kube_api_burst,
+            in_flight: self.kube_api_max_in_flight as usize,
+        }
     }
 
     /// This replica's identity.
@@ -439,6 +476,23 @@ mod tests {
         assert_eq!(a.etcd_endpoints, vec!["http://127.0.0.1:2379"]);
         assert!(!a.leader_elect);
         assert_eq!(a.log_format, LogFormat::Text);
+        let w = a.kube_writes();
+        assert_eq!((w.qps, w.burst, w.in_flight), (200.0, 400, 16));
+    }
+
+    #[test]
+    fn kube_write_limits_are_read() {
+        let a = parse(&[
+            "--kube-api-qps",
+            "12.5",
+            "--kube-api-burst",
+            "30",
+            "--kube-api-max-in-flight",
+            "4",
+        ])
+        .unwrap();
+        let w = a.kube_writes();
+        assert_eq!((w.qps, w.burst, w.in_flight), (12.5, 30, 4));
     }
 
     #[test]
@@ -510,6 +564,20 @@ mod tests {
             ),
             (vec!["--lease-ttl", "ten"], "--lease-ttl"),
             (vec!["--bogus-flag"], "--bogus-flag"),
+            (vec!["--kube-api-qps", "0"], "--kube-api-qps"),
+            (vec!["--kube-api-qps=-5"], "--kube-api-qps"),
+            (vec!["--kube-api-qps", "NaN"], "--kube-api-qps"),
+            (vec!["--kube-api-qps", "inf"], "--kube-api-qps"),
+            (vec!["--kube-api-qps", "100001"], "--kube-api-qps"),
+            (vec!["--kube-api-burst", "0"], "--kube-api-burst"),
+            (
+                vec!["--kube-api-max-in-flight", "0"],
+                "--kube-api-max-in-flight",
+            ),
+            (
+                vec!["--kube-api-max-in-flight", "1001"],
+                "--kube-api-max-in-flight",
+            ),
         ] {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");

@@ -170,6 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         coalesce: args.coalesce(),
         status_resync: Duration::from_secs(args.status_resync_seconds),
         publish_cluster_id: args.publish_cluster_id.clone(),
+        kube_writes: args.kube_writes(),
     };
     let result = engine.run(leadership.subscribe(), ready_tx, shutdown).await;
     // The engine stopped writing: give the Lease up so that a standby takes over at once.

@@ -179,6 +179,7 @@ struct Inner {
     txn_duration: Histogram,
     lease_grants: Counter,
     keepalive_failures: Counter,
+    kube_throttled: Counter,
     propagation: Histogram,
     operator_latency: Histogram,
     stages: StageHistograms,
@@ -312,6 +313,14 @@ impl Metrics {
             keepalive_failures.clone(),
         );
 
+        let kube_throttled = Counter::default();
+        registry.register(
+            "kube_throttled",
+            "429 Too Many Requests answers of the API server to the operator's writes (each \
+             pauses every write; see --kube-api-qps)",
+            kube_throttled.clone(),
+        );
+
         let propagation = Histogram::new(PROPAGATION_BUCKETS);
         registry.register_with_unit(
             "propagation_latency",
@@ -370,11 +379,17 @@ impl Metrics {
                 txn_duration,
                 lease_grants,
                 keepalive_failures,
+                kube_throttled,
                 propagation,
                 operator_latency,
                 stages,
             }),
         }
+    }
+
+    /// Counts one 429 answer of the API server to a write.
+    pub fn kube_throttled(&self) {
+        self.inner.kube_throttled.inc();
     }
 
     /// Counts one reconcile.

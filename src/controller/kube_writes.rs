@@ -1,8 +1,9 @@
 //! Writes to the Kubernetes API on behalf of the engine: finalizers and Events, each in its own
-//! task bounded by a semaphore so the engine never waits on the API, and the status write that
-//! the status queue ([`super::status_queue`]) calls, one at a time per registration.
+//! task so the engine never waits on the API, and the status write that the status queue
+//! ([`super::status_queue`]) calls, one at a time per registration. Every write takes from one
+//! shared [`WriteBudget`] (QPS and burst, a pause after a 429); finalizers and Events are bounded
+//! in flight here, status patches by the status queue.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -21,6 +22,9 @@ use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
 
+mod budget;
+pub use budget::{WriteBudget, WriteLimits};
+
 /// The finalizer that keeps a registration until its keys are gone from etcd.
 pub const FINALIZER: &str = "registrar.dev/cleanup";
 
@@ -33,18 +37,26 @@ const FINALIZER_ATTEMPTS: u32 = 5;
 const FINALIZER_RETRY_INITIAL: Duration = Duration::from_millis(500);
 const FINALIZER_RETRY_MAX: Duration = Duration::from_secs(8);
 
-/// Issues Kubernetes writes concurrently, at most `limit` at once.
+/// Issues Kubernetes writes concurrently, at most `limit` at once, within the shared budget.
 #[derive(Clone)]
 pub struct KubeWriter {
     client: Client,
     recorder: Recorder,
-    permits: Arc<Semaphore>,
+    permits: std::sync::Arc<Semaphore>,
+    budget: WriteBudget,
     metrics: Metrics,
 }
 
 impl KubeWriter {
-    /// A writer for `client`, reporting Events as `identity`.
-    pub fn new(client: Client, identity: String, metrics: Metrics, limit: usize) -> Self {
+    /// A writer for `client`, reporting Events as `identity`, at most `limit` writes at once,
+    /// each within `budget`.
+    pub fn new(
+        client: Client,
+        identity: String,
+        metrics: Metrics,
+        limit: usize,
+        budget: WriteBudget,
+    ) -> Self {
         let reporter = Reporter {
             controller: "registrar".into(),
             instance: Some(identity),
@@ -52,7 +64,8 @@ impl KubeWriter {
         KubeWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            permits: Arc::new(Semaphore::new(limit.max(1))),
+            permits: std::sync::Arc::new(Semaphore::new(limit.max(1))),
+            budget,
             metrics,
         }
     }
@@ -61,17 +74,21 @@ impl KubeWriter {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    fn spawn<F>(&self, what: &'static str, name: String, fut: F)
+    /// Runs `write` in its own task; it takes from the budget for each request it sends
+    /// (through the [`Budgeted`] handed to it).
+    fn spawn<F, Fut>(&self, what: &'static str, name: String, write: F)
     where
-        F: Future<Output = Result<(), kube::Error>> + Send + 'static,
+        F: FnOnce(Budgeted) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), kube::Error>> + Send + 'static,
     {
         let permits = self.permits.clone();
+        let budget = Budgeted(self.budget.clone());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            match fut.await {
+            match write(budget).await {
                 Ok(()) => {}
                 // The object is gone: nothing left to write.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -100,14 +117,19 @@ impl KubeWriter {
                 { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER }
             ]),
         };
-        self.spawn("adding the finalizer", format!("{ns}/{name}"), async move {
-            let patch: json_patch::Patch =
-                serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-            ignore_conflict(
-                api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                    .await,
-            )
-        });
+        self.spawn(
+            "adding the finalizer",
+            format!("{ns}/{name}"),
+            |budget| async move {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+                ignore_conflict(
+                    budget
+                        .send(api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)))
+                        .await,
+                )
+            },
+        );
     }
 
     /// Removes the finalizer from `reg` (after its keys were deleted from etcd).
@@ -129,17 +151,17 @@ impl KubeWriter {
         self.spawn(
             "removing the finalizer",
             format!("{ns}/{name}"),
-            async move {
+            |budget| async move {
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
                 let mut backoff = Backoff::new(FINALIZER_RETRY_INITIAL, FINALIZER_RETRY_MAX);
                 for attempt in 0.. {
-                    let res = api
-                        .patch(
+                    let res = budget
+                        .send(api.patch(
                             &name,
                             &PatchParams::default(),
                             &Patch::Json::<()>(patch.clone()),
-                        )
+                        ))
                         .await;
                     match ignore_conflict(res) {
                         Err(kube::Error::Api(e)) if e.code < 500 && e.code != 429 => {
@@ -177,9 +199,25 @@ impl KubeWriter {
             reg.metadata.namespace.as_deref().unwrap_or_default(),
             reg.metadata.name.as_deref().unwrap_or_default()
         );
-        self.spawn("publishing an event", name, async move {
-            recorder.publish(&event, &reference).await
+        self.spawn("publishing an event", name, |budget| async move {
+            budget.send(recorder.publish(&event, &reference)).await
         });
+    }
+}
+
+/// The budget as a write task holds it.
+struct Budgeted(WriteBudget);
+
+impl Budgeted {
+    /// Sends one request within the budget and records how it ended.
+    async fn send<T>(
+        &self,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, kube::Error> {
+        self.0.admit().await;
+        let result = request.await;
+        self.0.outcome(&result);
+        result
     }
 }
 
@@ -198,6 +236,7 @@ fn ignore_conflict<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
 pub fn status_writer(
     client: Client,
     metrics: Metrics,
+    budget: WriteBudget,
 ) -> impl Fn(RegKey, ServiceRegistrationStatus) -> BoxFuture<'static, WriteResult> + Send + 'static
 {
     move |RegKey {
@@ -207,13 +246,14 @@ pub fn status_writer(
           status| {
         let api: Api<ServiceRegistration> = Api::namespaced(client.clone(), &ns);
         let metrics = metrics.clone();
+        let budget = Budgeted(budget.clone());
         async move {
             let mut patch = json!({ "status": status });
             // A merge patch leaves out what it omits: an empty endpoint list (skipped when
             // serialized) must be sent explicitly or the old addresses would stay.
             patch["status"]["endpoints"] = json!(status.endpoints);
-            let res = api
-                .patch_status(&name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+            let res = budget
+                .send(api.patch_status(&name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch)))
                 .await;
             match res {
                 Ok(_) => WriteResult::Written,

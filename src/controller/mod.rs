@@ -28,7 +28,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-pub use kube_writes::{FINALIZER, KubeWriter};
+pub use kube_writes::{FINALIZER, KubeWriter, WriteBudget, WriteLimits};
 
 use self::core::{Core, CoreConfig, Effect, Input, Metric, Now};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
@@ -62,6 +62,9 @@ pub struct Engine {
     pub status_resync: Duration,
     /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
     pub publish_cluster_id: Option<String>,
+    /// The budget of Kubernetes writes (statuses, finalizers, Events): in flight at once, QPS
+    /// and burst (`--kube-api-*`).
+    pub kube_writes: WriteLimits,
 }
 
 /// A running etcd writer.
@@ -124,6 +127,7 @@ impl Engine {
             topology: true,
             publish_cluster_id: self.publish_cluster_id.clone(),
         });
+        let budget = WriteBudget::new(self.kube_writes, self.metrics.clone());
         let mut io = Io {
             desired_tx,
             term: None,
@@ -135,11 +139,15 @@ impl Engine {
                 self.client.clone(),
                 self.identity.clone(),
                 self.metrics.clone(),
-                16,
+                self.kube_writes.in_flight,
+                budget.clone(),
             ),
             statuses: StatusQueue::spawn(
-                QueueConfig::default(),
-                kube_writes::status_writer(self.client.clone(), self.metrics.clone()),
+                QueueConfig {
+                    concurrency: self.kube_writes.in_flight,
+                    ..QueueConfig::default()
+                },
+                kube_writes::status_writer(self.client.clone(), self.metrics.clone(), budget),
             ),
             metrics: self.metrics.clone(),
             ready,

@@ -40,6 +40,7 @@ impl Operator {
             coalesce,
             status_resync: registrar::controller::DEFAULT_STATUS_RESYNC,
             publish_cluster_id: None,
+            kube_writes: Default::default(),
         };
         let task = tokio::spawn(engine.run(leader_rx, ready_tx, shutdown_rx));
         let mut op = Operator {

@@ -1,0 +1,56 @@
+//! The operator's CPU time and resident memory from `/proc/<pid>`: user + system time (fields
+//! 14 and 15 of `stat`, in clock ticks) and `VmRSS`, and the slope of RSS samples over time.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
+pub fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system) used by process `pid` so far.
+pub fn cpu(pid: u32, ticks_per_second: f64) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no ')'"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("{path}: field {} missing", i + 3))
+    };
+    Ok(Duration::from_secs_f64(
+        (tick(11)? + tick(12)?) / ticks_per_second,
+    ))
+}
+
+/// Least-squares slope of `(seconds, kib)` samples, in KiB per minute.
+pub fn slope_kib_per_min(samples: &[(f64, u64)]) -> Option<f64> {
+    if samples.len() < 2 {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let mean_m = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (t, m) in samples {
+        num += (t - mean_t) * (*m as f64 - mean_m);
+        den += (t - mean_t) * (t - mean_t);
+    }
+    (den > 0.0).then(|| num / den * 60.0)
+}
