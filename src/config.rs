@@ -477,7 +477,7 @@ mod tests {
         assert!(!a.leader_elect);
         assert_eq!(a.log_format, LogFormat::Text);
         let w = a.kube_writes();
-        assert_eq!((w.qps, w.burst, w.in_flight), (200.0, 400, 16));
+        assert_eq!((w.qps, w.burst, w.in_flight), (500.0, 1000, 16));
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub struct WriteLimits {
 
 impl WriteLimits {
     /// Default sustained writes per second (`--kube-api-qps`).
-    pub const DEFAULT_QPS: f64 = 200.0;
+    pub const DEFAULT_QPS: f64 = 500.0;
     /// Default writes allowed at once above the sustained rate (`--kube-api-burst`).
-    pub const DEFAULT_BURST: u32 = 400;
+    pub const DEFAULT_BURST: u32 = 1000;
     /// Default writes in flight at once (`--kube-api-max-in-flight`).
     pub const DEFAULT_IN_FLIGHT: u32 = 16;
 }
