@@ -26,6 +26,8 @@ mod apiserver;
 mod common;
 #[path = "churn/flip.rs"]
 mod flip;
+// The scale bench's layout also parses its list of sizes, which this bench does not take.
+#[allow(dead_code)]
 #[path = "scale/layout.rs"]
 mod layout;
 #[path = "scale/observe.rs"]
@@ -102,7 +104,7 @@ async fn run() -> Result<()> {
         size.pods, size.registrations
     ));
     let world = World::start().await?;
-    let setup = setup::populate(&world.client, size).await?;
+    let setup = setup::populate(&world.client, size, usize::try_from(setup::IN_FLIGHT)?).await?;
 
     let cold = cold_start(&world, size).await?;
     let (mut operator, cold) = cold;
