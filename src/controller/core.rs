@@ -19,7 +19,7 @@
 //!   place where changes are coalesced before they reach etcd; removals of published
 //!   endpoints are not held by it) and readiness.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,6 +211,9 @@ pub struct Core {
     statuses: BTreeMap<RegKey, ServiceRegistrationStatus>,
     /// What etcd holds of each registration, by the seq the writer applied.
     published: PublishedLog<RegKey>,
+    /// Registrations whose outcome changed while the desired state was incomplete (before the
+    /// first full list of every kind): recorded in `published` with the first complete one.
+    unrecorded: BTreeSet<RegKey>,
     /// Deleted registrations waiting for their keys to leave etcd: the seq that removed them.
     releasing: BTreeMap<RegKey, u64>,
     /// New endpoints waiting for their commit, for the propagation-latency metric.
@@ -262,6 +265,7 @@ impl Core {
             raw_publishing: Publishing::Pending,
             statuses: BTreeMap::new(),
             published: PublishedLog::default(),
+            unrecorded: BTreeSet::new(),
             releasing: BTreeMap::new(),
             propagating: Vec::new(),
             received: Vec::new(),
@@ -450,9 +454,17 @@ impl Core {
             if measuring && !received.is_empty() && carried < MAX_RECEIPTS {
                 self.unapplied.push((seq, received));
             }
-            for key in &flushed.changed {
-                let endpoints = self.index.outcome(key).map(InEtcd::of);
-                self.published.record(key.clone(), seq, endpoints);
+            // An incomplete desired state (a kind not listed yet) says nothing about what etcd
+            // holds of a registration: the writer deletes nothing for it, so the keys of a
+            // previous leader stay. Recording its (e.g. pod-less) outcomes would make statuses
+            // show 0 endpoints until the complete one is applied, flapping every registration
+            // on a restart. Their changes are recorded with the first complete state instead.
+            self.unrecorded.extend(flushed.changed.iter().cloned());
+            if complete {
+                for key in std::mem::take(&mut self.unrecorded) {
+                    let endpoints = self.index.outcome(&key).map(InEtcd::of);
+                    self.published.record(key, seq, endpoints);
+                }
             }
             out.push(Effect::Metric(Metric::Published(keys.len())));
             out.push(Effect::Metric(Metric::TargetEndpoints(

@@ -644,6 +644,57 @@ fn statuses_wait_for_both_caches() {
 }
 
 #[test]
+fn no_status_flips_on_a_restart_that_lists_registrations_before_pods() {
+    // A warm restart: this process leads at once (the old one let go) and its writer is up
+    // before the (slower) pod list is done. The incomplete desired state it writes first has
+    // no endpoint for "greeter"; etcd still holds the old term's key, so the status must not
+    // say 0 endpoints / NoReadyPods in between.
+    let (old, _) = Sim::leading();
+    let shown = old.core.statuses[&RegKey::new("shop", "greeter")].clone();
+    let mut sim = Sim::new();
+    sim.ms = 30 * SEC;
+    sim.on(Input::Leader(true));
+    sim.on(Input::registration(watcher::Event::Init));
+    sim.on(Input::registration(watcher::Event::InitApply(with_status(
+        reg("greeter"),
+        &shown,
+    ))));
+    sim.on(Input::registration(watcher::Event::InitDone));
+    sim.on(Input::pod(watcher::Event::Init));
+    let out = sim.fire_flush();
+    assert!(
+        out.iter()
+            .any(|e| e.starts_with("Publish") && e.ends_with("complete=false")),
+        "{out:#?}"
+    );
+    let incomplete = sim.core.desired.seq;
+    let mut out = sim.on(ready());
+    out.extend(sim.on(Input::WriterApplied(incomplete)));
+    out.extend(sim.on(Input::pod(watcher::Event::InitApply(pod(
+        "greeter",
+        "g1",
+        "127.0.0.1",
+    )))));
+    out.extend(sim.on(Input::pod(watcher::Event::InitDone)));
+    out.extend(sim.fire_flush());
+    let complete = sim.core.desired.seq;
+    assert!(complete > incomplete && sim.core.desired.complete);
+    out.extend(sim.on(Input::WriterApplied(complete)));
+    assert!(
+        !out.iter()
+            .any(|e| e.starts_with("Status") && !e.ends_with("Published 1")),
+        "a status other than Published with 1 endpoint was written: {out:#?}"
+    );
+    assert_eq!(
+        sim.core
+            .published
+            .in_etcd(&RegKey::new("shop", "greeter"))
+            .map(|e| e.count),
+        Some(1)
+    );
+}
+
+#[test]
 fn no_status_flips_on_failover() {
     // The old leader's status, as the new leader's watch shows it.
     let (old, _) = Sim::leading();
