@@ -75,7 +75,7 @@ impl Driver {
                 let keys = BTreeMap::from([(key(&target, &a), encode(&a, None))]);
                 tx.send_replace(Desired {
                     seq,
-                    keys: Arc::new(keys),
+                    keys: keys.into_iter().collect(),
                     complete: true,
                     ..Default::default()
                 });
@@ -177,7 +177,7 @@ async fn ground(probe: Option<ProbeSettings>) -> Result<Ground> {
     };
     let (tx, rx) = watch::channel(Desired {
         seq: 1,
-        keys: Arc::default(),
+        keys: Default::default(),
         complete: true,
         ..Default::default()
     });

@@ -5,7 +5,6 @@
 //! length; the assertion allows 1.5 s.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,7 +21,7 @@ const BOUND: Duration = Duration::from_millis(1500);
 fn desired(seq: u64, keys: &BTreeMap<String, String>) -> Desired {
     Desired {
         seq,
-        keys: Arc::new(keys.clone()),
+        keys: keys.clone().into_iter().collect(),
         complete: true,
         ..Default::default()
     }

@@ -43,7 +43,7 @@ fn endpoints(prefix: &str, n: usize) -> BTreeMap<String, String> {
 fn desired(seq: u64, keys: BTreeMap<String, String>, complete: bool) -> Desired {
     Desired {
         seq,
-        keys: Arc::new(keys),
+        keys: keys.into_iter().collect(),
         complete,
         ..Default::default()
     }

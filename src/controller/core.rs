@@ -33,7 +33,7 @@ use super::settle::Settled;
 use crate::coalesce::schedule;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::desired;
-use crate::etcd::{Desired, WriterState};
+use crate::etcd::{Desired, DesiredKeys, WriterState};
 use crate::index::{Index, RegKey};
 use crate::metrics::ErrorKind;
 use crate::status::published::PublishedLog;
@@ -252,7 +252,7 @@ impl Core {
             cfg,
             desired: Desired {
                 seq: 0,
-                keys: Arc::default(),
+                keys: DesiredKeys::default(),
                 complete: false,
                 received: Arc::default(),
                 flushed: None,
@@ -472,7 +472,7 @@ impl Core {
             )));
             self.desired = Desired {
                 seq,
-                keys: Arc::new(keys),
+                keys: keys.into_iter().collect(),
                 complete,
                 received: self
                     .unapplied

@@ -33,7 +33,8 @@ pub use kube_writes::{FINALIZER, KubeWriter, WriteBudget, WriteLimits};
 use self::core::{Core, CoreConfig, Effect, Input, Metric, Now};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
 use crate::etcd::{
-    Desired, EtcdSource, Stage, WriterConfig, WriterHandle, WriterState, spawn_writer_with,
+    Desired, DesiredKeys, EtcdSource, Stage, WriterConfig, WriterHandle, WriterState,
+    spawn_writer_with,
 };
 use crate::index::RegKey;
 use crate::metrics::{ErrorKind, Metrics};
@@ -114,7 +115,7 @@ impl Engine {
 
         let (desired_tx, _) = watch::channel(Desired {
             seq: 0,
-            keys: Arc::default(),
+            keys: DesiredKeys::default(),
             complete: false,
             received: Arc::default(),
             flushed: None,

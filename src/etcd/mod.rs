@@ -16,7 +16,6 @@
 //! that a silent partition breaks the streams (`EtcdConnect` does); the lease's keepalive also
 //! detects silent keepalive streams.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -41,6 +40,10 @@ pub use registrar_etcd::value;
 pub use stats::{StatsSnapshot, WriterStats};
 pub use writer::{WriterHandle, spawn_writer, spawn_writer_with};
 
+/// Full etcd key -> value of a desired state (persistent: cheap to clone and to diff against
+/// the state it was derived from).
+pub type DesiredKeys = imbl::OrdMap<String, String>;
+
 /// The complete desired content of the prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -48,7 +51,8 @@ pub struct Desired {
     pub seq: u64,
     /// Full etcd key -> value for the WHOLE prefix. Never contains `<prefix>/.owner`; keys
     /// outside `<prefix>/` are ignored.
-    pub keys: Arc<BTreeMap<String, String>>,
+    /// A persistent map: a clone is O(1) and shares structure with the state it came from.
+    pub keys: DesiredKeys,
     /// False until both kube caches finished their initial list: until then the writer only
     /// puts and never deletes.
     pub complete: bool,

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use super::DesiredKeys;
+
 /// What the writer knows about one key under its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownKv {
@@ -61,7 +63,7 @@ pub fn owner_key(prefix: &str) -> String {
 pub fn plan(
     prefix: &str,
     known: &BTreeMap<String, KnownKv>,
-    desired: &BTreeMap<String, String>,
+    desired: &DesiredKeys,
     complete: bool,
     lease: i64,
 ) -> Vec<Op> {
@@ -137,7 +139,7 @@ mod tests {
             .collect()
     }
 
-    fn desired(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn desired(entries: &[(&str, &str)]) -> DesiredKeys {
         entries
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -320,8 +322,9 @@ mod tests {
             )
         }
 
-        fn desired_state() -> impl Strategy<Value = BTreeMap<String, String>> {
+        fn desired_state() -> impl Strategy<Value = DesiredKeys> {
             proptest::collection::btree_map(key(), value(), 0..300)
+                .prop_map(|m| m.into_iter().collect())
         }
 
         fn ours(key: &str) -> bool {
