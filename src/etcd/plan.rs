@@ -10,11 +10,19 @@
 //!   are never touched;
 //! - puts come before deletes, so a rollout never drops a service to zero endpoints in between;
 //! - a batch holds at most `max_ops` operations and about `max_bytes` of keys and values (etcd
-//!   refuses transactions with more than 128 operations or requests over 1.5 MiB by default).
+//!   refuses transactions with more than 128 operations or requests over 1.5 MiB by default);
+//! - the writer plans incrementally ([`Planner`], `plan/incremental.rs`): it looks only at the
+//!   keys that may differ (the desired state's diff against the one last written in full, and
+//!   the keys someone else changed since) and gives exactly the operations, in the same order,
+//!   of a full [`plan`]; a full plan runs whenever that cannot be trusted (see there).
 
 use std::collections::BTreeMap;
 
 use super::DesiredKeys;
+
+mod incremental;
+
+pub use incremental::{Planned, Planner};
 
 /// What the writer knows about one key under its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,18 +75,12 @@ pub fn plan(
     complete: bool,
     lease: i64,
 ) -> Vec<Op> {
-    let dir = format!("{prefix}/");
-    let owner = owner_key(prefix);
-    let ours = |key: &str| key.starts_with(&dir) && key != owner;
+    let scope = Scope::new(prefix);
 
     let mut ops: Vec<Op> = desired
         .iter()
-        .filter(|(key, _)| ours(key))
-        .filter(|(key, value)| {
-            known
-                .get(*key)
-                .is_none_or(|k| k.value != **value || k.lease != lease)
-        })
+        .filter(|(key, _)| scope.ours(key))
+        .filter(|(key, value)| put_needed(known.get(*key), value, lease))
         .map(|(key, value)| Op::Put {
             key: key.clone(),
             value: value.clone(),
@@ -88,11 +90,73 @@ pub fn plan(
         ops.extend(
             known
                 .keys()
-                .filter(|key| ours(key) && !desired.contains_key(*key))
+                .filter(|key| scope.ours(key) && !desired.contains_key(*key))
                 .map(|key| Op::Delete { key: key.clone() }),
         );
     }
     ops
+}
+
+/// The operations [`plan`] gives for `keys` (ascending, each once) and for no other key, in
+/// the same order: every key [`plan`] would write that is among `keys` gets the same
+/// operation.
+pub fn plan_keys<'a>(
+    prefix: &str,
+    known: &BTreeMap<String, KnownKv>,
+    desired: &DesiredKeys,
+    complete: bool,
+    lease: i64,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Vec<Op> {
+    let scope = Scope::new(prefix);
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for key in keys.into_iter().filter(|key| scope.ours(key)) {
+        match desired.get(key) {
+            Some(value) => {
+                if put_needed(known.get(key), value, lease) {
+                    puts.push(Op::Put {
+                        key: key.to_owned(),
+                        value: value.clone(),
+                    });
+                }
+            }
+            None => {
+                if complete && known.contains_key(key) {
+                    deletes.push(Op::Delete {
+                        key: key.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    puts.append(&mut deletes);
+    puts
+}
+
+/// A desired `value` is put when etcd lacks the key, holds another value, or holds it under
+/// another lease.
+fn put_needed(known: Option<&KnownKv>, value: &str, lease: i64) -> bool {
+    known.is_none_or(|k| k.value != value || k.lease != lease)
+}
+
+/// The keys the writer may touch: under `<prefix>/`, except the claim key.
+struct Scope {
+    dir: String,
+    owner: String,
+}
+
+impl Scope {
+    fn new(prefix: &str) -> Self {
+        Scope {
+            dir: format!("{prefix}/"),
+            owner: owner_key(prefix),
+        }
+    }
+
+    fn ours(&self, key: &str) -> bool {
+        key.starts_with(&self.dir) && key != self.owner
+    }
 }
 
 /// Cuts `ops` into batches of at most `max_ops` operations (at least 1) and, where more than

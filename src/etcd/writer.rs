@@ -4,6 +4,12 @@
 //! breaks, writes the diff between the desired and the known state in batched transactions
 //! and repairs whatever the watch shows drifting.
 //!
+//! The diff is incremental ([`Planner`]): after a flush that committed in full, the next one
+//! looks only at the keys the desired state changed (a diff of the persistent maps) and those
+//! someone else changed (the watch's foreign events); a session's first flush, a flush after
+//! a listing, after a failed flush or under a new lease or `complete` plans over both whole
+//! maps. Either gives the same operations.
+//!
 //! The writer does not coalesce by itself: the engine already debounces the desired states it
 //! publishes (`--coalesce-ms`), and whatever arrives while a flush is being written (new
 //! desired states, changes seen by the watch) is written together by the next flush.
@@ -39,8 +45,7 @@ use super::error::{EtcdError, is_lease_not_found, timed};
 use super::known::{Known, Seen};
 use super::observer::{Events, Stage, WriterObserver};
 use super::owner::{self, Claim};
-use super::plan::KnownKv;
-use super::plan::{self, Op};
+use super::plan::{self, KnownKv, Op, Planner};
 use super::reachable;
 use super::stats::WriterStats;
 use super::{Desired, WriterState};
@@ -116,6 +121,7 @@ pub fn spawn_writer_with(
             lease: None,
             known: None,
             known_lease: None,
+            planner: Planner::new(),
             observed: None,
         };
         writer.run(backoff).await;
@@ -161,6 +167,9 @@ struct Writer {
     /// The lease the known state was read and written under: after a new lease, the prefix
     /// is listed again and every key put again.
     known_lease: Option<i64>,
+    /// Plans only the keys that may differ since the last flush that committed in full (a
+    /// full plan at the start of a session, after a listing and after a failed flush).
+    planner: Planner,
     /// The latest receipt time of [`Desired::received`] already observed: each is observed
     /// once, by the first flush that committed it.
     observed: Option<Instant>,
@@ -247,6 +256,8 @@ impl Writer {
 
     async fn session(&mut self, backoff: &mut Backoff) -> End {
         let timeout = self.cfg.request_timeout;
+        // Whatever happened since the last session, its first flush plans in full.
+        self.planner.reset();
 
         // 1. The claim.
         match owner::claim(&mut self.kv, &self.owner_key, &self.cfg.cluster_id, timeout).await {
@@ -439,6 +450,7 @@ impl Writer {
                     })
                     .collect();
                 self.known = Some(Known::listed(kvs, revision));
+                self.planner.reset();
                 return Ok(true);
             }
         };
@@ -452,8 +464,10 @@ impl Writer {
                 claim_changed |= ev.value.as_deref() != Some(self.cfg.cluster_id.as_bytes());
                 continue;
             }
+            let key = ev.key.clone();
             if known.apply(ev) == Seen::Foreign {
                 foreign += 1;
+                self.planner.changed(key);
             }
         }
         known.progress(upto);
@@ -474,14 +488,20 @@ impl Writer {
         let Some(known) = self.known.as_mut() else {
             return Err(End::Restart("no known state".into()));
         };
-        let ops = plan::plan(
+        // Taken by the plan: a flush that does not commit in full leaves the next one a full plan.
+        let planned = self.planner.plan(
             &self.prefix,
             &known.kvs,
             &desired.keys,
             desired.complete,
             lease,
         );
-        for batch in plan::batches(ops, self.cfg.max_txn_ops, self.cfg.max_txn_bytes) {
+        tracing::trace!(
+            ops = planned.ops.len(),
+            candidates = ?planned.candidates,
+            "planned (candidates None: a full plan)"
+        );
+        for batch in plan::batches(planned.ops, self.cfg.max_txn_ops, self.cfg.max_txn_bytes) {
             // A stopped writer (leadership lost) must not go on writing the rest of a flush
             // next to the new leader's writer.
             if *self.shutdown.borrow() {
@@ -530,6 +550,8 @@ impl Writer {
             known.record_own(&batch, lease, revision);
         }
         // Every change this desired state carries is in etcd now.
+        self.planner
+            .committed(&desired.keys, desired.complete, lease);
         let committed = Instant::now();
         let mut observed = self.observed;
         for &received in desired.received.iter() {
