@@ -65,12 +65,48 @@ impl PickSet for Choice<Arc<Picked>> {
     }
 }
 
+/// The current choice: read on every call, replaced on every rebuild, watched by the calls
+/// waiting for a backend.
+pub(crate) struct ChoiceCell {
+    choices: watch::Sender<Arc<Choice<Arc<Picked>>>>,
+}
+
+impl ChoiceCell {
+    /// A cell holding `choice`.
+    pub(crate) fn new(choice: Choice<Arc<Picked>>) -> Self {
+        ChoiceCell {
+            choices: watch::Sender::new(Arc::new(choice)),
+        }
+    }
+
+    /// The current choice.
+    pub(crate) fn load(&self) -> Arc<Choice<Arc<Picked>>> {
+        self.choices.borrow().clone()
+    }
+
+    /// The backend for the next call (counted): the current choice's next live backend.
+    pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
+        let choice = self.choices.borrow();
+        choice.pick().map(|(_, picked)| Picked::count(picked))
+    }
+
+    /// Makes `choice` the current one and wakes whoever waits for a new one.
+    fn publish(&self, choice: Choice<Arc<Picked>>) {
+        self.choices.send_replace(Arc::new(choice));
+    }
+
+    /// A receiver woken whenever the choice is replaced.
+    fn subscribe(&self) -> watch::Receiver<Arc<Choice<Arc<Picked>>>> {
+        self.choices.subscribe()
+    }
+}
+
 /// Every group, its freshness and the current choice.
 pub(crate) struct Layer {
     pub(crate) balancers: Vec<Balancer>,
     /// Per group: `false` while its etcd has been unreachable for longer than `stale_after`.
     pub(crate) fresh: Vec<watch::Sender<bool>>,
-    choice: watch::Sender<Arc<Choice<Arc<Picked>>>>,
+    choice: ChoiceCell,
     /// The group calls went to at the last rebuild (to log changes); held while rebuilding so
     /// that rebuilds publish in the order they read.
     active: Mutex<Option<usize>>,
@@ -97,7 +133,7 @@ impl Layer {
         let layer = Layer {
             balancers,
             fresh,
-            choice: watch::Sender::new(Arc::new(Choice { order: Vec::new() })),
+            choice: ChoiceCell::new(Choice { order: Vec::new() }),
             active: Mutex::new(None),
             duplicates: AtomicUsize::new(0),
             duplicates_seen: AtomicU64::new(0),
@@ -110,13 +146,12 @@ impl Layer {
 
     /// The current choice.
     pub(crate) fn choice(&self) -> Arc<Choice<Arc<Picked>>> {
-        self.choice.borrow().clone()
+        self.choice.load()
     }
 
     /// The backend for the next call (counted): the current choice's next live backend.
     pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
-        let choice = self.choice.borrow();
-        choice.pick().map(|(_, picked)| Picked::count(picked))
+        self.choice.pick()
     }
 
     /// (now, ever seen) duplicated addresses.
@@ -149,7 +184,7 @@ impl Layer {
             }
             *last = active;
         }
-        self.choice.send_replace(Arc::new(choice));
+        self.choice.publish(choice);
     }
 
     /// Counts the addresses registered under more than one target, warning once per new one.

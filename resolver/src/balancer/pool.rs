@@ -152,6 +152,8 @@ pub(crate) struct Pool {
     /// Whether "no filtering" was already logged for a missing zone / an unknown client zone.
     warned_missing: AtomicBool,
     warned_unknown: AtomicBool,
+    /// How many pickers were built (a counter, for benchmarks and tests).
+    rebuilds: AtomicU64,
 }
 
 impl Pool {
@@ -173,7 +175,14 @@ impl Pool {
             zone_filter: Mutex::new(ZoneFilter::Off),
             warned_missing: AtomicBool::new(false),
             warned_unknown: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
         }
+    }
+
+    /// How many pickers were built so far.
+    #[cfg(any(test, feature = "bench-internals"))]
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
     }
 
     /// The same pool, routing by `routing`.
@@ -583,6 +592,7 @@ impl Pool {
     }
 
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
         let filter = self.zone_filter(table);
         let preference = self.routing.zone.as_ref();
         let chosen: Vec<&Entry> = table
@@ -944,6 +954,46 @@ mod tests {
         assert_eq!(cycle.len(), 3, "equal weights: round-robin");
         let snap = pool.snapshot();
         assert_eq!((snap.weights_defaulted, snap.weights_invalid), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_ready_backends_costs_a_few_rebuilds_and_the_first_is_pickable_at_once() {
+        const N: u64 = 2000;
+        let pool = Arc::new(Pool::new());
+        let sinks: Vec<Sink> = (0..N)
+            .map(|i| pool.add(Arc::from(format!("127.1.{}.{}:1", i / 256, i % 256)), i))
+            .collect();
+        let mut sets = pool.subscribe();
+        ready(&sinks[0], HealthState::Off);
+        // The first READY backend of an empty pick set is in the picker at once.
+        assert_eq!(
+            pool.pick().map(|p| p.addr.clone()),
+            Some(Arc::from("127.1.0.0:1"))
+        );
+        for sink in &sinks[1..] {
+            ready(sink, HealthState::Off);
+        }
+        let start = std::time::Instant::now();
+        let all = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sets.wait_for(|p| p.len() == N as usize),
+        )
+        .await;
+        let rebuilds = pool.rebuilds();
+        println!(
+            "{N} backends READY one after another: all in the pick set {:?} after the last, \
+             {rebuilds} pickers built",
+            start.elapsed()
+        );
+        assert!(matches!(all, Ok(Ok(_))), "not all {N} in the pick set");
+        assert!(
+            rebuilds <= 3,
+            "{rebuilds} pickers built for {N} READY backends"
+        );
+        // Losing one is coalesced too, and reading the picker brings it up to date.
+        sinks[5].state(ConnectivityState::Idle, None);
+        assert_eq!(pool.picker().len(), N as usize - 1);
+        assert!(pool.rebuilds() <= rebuilds + 1);
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {
