@@ -4,6 +4,12 @@
 //! routing metadata changes, applying the zone preference ([`super::locality`]) and the weights
 //! ([`super::stride`]) on each rebuild.
 //!
+//! Rebuilds caused by the subchannels' reports (READY, lost, health) are coalesced: the first
+//! backend of an empty pick set goes in at once, later changes within a short while (a few
+//! scheduler turns, or twice the last rebuild's duration) share one rebuild, so N backends
+//! turning READY together cost a few O(N) rebuilds rather than N. Reading the picker outside
+//! the call path ([`Pool::picker`]) runs a due rebuild first.
+//!
 //! The pick path is lock-free and touches little memory per backend: the current picker is
 //! loaded from an [`ArcSwap`] (no lock, no shared reference count), and the picked backend is one
 //! shared [`Picked`] whose reference count and pick counter sit on one cache line, so a call
