@@ -11,6 +11,11 @@
 //!   its own) and give it back.
 //! - `pick/balancer+channel_8_threads/N`: `pick/balancer+channel` with 8 threads calling on the
 //!   same pool at once (CPU time summed over the threads).
+//! - `pick/failover+channel/N` and `pick/failover+channel_8_threads/N`: the same through a
+//!   [`FailoverBalancer`](registrar_resolver::FailoverBalancer)'s pick path (two groups of N
+//!   READY backends, calls going to the first): load the current group choice, then pick in
+//!   the first group with a live backend. Next to the `balancer` cases, the ratio is what
+//!   failover adds per call.
 //!
 //! Every figure is the calling threads' CPU time per call (`CLOCK_THREAD_CPUTIME_ID`), not wall
 //! time: on a shared machine the bench thread may get a fraction of a core, which wall time would
@@ -28,7 +33,9 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use registrar_resolver::bench_internals::{IndexPicker, ReadyPool, WeightedIndexPicker};
+use registrar_resolver::bench_internals::{
+    IndexPicker, PickedBackend, ReadyFailover, ReadyPool, WeightedIndexPicker,
+};
 
 const BACKENDS: [usize; 3] = [1, 100, 10_000];
 
@@ -57,16 +64,16 @@ fn cpu_time<T>(iters: u64, mut f: impl FnMut() -> T) -> Duration {
     thread_cpu_time() - before
 }
 
-/// `iters` picks on each of [`THREADS`] threads at once; the CPU time they took, divided by the
-/// number of threads (so criterion's per-iteration figure is CPU time per call).
-fn concurrent_picks(pool: &ReadyPool, iters: u64) -> Duration {
+/// `iters` picks (by `pick`) on each of [`THREADS`] threads at once; the CPU time they took,
+/// divided by the number of threads (so criterion's per-iteration figure is CPU time per call).
+fn concurrent_picks(pick: &(dyn Fn() -> Option<PickedBackend> + Sync), iters: u64) -> Duration {
     let start = Barrier::new(THREADS);
     let total: Duration = std::thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    cpu_time(iters, || pool.pick().map(|backend| backend.cycle_channel()))
+                    cpu_time(iters, || pick().map(|backend| backend.cycle_channel()))
                 })
             })
             .collect();
@@ -109,7 +116,22 @@ fn pick(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new(format!("balancer+channel_{THREADS}_threads"), n),
             &pool,
-            |b, p| b.iter_custom(|iters| concurrent_picks(p, iters)),
+            |b, p| b.iter_custom(|iters| concurrent_picks(&|| p.pick(), iters)),
+        );
+        let failover = ReadyFailover::new(n).expect("building the READY backends");
+        group.bench_with_input(
+            BenchmarkId::new("failover+channel", n),
+            &failover,
+            |b, f| {
+                b.iter_custom(|iters| {
+                    cpu_time(iters, || f.pick().map(|backend| backend.cycle_channel()))
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new(format!("failover+channel_{THREADS}_threads"), n),
+            &failover,
+            |b, f| b.iter_custom(|iters| concurrent_picks(&|| f.pick(), iters)),
         );
     }
     group.finish();

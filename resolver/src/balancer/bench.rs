@@ -6,12 +6,15 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+pub mod storm;
 mod updates;
+pub use storm::StormCost;
 pub use updates::{StepCost, UpdateBench};
 
 use tonic::transport::Endpoint;
 
 use super::connector::Liveness;
+use super::groups::{Choice, ChoiceCell};
 use super::picker::{PickEntry, Picker};
 use super::pool::{Picked, Pool};
 use super::stride;
@@ -104,6 +107,34 @@ impl ReadyPool {
     }
 }
 
+/// A failover layer's pick path over two groups of `n` READY backends each (lazily connected
+/// channels, never used), both fresh: every call goes to the first group.
+pub struct ReadyFailover {
+    choice: ChoiceCell,
+    /// The groups' pools (they own the backends the choice points to).
+    _groups: Vec<Pool>,
+}
+
+impl ReadyFailover {
+    /// Two groups of `n` READY backends. Must be called within a Tokio runtime (as
+    /// [`ReadyPool::new`]).
+    pub fn new(n: usize) -> Result<Self, Error> {
+        let groups = vec![ReadyPool::new(n)?.0, ReadyPool::new(n)?.0];
+        let choice = Choice::new(groups.iter().map(|g| (true, g.picker())).collect());
+        Ok(ReadyFailover {
+            choice: ChoiceCell::new(choice),
+            _groups: groups,
+        })
+    }
+
+    /// What [`FailoverBalancer`](crate::FailoverBalancer)'s `call` does before sending: load the
+    /// current group choice, take the next live backend of the first group that has one, count
+    /// the pick and take a reference to it.
+    pub fn pick(&self) -> Option<PickedBackend> {
+        self.choice.pick().map(PickedBackend)
+    }
+}
+
 fn live<T>(value: T) -> PickEntry<T> {
     PickEntry {
         value,
@@ -141,5 +172,20 @@ mod tests {
         let pool = ReadyPool::new(3).unwrap();
         assert!((0..6).all(|_| pool.pick().is_some()));
         assert!(ReadyPool::new(0).unwrap().pick().is_none());
+    }
+
+    #[tokio::test]
+    async fn ready_failover_picks_from_the_first_group() {
+        let layer = ReadyFailover::new(3).unwrap();
+        let first: std::collections::BTreeSet<_> = layer._groups[0]
+            .picker()
+            .values()
+            .map(|p| p.addr.clone())
+            .collect();
+        for _ in 0..6 {
+            let picked = layer.pick().unwrap();
+            assert!(first.contains(&picked.0.addr));
+        }
+        assert!(ReadyFailover::new(0).unwrap().pick().is_none());
     }
 }

@@ -7,17 +7,19 @@
 //! group (its etcd unreachable for longer than `stale_after`; it keeps its last endpoints) only
 //! serves when no fresh group can. The choice is rebuilt by one small task per group whenever
 //! that group's picker is replaced or its freshness changes; the per-call path is the groups'
-//! own lock-free pickers. The same tasks count addresses registered under more than one target
-//! (they are kept apart, one backend per target, never merged).
+//! own lock-free pickers, through the current choice loaded lock-free ([`ChoiceCell`]). The same
+//! tasks count addresses registered under more than one target (they are kept apart, one
+//! backend per target, never merged), incrementally ([`super::duplicates`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::Balancer;
+use super::duplicates::Duplicates;
 use super::picker::Picker;
 use super::pool::Picked;
 use super::source::{PickSet, Source};
@@ -65,21 +67,66 @@ impl PickSet for Choice<Arc<Picked>> {
     }
 }
 
+/// The current choice: read on every call, replaced on every rebuild, watched by the calls
+/// waiting for a backend. Calls load it from an [`ArcSwap`] (lock-free, no shared reference
+/// count); the watch channel only wakes waiters, and is never read on the pick path.
+pub(crate) struct ChoiceCell {
+    current: ArcSwap<Choice<Arc<Picked>>>,
+    choices: watch::Sender<Arc<Choice<Arc<Picked>>>>,
+}
+
+impl ChoiceCell {
+    /// A cell holding `choice`.
+    pub(crate) fn new(choice: Choice<Arc<Picked>>) -> Self {
+        let choice = Arc::new(choice);
+        ChoiceCell {
+            current: ArcSwap::new(choice.clone()),
+            choices: watch::Sender::new(choice),
+        }
+    }
+
+    /// The current choice.
+    pub(crate) fn load(&self) -> Arc<Choice<Arc<Picked>>> {
+        self.current.load_full()
+    }
+
+    /// The backend for the next call (counted): the current choice's next live backend.
+    /// Lock-free.
+    pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
+        self.current
+            .load()
+            .pick()
+            .map(|(_, picked)| Picked::count(picked))
+    }
+
+    /// Makes `choice` the current one and wakes whoever waits for a new one.
+    fn publish(&self, choice: Choice<Arc<Picked>>) {
+        let choice = Arc::new(choice);
+        self.current.store(choice.clone());
+        self.choices.send_replace(choice);
+    }
+
+    /// A receiver woken whenever the choice is replaced.
+    fn subscribe(&self) -> watch::Receiver<Arc<Choice<Arc<Picked>>>> {
+        self.choices.subscribe()
+    }
+}
+
 /// Every group, its freshness and the current choice.
 pub(crate) struct Layer {
     pub(crate) balancers: Vec<Balancer>,
     /// Per group: `false` while its etcd has been unreachable for longer than `stale_after`.
     pub(crate) fresh: Vec<watch::Sender<bool>>,
-    choice: watch::Sender<Arc<Choice<Arc<Picked>>>>,
+    choice: ChoiceCell,
     /// The group calls went to at the last rebuild (to log changes); held while rebuilding so
     /// that rebuilds publish in the order they read.
     active: Mutex<Option<usize>>,
+    /// Which groups hold each address, updated per group change.
+    holders: Mutex<Duplicates>,
     /// Addresses registered under more than one target now.
     duplicates: AtomicUsize,
     /// How many times an address was found under a second target.
     duplicates_seen: AtomicU64,
-    /// The duplicated addresses already reported.
-    reported: Mutex<BTreeSet<String>>,
 }
 
 impl Source for Layer {
@@ -94,29 +141,31 @@ impl Layer {
     /// The layer over `balancers` (by priority), all fresh.
     pub(crate) fn new(balancers: Vec<Balancer>) -> Self {
         let fresh = balancers.iter().map(|_| watch::Sender::new(true)).collect();
+        let groups = balancers.len();
         let layer = Layer {
             balancers,
             fresh,
-            choice: watch::Sender::new(Arc::new(Choice { order: Vec::new() })),
+            choice: ChoiceCell::new(Choice { order: Vec::new() }),
             active: Mutex::new(None),
+            holders: Mutex::new(Duplicates::new(groups)),
             duplicates: AtomicUsize::new(0),
             duplicates_seen: AtomicU64::new(0),
-            reported: Mutex::new(BTreeSet::new()),
         };
         layer.rebuild();
-        layer.count_duplicates();
+        for i in 0..groups {
+            layer.count_duplicates(i);
+        }
         layer
     }
 
     /// The current choice.
     pub(crate) fn choice(&self) -> Arc<Choice<Arc<Picked>>> {
-        self.choice.borrow().clone()
+        self.choice.load()
     }
 
     /// The backend for the next call (counted): the current choice's next live backend.
     pub(crate) fn pick(&self) -> Option<Arc<Picked>> {
-        let choice = self.choice.borrow();
-        choice.pick().map(|(_, picked)| Picked::count(picked))
+        self.choice.pick()
     }
 
     /// (now, ever seen) duplicated addresses.
@@ -149,37 +198,33 @@ impl Layer {
             }
             *last = active;
         }
-        self.choice.send_replace(Arc::new(choice));
+        self.choice.publish(choice);
     }
 
-    /// Counts the addresses registered under more than one target, warning once per new one.
-    fn count_duplicates(&self) {
-        let mut targets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, b) in self.balancers.iter().enumerate() {
-            for addr in b.resolver().snapshot().addrs() {
-                targets.entry(addr.to_owned()).or_default().push(i);
-            }
+    /// Brings the count of addresses registered under more than one target up to group `i`'s
+    /// current endpoints (at a cost in proportion to what changed in them), warning once per
+    /// newly duplicated address.
+    fn count_duplicates(&self, i: usize) {
+        let Some(balancer) = self.balancers.get(i) else {
+            return;
+        };
+        let snapshot = balancer.resolver().snapshot();
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, groups) in holders.apply(i, snapshot.endpoints()) {
+            tracing::warn!(
+                %addr,
+                ?groups,
+                "address registered under more than one target: kept as separate backends"
+            );
         }
-        targets.retain(|_, groups| groups.len() > 1);
-        self.duplicates.store(targets.len(), Ordering::Relaxed);
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        for (addr, groups) in &targets {
-            if !reported.contains(addr) {
-                self.duplicates_seen.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    %addr,
-                    ?groups,
-                    "address registered under more than one target: kept as separate backends"
-                );
-            }
-        }
-        reported.retain(|a| targets.contains_key(a));
-        reported.extend(targets.into_keys());
+        self.duplicates.store(holders.now(), Ordering::Relaxed);
+        self.duplicates_seen
+            .store(holders.seen(), Ordering::Relaxed);
     }
 }
 
-/// Rebuilds the choice whenever group `i`'s picker or freshness changes, and recounts the
-/// duplicates whenever its endpoints change; until aborted.
+/// Rebuilds the choice whenever group `i`'s picker or freshness changes, and brings the
+/// duplicates up to its endpoints whenever they change; until aborted.
 pub(crate) async fn follow(layer: Arc<Layer>, i: usize) {
     let Some(balancer) = layer.balancers.get(i) else {
         return;
@@ -201,7 +246,7 @@ pub(crate) async fn follow(layer: Arc<Layer>, i: usize) {
             }
             r = endpoints.changed() => {
                 if r.is_err() { return; }
-                layer.count_duplicates();
+                layer.count_duplicates(i);
             }
         }
     }

@@ -27,6 +27,7 @@
 pub mod bench;
 mod calls;
 mod connector;
+mod duplicates;
 mod failover;
 mod groups;
 mod health;

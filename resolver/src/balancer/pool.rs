@@ -4,6 +4,12 @@
 //! routing metadata changes, applying the zone preference ([`super::locality`]) and the weights
 //! ([`super::stride`]) on each rebuild.
 //!
+//! Rebuilds caused by the subchannels' reports (READY, lost, health) are coalesced: the first
+//! backend of an empty pick set goes in at once, later changes within a short while (a few
+//! scheduler turns, or twice the last rebuild's duration) share one rebuild, so N backends
+//! turning READY together cost a few O(N) rebuilds rather than N. Reading the picker outside
+//! the call path ([`Pool::picker`]) runs a due rebuild first.
+//!
 //! The pick path is lock-free and touches little memory per backend: the current picker is
 //! loaded from an [`ArcSwap`] (no lock, no shared reference count), and the picked backend is one
 //! shared [`Picked`] whose reference count and pick counter sit on one cache line, so a call
@@ -16,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -152,7 +159,25 @@ pub(crate) struct Pool {
     /// Whether "no filtering" was already logged for a missing zone / an unknown client zone.
     warned_missing: AtomicBool,
     warned_unknown: AtomicBool,
+    /// How many pickers were built (a counter, for benchmarks and tests).
+    rebuilds: AtomicU64,
+    /// Whether a coalesced rebuild is due: set (under the table lock) by a backend's change,
+    /// cleared by every rebuild.
+    pending: AtomicBool,
+    /// How long the last rebuild took, in nanoseconds (spaces coalesced rebuilds).
+    last_rebuild: AtomicU64,
 }
+
+/// A coalesced rebuild waits this many times as long as the last rebuild took, so that during
+/// a storm of changes rebuilding takes at most about a third of one core.
+const COALESCE_FACTOR: u32 = 2;
+
+/// Rebuilds quicker than this are coalesced by only letting the tasks already scheduled run
+/// first (a timer cannot wait less than a millisecond anyway); slower ones by a timer.
+const COALESCE_BY_TIMER_ABOVE: Duration = Duration::from_micros(100);
+
+/// The longest a coalesced rebuild waits.
+const COALESCE_AT_MOST: Duration = Duration::from_millis(50);
 
 impl Pool {
     #[cfg(any(test, feature = "bench-internals"))]
@@ -173,7 +198,16 @@ impl Pool {
             zone_filter: Mutex::new(ZoneFilter::Off),
             warned_missing: AtomicBool::new(false),
             warned_unknown: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
+            pending: AtomicBool::new(false),
+            last_rebuild: AtomicU64::new(0),
         }
+    }
+
+    /// How many pickers were built so far.
+    #[cfg(any(test, feature = "bench-internals"))]
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
     }
 
     /// The same pool, routing by `routing`.
@@ -231,9 +265,57 @@ impl Pool {
         self.picker.send_replace(picker);
     }
 
-    /// The current picker.
+    /// The current picker, brought up to date first if a coalesced rebuild is due (so that
+    /// what it holds agrees with [`statuses`](Self::statuses) and the snapshot).
     pub(crate) fn picker(&self) -> Arc<Picker<Arc<Picked>>> {
+        self.flush();
         self.current.load_full()
+    }
+
+    /// Runs the coalesced rebuild now if one is due.
+    pub(crate) fn flush(&self) {
+        if self.pending.load(Ordering::Acquire) {
+            let table = self.table();
+            // Set and cleared under the table lock: still due?
+            if self.pending.load(Ordering::Acquire) {
+                self.rebuild(&table);
+            }
+        }
+    }
+
+    /// Brings the picker up to a change of a backend's pickability reported by its
+    /// subchannel (READY, lost, health). At once when the pick set is empty (a call may be
+    /// waiting for its first backend) or outside a Tokio runtime; otherwise the rebuild is
+    /// coalesced with the changes that follow it within a short while, so that N backends
+    /// turning READY together (a cold start) cost a few rebuilds instead of N, each O(N).
+    /// A connection lost meanwhile is never picked (its liveness flag says so at once).
+    fn rebuild_soon(self: &Arc<Self>, table: &BTreeMap<Arc<str>, Entry>) {
+        if self.current.load().len() == 0 {
+            self.rebuild(table);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.rebuild(table);
+            return;
+        };
+        if self.pending.swap(true, Ordering::AcqRel) {
+            // Already due: that rebuild will see this change too.
+            return;
+        }
+        let wait = (Duration::from_nanos(self.last_rebuild.load(Ordering::Relaxed))
+            * COALESCE_FACTOR)
+            .min(COALESCE_AT_MOST);
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            if wait > COALESCE_BY_TIMER_ABOVE {
+                tokio::time::sleep(wait).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+            if let Some(pool) = pool.upgrade() {
+                pool.flush();
+            }
+        });
     }
 
     /// The backend for the next call: the current picker's next live entry, if any. Lock-free;
@@ -272,7 +354,7 @@ impl Pool {
     }
 
     fn set_state(
-        &self,
+        self: &Arc<Self>,
         addr: &str,
         generation: u64,
         state: ConnectivityState,
@@ -297,11 +379,17 @@ impl Pool {
             entry.health_error = None;
         }
         if was_pickable {
-            self.rebuild(&table);
+            self.rebuild_soon(&table);
         }
     }
 
-    fn set_health(&self, addr: &str, generation: u64, health: HealthState, error: Option<String>) {
+    fn set_health(
+        self: &Arc<Self>,
+        addr: &str,
+        generation: u64,
+        health: HealthState,
+        error: Option<String>,
+    ) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(addr).filter(|e| e.generation == generation) else {
             return;
@@ -317,12 +405,12 @@ impl Pool {
         entry.health = health;
         entry.health_error = error;
         if entry.pickable() != was_pickable {
-            self.rebuild(&table);
+            self.rebuild_soon(&table);
         }
     }
 
     fn set_ready(
-        &self,
+        self: &Arc<Self>,
         addr: &str,
         generation: u64,
         channel: Channel,
@@ -354,7 +442,7 @@ impl Pool {
             alive,
         });
         if was_pickable || entry.pickable() {
-            self.rebuild(&table);
+            self.rebuild_soon(&table);
         }
     }
 
@@ -582,7 +670,11 @@ impl Pool {
         filter
     }
 
+    /// Builds and installs the picker of `table` (held locked by the caller).
     fn rebuild(&self, table: &BTreeMap<Arc<str>, Entry>) {
+        let started = std::time::Instant::now();
+        self.pending.store(false, Ordering::Release);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
         let filter = self.zone_filter(table);
         let preference = self.routing.zone.as_ref();
         let chosen: Vec<&Entry> = table
@@ -609,6 +701,8 @@ impl Pool {
             weights,
             self.sequence.clone(),
         )));
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_rebuild.store(took, Ordering::Relaxed);
     }
 
     /// Every backend's routing: zone, weight, state, picks.
@@ -944,6 +1038,48 @@ mod tests {
         assert_eq!(cycle.len(), 3, "equal weights: round-robin");
         let snap = pool.snapshot();
         assert_eq!((snap.weights_defaulted, snap.weights_invalid), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_ready_backends_costs_a_few_rebuilds_and_the_first_is_pickable_at_once() {
+        const N: u64 = 2000;
+        let pool = Arc::new(Pool::new());
+        let sinks: Vec<Sink> = (0..N)
+            .map(|i| pool.add(Arc::from(format!("127.1.{}.{}:1", i / 256, i % 256)), i))
+            .collect();
+        let mut sets = pool.subscribe();
+        ready(&sinks[0], HealthState::Off);
+        // The first READY backend of an empty pick set is in the picker at once.
+        assert_eq!(
+            pool.pick().map(|p| p.addr.clone()),
+            Some(Arc::from("127.1.0.0:1"))
+        );
+        for sink in &sinks[1..] {
+            ready(sink, HealthState::Off);
+        }
+        let start = std::time::Instant::now();
+        let all = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sets.wait_for(|p| p.len() == N as usize),
+        )
+        .await
+        // Not holding the watch's read lock past this point (a rebuild would wait for it).
+        .map(|r| r.is_ok());
+        let rebuilds = pool.rebuilds();
+        println!(
+            "{N} backends READY one after another: all in the pick set {:?} after the last, \
+             {rebuilds} pickers built",
+            start.elapsed()
+        );
+        assert_eq!(all, Ok(true), "not all {N} in the pick set");
+        assert!(
+            rebuilds <= 3,
+            "{rebuilds} pickers built for {N} READY backends"
+        );
+        // Losing one is coalesced too, and reading the picker brings it up to date.
+        sinks[5].state(ConnectivityState::Idle, None);
+        assert_eq!(pool.picker().len(), N as usize - 1);
+        assert!(pool.rebuilds() <= rebuilds + 1);
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {

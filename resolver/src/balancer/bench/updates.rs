@@ -44,7 +44,8 @@ pub struct StepCost {
     pub balancer: Duration,
 }
 
-fn addr(i: usize) -> String {
+/// The address of backend `i` (distinct loopback addresses; never dialed).
+pub(super) fn addr(i: usize) -> String {
     format!(
         "127.{}.{}.{}:50051",
         100 + i / 65_536,
@@ -58,7 +59,12 @@ fn key(i: usize) -> String {
 }
 
 fn put(i: usize, revision: i64) -> Result<KvEvent, Error> {
-    let value = Endpoint::new(addr(i), Metadata::null())?.encode();
+    put_at(i, &addr(i), revision)
+}
+
+/// A put of key `i` naming `addr`.
+pub(super) fn put_at(i: usize, addr: &str, revision: i64) -> Result<KvEvent, Error> {
+    let value = Endpoint::new(addr.to_owned(), Metadata::null())?.encode();
     Ok(KvEvent {
         key: key(i),
         value: Some(value.into_bytes()),
