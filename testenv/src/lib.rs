@@ -10,6 +10,8 @@
 //! - [`Cluster`]: a control plane plus controllers and kwok; pod IPs are in 127.0.0.0/8.
 //!   [`pod_servers::PodServers`] runs a Greeter server on each such pod's IP (a stand-in kubelet).
 //! - [`DelayProxy`]: the one TCP proxy of fault tests (delay, freeze, cut).
+//! - Reading Registrar's keys: [`leases_under`] (the leases its keys hang on) and
+//!   [`watch_prefix`] (events from now on).
 //!
 //! Every process runs in its own process group, is killed when its owner is dropped (also when
 //! a test panics) and dies with the test process (`PR_SET_PDEATHSIG`); temp dirs are removed.
@@ -23,6 +25,7 @@ pub mod fuzz;
 mod go;
 pub mod greeter;
 mod http_get;
+mod leases;
 mod operator;
 mod pki;
 pub mod pod_servers;
@@ -41,6 +44,7 @@ pub use etcd::{Etcd, EtcdOptions, EtcdTls};
 pub use etcd_cluster::EtcdCluster;
 pub use go::go_build;
 pub use http_get::http_get;
+pub use leases::leases_under;
 pub use operator::OperatorProcess;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
