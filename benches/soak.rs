@@ -34,7 +34,6 @@ mod soak {
     pub mod config;
     pub mod faults;
     pub mod model;
-    pub mod record;
     pub mod render;
     pub mod sample;
     pub mod stats;
@@ -52,10 +51,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use registrar::crd::ServiceRegistration;
 use registrar::desired;
-use registrar_testenv::poll;
+use registrar_testenv::{RecordOptions, Recorder, poll};
 use soak::config::{Config, NAMESPACE, PREFIX};
 use soak::render::Outcome;
-use soak::{churn, faults, model, record, render, sample, world::World};
+use soak::{churn, faults, model, render, sample, world::World};
 use tokio::time::Instant;
 
 fn main() -> std::process::ExitCode {
@@ -187,7 +186,16 @@ async fn run() -> Result<()> {
         .into_iter()
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
-    let rec = record::start(endpoint.clone(), PREFIX.to_string(), r0, known);
+    // Every key event after r0 (etcd keeps its data through the restarts: none is lost), and
+    // whether a put rewrote the value its key had.
+    let rec = Recorder::start(
+        endpoint.clone(),
+        PREFIX.to_string(),
+        RecordOptions {
+            after: r0,
+            noop_puts: Some(known),
+        },
+    );
 
     let start = Instant::now();
     let load_start = loadavg();
@@ -244,7 +252,7 @@ async fn run() -> Result<()> {
     let last = sample::take(&operator, &endpoint, start.elapsed().as_secs_f64()).await;
     samples.push(last);
     let model_now = model.lock().map(|m| m.clone()).unwrap_or_default();
-    let recording = rec.lock().map(|r| r.clone()).unwrap_or_default();
+    let recording = rec.recording();
     let (_, _, r_end) = etcd_state(&endpoint).await?;
     let outcome = Outcome {
         cfg,

@@ -10,8 +10,8 @@
 //! - [`Cluster`]: a control plane plus controllers and kwok; pod IPs are in 127.0.0.0/8.
 //!   [`pod_servers::PodServers`] runs a Greeter server on each such pod's IP (a stand-in kubelet).
 //! - [`DelayProxy`]: the one TCP proxy of fault tests (delay, freeze, cut).
-//! - Reading Registrar's keys: [`leases_under`] (the leases its keys hang on) and
-//!   [`watch_prefix`] (events from now on).
+//! - Reading Registrar's keys: [`leases_under`] (the leases its keys hang on), [`watch_prefix`]
+//!   (events from now on) and [`Recorder`] (every event of a run, through etcd restarts).
 //!
 //! Every process runs in its own process group, is killed when its owner is dropped (also when
 //! a test panics) and dies with the test process (`PR_SET_PDEATHSIG`); temp dirs are removed.
@@ -32,6 +32,7 @@ pub mod pod_servers;
 mod process;
 pub mod prometheus;
 mod proxy;
+mod recorder;
 mod tools;
 mod watch;
 
@@ -49,6 +50,7 @@ pub use operator::OperatorProcess;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
 pub use proxy::{DelayProxy, Link};
+pub use recorder::{RecordOptions, Recorded, Recorder, Recording};
 pub use tools::{run_tool, tool, workspace_root};
 pub use watch::{PrefixEvent, watch_deletes, watch_prefix};
 
