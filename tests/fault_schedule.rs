@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use registrar::crd::ServiceRegistration;
 use registrar::desired;
+use registrar_testenv::seeded::SeededRng;
 use registrar_testenv::{RecordOptions, Recorded, Recorder, poll};
 use serde_json::json;
 use support::*;
@@ -44,27 +45,6 @@ const ETCD_TTL: u64 = 6;
 const GUARD: Duration = Duration::from_secs(2);
 /// The services, each selecting pods labelled `app: <service>`.
 const SERVICES: [&str; 3] = ["alpha", "beta", "gamma"];
-
-/// splitmix64: a tiny deterministic generator, so that a seed replays its schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
-}
 
 /// What the driver has asked for: the model the delete invariant is checked against.
 #[derive(Clone)]
@@ -155,7 +135,7 @@ enum Step {
     KeyAlter,
 }
 
-/// Steps with their weights: changes are common, faults rarer.
+/// Steps with their weights (a seeded pick): changes are common, faults rarer.
 const STEPS: [(Step, u64); 14] = [
     (Step::Flip, 10),
     (Step::ScaleUp, 6),
@@ -172,18 +152,6 @@ const STEPS: [(Step, u64); 14] = [
     (Step::KeyDelete, 2),
     (Step::KeyAlter, 2),
 ];
-
-fn choose(rng: &mut Rng) -> Step {
-    let total: u64 = STEPS.iter().map(|(_, w)| w).sum();
-    let mut n = rng.below(total);
-    for (step, w) in STEPS {
-        if n < w {
-            return step;
-        }
-        n -= w;
-    }
-    Step::Flip
-}
 
 /// A delete the driver made: every delete event at `revision` (of `key` only, when set) seen
 /// within [`OWN`] after `sent`. (A revoke deletes all keys of its lease in one revision; the
@@ -302,7 +270,7 @@ impl World {
         self.model.settle(&self.g, Instant::now());
     }
 
-    async fn step(&mut self, step: Step, rng: &mut Rng) {
+    async fn step(&mut self, step: Step, rng: &mut SeededRng) {
         *self.counts.entry(format!("{step:?}")).or_default() += 1;
         let (client, ns) = (self.g.client.clone(), self.g.ns.clone());
         match step {
@@ -605,7 +573,7 @@ async fn run(rounds: u64) {
     eprintln!(
         "fault schedule: seed {seed} (replay with REGISTRAR_FAULT_SEED={seed}), {rounds} rounds"
     );
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
     let g = Ground::new().await.expect("test ground");
     let a = Operator::start(&g.cp, &g.etcd, &replica(&g, "op-a"))
         .await
@@ -652,7 +620,7 @@ async fn run(rounds: u64) {
         let steps = 2 + rng.below(5);
         let mut done = Vec::new();
         for _ in 0..steps {
-            let step = choose(&mut rng);
+            let step = rng.weighted(&STEPS).unwrap_or(Step::Flip);
             done.push(step);
             w.step(step, &mut rng).await;
             tokio::time::sleep(Duration::from_millis(rng.below(400))).await;

@@ -12,6 +12,7 @@
 //! - [`DelayProxy`]: the one TCP proxy of fault tests (delay, freeze, cut).
 //! - Reading Registrar's keys: [`leases_under`] (the leases its keys hang on), [`watch_prefix`]
 //!   (events from now on) and [`Recorder`] (every event of a run, through etcd restarts).
+//! - [`seeded::SeededRng`]: the replayable choices of randomized drivers.
 //!
 //! Every process runs in its own process group, is killed when its owner is dropped (also when
 //! a test panics) and dies with the test process (`PR_SET_PDEATHSIG`); temp dirs are removed.
@@ -33,6 +34,7 @@ mod process;
 pub mod prometheus;
 mod proxy;
 mod recorder;
+pub mod seeded;
 mod tools;
 mod watch;
 
