@@ -19,6 +19,7 @@
 //! the operator's log to `soak-operator.log` next to it. Everything runs on loopback. Under `cargo test --benches` it does nothing.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)]
 mod harness;
 #[path = "common/objects.rs"]
 #[allow(dead_code)]
@@ -125,12 +126,6 @@ async fn converged(
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 async fn run() -> Result<()> {
     let cfg = Config::from_env();
     println!(
@@ -141,7 +136,7 @@ async fn run() -> Result<()> {
         cfg.sample_every.as_secs(),
         cfg.restart_every.as_secs(),
         cfg.revoke_at.as_secs(),
-        loadavg()
+        report::load()
     );
     // The samples and the operator's log go next to the report.
     let report_path = report::out_path("soak.md");
@@ -198,7 +193,7 @@ async fn run() -> Result<()> {
     );
 
     let start = Instant::now();
-    let load_start = loadavg();
+    let load_start = report::load();
     let mut samples = vec![sample::take(&operator, &endpoint, 0.0).await];
     let stop = Arc::new(AtomicBool::new(false));
     let churn = tokio::spawn(churn::run(client.clone(), cfg.seed, stop.clone()));
@@ -241,7 +236,7 @@ async fn run() -> Result<()> {
             operator.log_tail(30)
         )));
     }
-    let load_end = loadavg();
+    let load_end = report::load();
 
     // Quiet: etcd must end up equal to the desired keys, on one lease.
     let quiet = Instant::now();
