@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::task::JoinHandle;
 
-/// Pause before each attempt to reconnect.
+/// Pause before trying again when etcd does not answer.
 const RETRY: Duration = Duration::from_millis(50);
 
 /// Where a [`Recorder`] starts, and whether it counts no-op puts.
@@ -130,11 +130,10 @@ async fn record(
     let mut gap: Option<Instant> = None;
     let mut first = true;
     loop {
-        if !first {
-            tokio::time::sleep(RETRY).await;
-        }
+        // etcd is down (or restarting): try again shortly. A watch that ended is re-established
+        // at once.
         let Ok(mut client) = Client::connect([endpoint.as_str()], None).await else {
-            first = false;
+            tokio::time::sleep(RETRY).await;
             continue;
         };
         let Ok(head) = client
@@ -144,7 +143,7 @@ async fn record(
             )
             .await
         else {
-            first = false;
+            tokio::time::sleep(RETRY).await;
             continue;
         };
         let current = head.header().map_or(0, |h| h.revision());
@@ -160,7 +159,6 @@ async fn record(
         };
         let options = WatchOptions::new().with_prefix().with_start_revision(from);
         let Ok(mut stream) = client.watch(format!("{prefix}/"), Some(options)).await else {
-            first = false;
             continue;
         };
         if !first && let Ok(mut r) = out.lock() {
