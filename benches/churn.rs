@@ -1,7 +1,8 @@
 //! Steady churn benchmark: N pods in R ServiceRegistrations (default 100,000 in 10,000), all
 //! in the API server before the `registrar` binary starts cold. First the cold start is timed
-//! with the API server's count of the operator's status patches (how many, how fast, how many
-//! 429s): the status writes at scale. Then pods flip readiness at a steady rate (half out, half
+//! (the scale bench's, `scale/cold.rs`: → /readyz, → all keys, → all Published) with the API
+//! server's count of the operator's status patches (how many, how fast, how many 429s): the
+//! status writes at scale. Then pods flip readiness at a steady rate (half out, half
 //! back in) for a fixed time, and the bench reports propagation (pod status patch sent → key
 //! put or deleted, seen by an etcd watch) p50/p99, etcd txns per second (revision delta over
 //! time: only the operator writes to its etcd), the operator's CPU seconds per 1,000 changes
@@ -22,6 +23,10 @@
 
 #[path = "churn/apiserver.rs"]
 mod apiserver;
+// Shared with the other size bench (scale / churn); each reads a part of its figures.
+#[allow(dead_code)]
+#[path = "scale/cold.rs"]
+mod cold;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "churn/flip.rs"]
@@ -47,11 +52,11 @@ mod world;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+use crate::common::harness::env_number;
 use crate::common::operator::sample;
 use crate::layout::Size;
-use crate::observe::{Observer, Targets};
 use crate::propagation::{Ledger, Watch};
 use crate::world::{PREFIX, World};
 
@@ -69,16 +74,6 @@ fn main() -> std::process::ExitCode {
 
 fn say(what: &str) {
     println!("[churn] {what}");
-}
-
-fn env_number<T: std::str::FromStr>(var: &str, default: T) -> Result<T> {
-    match std::env::var(var) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// The operator's write settings, as the environment passes them on.
@@ -103,11 +98,8 @@ async fn run() -> Result<()> {
         "{} pods in {} registrations; {rate} changes/s for {secs} s; starting kube-apiserver and etcd",
         size.pods, size.registrations
     ));
-    let world = World::start().await?;
-    let setup = setup::populate(&world.client, size, usize::try_from(setup::IN_FLIGHT)?).await?;
-
-    let cold = cold_start(&world, size).await?;
-    let (mut operator, cold) = cold;
+    let (world, setup) = cold::populated(size, setup::IN_FLIGHT).await?;
+    let (mut operator, cold) = cold_start(&world, size).await?;
     let churn = if secs > 0 {
         Some(churn(&world, &mut operator, size, rate, Duration::from_secs(secs)).await?)
     } else {
@@ -118,7 +110,7 @@ async fn run() -> Result<()> {
     let report = report::Report {
         size,
         when: common::report::when_and_where(),
-        load: report::load(),
+        load: common::report::load(),
         versions: world.versions.clone(),
         settings: write_settings(),
         setup,
@@ -138,56 +130,31 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-/// Starts the operator cold and waits until every key is in etcd and every registration is
-/// Published with all its endpoints, counting the status patches the API server answered.
+/// Starts the operator cold ([`cold::cold_start`]), counting the status patches the API server
+/// answered meanwhile.
 async fn cold_start(
     world: &World,
     size: Size,
 ) -> Result<(common::operator::Operator, report::Cold)> {
-    let mut observer = Observer::start(Targets {
-        kubeconfig: world.cp.kubeconfig().to_path_buf(),
-        etcd_endpoint: world.etcd.endpoint(),
-        prefix: format!("{PREFIX}/"),
-        keys: size.pods,
-        registrations: size.registrations,
-        per_registration: i64::try_from(size.per_registration())?,
-    })
-    .await?;
+    let mut observer = cold::observer(world, size).await?;
     let sampler = apiserver::Sampler::start(world.client.clone()).await?;
-    say("cold start: starting registrar");
-    let spawned = Instant::now();
-    let mut operator = world.spawn_operator()?;
-    let deadline = Duration::from_secs(120) + Duration::from_millis(20) * size.pods as u32;
-    let mut n = 0u32;
-    let done = observer
-        .wait_ticking(
-            "every key in etcd and every registration Published",
-            deadline,
-            |p| p.all_keys_at.is_some() && p.all_ready_at.is_some(),
-            |p| {
-                n += 1;
-                if n.is_multiple_of(5) {
-                    say(&format!("  {n} s: {}", observe::summary(p)));
-                }
-                operator.check_alive()
-            },
-        )
-        .await?;
+    let c = cold::cold_start(world, &mut observer, size).await?;
     let patches = sampler.finish().await?;
     drop(observer);
-    let metrics = operator.metrics().await?;
-    let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(spawned));
+    let metrics = c.operator.metrics().await?;
+    let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(c.spawned));
     let cold = report::Cold {
-        all_keys: since(done.all_keys_at).context("all keys not reached")?,
-        all_published: since(done.all_ready_at).context("all Published not reached")?,
+        readyz: c.readyz,
+        all_keys: c.all_keys,
+        all_published: c.all_published,
         first_patch: since(patches.first),
         last_patch: since(patches.last),
         patches,
         throttled_metric: sample(&metrics, "registrar_kube_throttled_total"),
-        memory: operator.memory()?,
+        memory: c.operator.memory()?,
     };
     say(&format!("cold start: {cold:?}"));
-    Ok((operator, cold))
+    Ok((c.operator, cold))
 }
 
 /// Flips readiness at `rate` for `duration` and measures.

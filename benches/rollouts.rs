@@ -13,6 +13,7 @@
 //! `cargo test --benches` (no `--bench` argument) it does nothing.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)]
 mod harness;
 #[path = "common/report.rs"]
 #[allow(dead_code)]

@@ -21,6 +21,10 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+// Shared with the other size bench (scale / churn); each reads a part of its figures.
+#[allow(dead_code)]
+#[path = "scale/cold.rs"]
+mod cold;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "scale/layout.rs"]
@@ -40,10 +44,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use crate::common::harness::env_number;
 use crate::layout::Size;
-use crate::observe::{Observer, Targets};
 use crate::setup::say;
-use crate::world::{PREFIX, World};
+use crate::world::World;
 
 const DEFAULT_SCALE: &str = "10000x1000";
 
@@ -51,28 +55,13 @@ fn main() -> std::process::ExitCode {
     common::harness::main("scale", run)
 }
 
-/// The operator's value of a numeric flag that the bench passes on through the environment.
-fn operator_setting(var: &str, default: u64) -> Result<u64> {
-    match std::env::var(var) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 async fn run() -> Result<()> {
     let text = std::env::var("REGISTRAR_BENCH_SCALE").unwrap_or_else(|_| DEFAULT_SCALE.into());
     let sizes = Size::parse_list(&text)?;
     let warm = std::env::var("REGISTRAR_BENCH_WARM_RESTART").map_or(true, |v| v.trim() != "0");
-    let lease_ttl = operator_setting("REGISTRAR_LEASE_TTL", 30)?;
-    let coalesce = operator_setting("REGISTRAR_COALESCE_MS", 50)?;
-    let in_flight = usize::try_from(operator_setting(
-        "REGISTRAR_BENCH_IN_FLIGHT",
-        setup::IN_FLIGHT,
-    )?)?
-    .max(1);
+    let lease_ttl: u64 = env_number("REGISTRAR_LEASE_TTL", 30)?;
+    let coalesce: u64 = env_number("REGISTRAR_COALESCE_MS", 50)?;
+    let in_flight = env_number("REGISTRAR_BENCH_IN_FLIGHT", setup::IN_FLIGHT)?.max(1);
     let started = Instant::now();
     say("empty cluster: starting kube-apiserver and etcd, then registrar with nothing to do");
     let (baseline, versions) = {
@@ -127,18 +116,8 @@ async fn run_size(
         "{} pods in {} registrations; starting kube-apiserver and etcd",
         size.pods, size.registrations
     ));
-    let world = World::start().await?;
-    let setup = setup::populate(&world.client, size, in_flight).await?;
-
-    let mut observer = Observer::start(Targets {
-        kubeconfig: world.cp.kubeconfig().to_path_buf(),
-        etcd_endpoint: world.etcd.endpoint(),
-        prefix: format!("{PREFIX}/"),
-        keys: size.pods,
-        registrations: size.registrations,
-        per_registration: i64::try_from(size.per_registration())?,
-    })
-    .await?;
+    let (world, setup) = cold::populated(size, in_flight).await?;
+    let mut observer = cold::observer(&world, size).await?;
     let (operator, cold) = measure::cold_start(&world, &mut observer, size).await?;
     let (operator, warm) = if warm {
         let ttl = Duration::from_secs(lease_ttl);

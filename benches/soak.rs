@@ -19,6 +19,7 @@
 //! the operator's log to `soak-operator.log` next to it. Everything runs on loopback. Under `cargo test --benches` it does nothing.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)]
 mod harness;
 #[path = "common/objects.rs"]
 #[allow(dead_code)]
@@ -34,7 +35,6 @@ mod soak {
     pub mod config;
     pub mod faults;
     pub mod model;
-    pub mod record;
     pub mod render;
     pub mod sample;
     pub mod stats;
@@ -52,10 +52,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use registrar::crd::ServiceRegistration;
 use registrar::desired;
-use registrar_testenv::poll;
+use registrar_testenv::{RecordOptions, Recorder, poll};
 use soak::config::{Config, NAMESPACE, PREFIX};
 use soak::render::Outcome;
-use soak::{churn, faults, model, record, render, sample, world::World};
+use soak::{churn, faults, model, render, sample, world::World};
 use tokio::time::Instant;
 
 fn main() -> std::process::ExitCode {
@@ -126,12 +126,6 @@ async fn converged(
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 async fn run() -> Result<()> {
     let cfg = Config::from_env();
     println!(
@@ -142,7 +136,7 @@ async fn run() -> Result<()> {
         cfg.sample_every.as_secs(),
         cfg.restart_every.as_secs(),
         cfg.revoke_at.as_secs(),
-        loadavg()
+        report::load()
     );
     // The samples and the operator's log go next to the report.
     let report_path = report::out_path("soak.md");
@@ -187,10 +181,19 @@ async fn run() -> Result<()> {
         .into_iter()
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
-    let rec = record::start(endpoint.clone(), PREFIX.to_string(), r0, known);
+    // Every key event after r0 (etcd keeps its data through the restarts: none is lost), and
+    // whether a put rewrote the value its key had.
+    let rec = Recorder::start(
+        endpoint.clone(),
+        PREFIX.to_string(),
+        RecordOptions {
+            after: r0,
+            noop_puts: Some(known),
+        },
+    );
 
     let start = Instant::now();
-    let load_start = loadavg();
+    let load_start = report::load();
     let mut samples = vec![sample::take(&operator, &endpoint, 0.0).await];
     let stop = Arc::new(AtomicBool::new(false));
     let churn = tokio::spawn(churn::run(client.clone(), cfg.seed, stop.clone()));
@@ -233,7 +236,7 @@ async fn run() -> Result<()> {
             operator.log_tail(30)
         )));
     }
-    let load_end = loadavg();
+    let load_end = report::load();
 
     // Quiet: etcd must end up equal to the desired keys, on one lease.
     let quiet = Instant::now();
@@ -244,7 +247,7 @@ async fn run() -> Result<()> {
     let last = sample::take(&operator, &endpoint, start.elapsed().as_secs_f64()).await;
     samples.push(last);
     let model_now = model.lock().map(|m| m.clone()).unwrap_or_default();
-    let recording = rec.lock().map(|r| r.clone()).unwrap_or_default();
+    let recording = rec.recording();
     let (_, _, r_end) = etcd_state(&endpoint).await?;
     let outcome = Outcome {
         cfg,

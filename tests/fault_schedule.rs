@@ -6,8 +6,8 @@
 //! registration create/update/delete, etcd killed (SIGKILL) and restarted, etcd wiped,
 //! kube-apiserver restarted, one operator replica killed (SIGKILL) and restarted, the lease
 //! revoked behind the operator's back, a key deleted or altered by hand — then waits (polling,
-//! up to lease TTL + 5 s) for the quiet state. An etcd watch from a separate client records
-//! every event. Checked:
+//! up to lease TTL + 5 s) for the quiet state. An etcd watch from a separate client (the test
+//! ground's [`Recorder`]) records every event. Checked:
 //! - never a DELETE of a key whose pod was Ready, selected and registered for the whole time
 //!   around it ([`GUARD`] before the delete was seen), except the deletes the driver made itself
 //!   (revoke, delete by hand; a wipe makes no events);
@@ -25,15 +25,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use registrar::crd::ServiceRegistration;
 use registrar::desired;
-use registrar_testenv::poll;
+use registrar_testenv::seeded::SeededRng;
+use registrar_testenv::{RecordOptions, Recorded, Recorder, poll};
 use serde_json::json;
 use support::*;
 
@@ -46,27 +45,6 @@ const ETCD_TTL: u64 = 6;
 const GUARD: Duration = Duration::from_secs(2);
 /// The services, each selecting pods labelled `app: <service>`.
 const SERVICES: [&str; 3] = ["alpha", "beta", "gamma"];
-
-/// splitmix64: a tiny deterministic generator, so that a seed replays its schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
-}
 
 /// What the driver has asked for: the model the delete invariant is checked against.
 #[derive(Clone)]
@@ -138,82 +116,6 @@ impl Model {
     }
 }
 
-/// One event of the recording watch.
-#[derive(Clone, Debug)]
-struct Seen {
-    revision: i64,
-    delete: bool,
-    key: String,
-    /// When it was delivered.
-    at: Instant,
-    /// When the watch had broken before this event was delivered, if it was replayed after a
-    /// reconnect (its real time is then anywhere in `[gap, at]`).
-    gap: Option<Instant>,
-}
-
-/// Watches `prefix/` from a separate client for the whole run, reconnecting (and resuming from
-/// the last revision seen, or from etcd's current revision after a wipe) when etcd goes away.
-fn record(endpoint: String, prefix: String) -> Arc<Mutex<Vec<Seen>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let out = seen.clone();
-    tokio::spawn(async move {
-        let mut last = 0i64;
-        let mut gap: Option<Instant> = None;
-        loop {
-            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
-            else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let Ok(head) = client
-                .get(
-                    format!("{prefix}/"),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-            else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let current = head.header().map(|h| h.revision()).unwrap_or(0);
-            // After a wipe the revision starts again from 1: resume from what etcd has.
-            let from = if current < last {
-                current + 1
-            } else {
-                last + 1
-            };
-            let options = WatchOptions::new().with_prefix().with_start_revision(from);
-            let Ok(mut stream) = client.watch(format!("{prefix}/"), Some(options)).await else {
-                continue;
-            };
-            while let Ok(Some(resp)) = stream.message().await {
-                let at = Instant::now();
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    last = last.max(kv.mod_revision());
-                    let Ok(key) = kv.key_str() else { continue };
-                    if key.ends_with("/.owner") {
-                        continue;
-                    }
-                    let delete = ev.event_type() == EventType::Delete;
-                    if let Ok(mut s) = out.lock() {
-                        s.push(Seen {
-                            revision: kv.mod_revision(),
-                            delete,
-                            key: key.to_string(),
-                            at,
-                            gap,
-                        });
-                    }
-                }
-                gap = None;
-            }
-            gap = Some(Instant::now());
-        }
-    });
-    seen
-}
-
 /// A step of the schedule.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -233,7 +135,7 @@ enum Step {
     KeyAlter,
 }
 
-/// Steps with their weights: changes are common, faults rarer.
+/// Steps with their weights (a seeded pick): changes are common, faults rarer.
 const STEPS: [(Step, u64); 14] = [
     (Step::Flip, 10),
     (Step::ScaleUp, 6),
@@ -251,18 +153,6 @@ const STEPS: [(Step, u64); 14] = [
     (Step::KeyAlter, 2),
 ];
 
-fn choose(rng: &mut Rng) -> Step {
-    let total: u64 = STEPS.iter().map(|(_, w)| w).sum();
-    let mut n = rng.below(total);
-    for (step, w) in STEPS {
-        if n < w {
-            return step;
-        }
-        n -= w;
-    }
-    Step::Flip
-}
-
 /// A delete the driver made: every delete event at `revision` (of `key` only, when set) seen
 /// within [`OWN`] after `sent`. (A revoke deletes all keys of its lease in one revision; the
 /// time window keeps a revision number reused after a wipe from matching.)
@@ -276,7 +166,7 @@ struct OwnDelete {
 const OWN: Duration = Duration::from_secs(10);
 
 impl OwnDelete {
-    fn covers(&self, seen: &Seen) -> bool {
+    fn covers(&self, seen: &Recorded) -> bool {
         seen.revision == self.revision
             && self.key.as_ref().is_none_or(|k| *k == seen.key)
             && seen.at >= self.sent
@@ -380,7 +270,7 @@ impl World {
         self.model.settle(&self.g, Instant::now());
     }
 
-    async fn step(&mut self, step: Step, rng: &mut Rng) {
+    async fn step(&mut self, step: Step, rng: &mut SeededRng) {
         *self.counts.entry(format!("{step:?}")).or_default() += 1;
         let (client, ns) = (self.g.client.clone(), self.g.ns.clone());
         match step {
@@ -641,7 +531,7 @@ impl World {
     }
 
     /// The deletes among `seen` that the invariant forbids.
-    fn forbidden_deletes(&self, seen: &[Seen]) -> Vec<String> {
+    fn forbidden_deletes(&self, seen: &[Recorded]) -> Vec<String> {
         seen.iter()
             .filter(|s| s.delete && !self.own_deletes.iter().any(|o| o.covers(s)))
             .filter(|s| {
@@ -683,7 +573,7 @@ async fn run(rounds: u64) {
     eprintln!(
         "fault schedule: seed {seed} (replay with REGISTRAR_FAULT_SEED={seed}), {rounds} rounds"
     );
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
     let g = Ground::new().await.expect("test ground");
     let a = Operator::start(&g.cp, &g.etcd, &replica(&g, "op-a"))
         .await
@@ -691,7 +581,12 @@ async fn run(rounds: u64) {
     let b = Operator::start(&g.cp, &g.etcd, &replica(&g, "op-b"))
         .await
         .expect("operator b");
-    let seen = record(g.etcd.endpoint(), g.prefix.clone());
+    // Every event from etcd's first revision on, through restarts and wipes.
+    let recorder = Recorder::start(
+        g.etcd.endpoint(),
+        g.prefix.clone(),
+        RecordOptions::default(),
+    );
     let mut w = World {
         g,
         ops: [Some(a), Some(b)],
@@ -725,16 +620,13 @@ async fn run(rounds: u64) {
         let steps = 2 + rng.below(5);
         let mut done = Vec::new();
         for _ in 0..steps {
-            let step = choose(&mut rng);
+            let step = rng.weighted(&STEPS).unwrap_or(Step::Flip);
             done.push(step);
             w.step(step, &mut rng).await;
             tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
         }
         let took = w.converged().await;
-        let events: Vec<Seen> = seen
-            .lock()
-            .map(|s| s[checked.min(s.len())..].to_vec())
-            .unwrap_or_default();
+        let events = recorder.events_after(checked);
         checked += events.len();
         let bad = w.forbidden_deletes(&events);
         assert!(
@@ -751,7 +643,7 @@ async fn run(rounds: u64) {
             }
         }
     }
-    let events = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let events = recorder.recording().events;
     converge.sort();
     let p = |q: f64| converge[((converge.len() - 1) as f64 * q) as usize];
     eprintln!(

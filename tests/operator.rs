@@ -339,23 +339,9 @@ async fn keys_deleted_or_altered_by_hand_come_back() {
 
 /// Every key under `prefix/` is attached to a lease that etcd still has.
 async fn all_on_a_live_lease(kv: &etcd_client::Client, prefix: &str) -> Option<i64> {
-    let mut kv = kv.clone();
-    let resp = kv
-        .get(
-            format!("{prefix}/"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .ok()?;
-    let mut leases: Vec<i64> = resp
-        .kvs()
-        .iter()
-        .filter(|kv| !kv.key().ends_with(b"/.owner"))
-        .map(|kv| kv.lease())
-        .collect();
-    leases.dedup();
+    let leases = leases_under(kv, prefix).await.ok()?;
     let [lease] = leases[..] else { return None };
-    let ttl = kv.lease_time_to_live(lease, None).await.ok()?;
+    let ttl = kv.clone().lease_time_to_live(lease, None).await.ok()?;
     (lease != 0 && ttl.ttl() > 0).then_some(lease)
 }
 

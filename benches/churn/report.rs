@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::apiserver::Patches;
 use crate::common::operator::Memory;
-use crate::common::report::table;
+use crate::common::report::{mib, secs, table};
 use crate::flip::Flipped;
 use crate::layout::Size;
 use crate::propagation::{Seen, quantile};
@@ -13,6 +13,7 @@ use crate::propagation::{Seen, quantile};
 /// The cold start; durations from the operator's spawn.
 #[derive(Debug)]
 pub struct Cold {
+    pub readyz: Duration,
     pub all_keys: Duration,
     pub all_published: Duration,
     /// The sampler's readings (every 0.5 s) that first counted a patch and the last one.
@@ -52,28 +53,12 @@ pub struct Report {
     pub total: Duration,
 }
 
-/// The 1/5/15-minute load averages, from `/proc/loadavg`.
-pub fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
-}
-
 fn ms(d: Option<Duration>) -> String {
     d.map_or("—".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
 }
 
 fn opt(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.0}"))
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 pub fn markdown(r: &Report) -> String {
@@ -97,6 +82,7 @@ pub fn markdown(r: &Report) -> String {
         _ => "—".into(),
     };
     let rows = vec![
+        vec!["start → /readyz (initial list done)".into(), secs(c.readyz)],
         vec!["start → all keys in etcd".into(), secs(c.all_keys)],
         vec![
             "start → all registrations Published".into(),

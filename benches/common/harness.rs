@@ -1,6 +1,7 @@
 //! The `main` of a `harness = false` benchmark: does nothing unless run by `cargo bench`
 //! (`cargo test --benches` runs bench targets without `--bench`), runs the async body on a
-//! multi-threaded runtime and turns its error into a message and a failing exit code.
+//! multi-threaded runtime and turns its error into a message and a failing exit code; and the
+//! numeric knobs a benchmark reads from the environment.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -28,5 +29,16 @@ where
             eprintln!("{name} benchmark failed: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The number in `$var`, else `default`; an error names the variable when it is not a number.
+pub fn env_number<T: std::str::FromStr>(var: &str, default: T) -> Result<T> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected a number")),
+        Err(_) => Ok(default),
     }
 }

@@ -1,8 +1,9 @@
-//! Markdown output of the benchmarks: aligned tables (readable on a terminal too) and where
-//! the report file goes.
+//! Markdown output of the benchmarks: aligned tables (readable on a terminal too), the
+//! figures' formats they share, the machine's load, and where the report file goes.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -63,4 +64,26 @@ pub fn when_and_where() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
     format!("{date}, {cpus} CPUs")
+}
+
+/// A duration: milliseconds below a second, else seconds with two decimals.
+pub fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// KiB as MiB with one decimal.
+pub fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The 1/5/15-minute load averages, from `/proc/loadavg`.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
 }

@@ -47,6 +47,32 @@ pub struct SystemResult {
     pub writes: usize,
 }
 
+/// Which way a round's pods went: the Ready waves (each pod's Ready patch → its endpoint
+/// visible) or the removal waves (each pod's delete request → its endpoint gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Ready,
+    Removal,
+}
+
+impl Path {
+    pub const BOTH: [Path; 2] = [Path::Ready, Path::Removal];
+}
+
+/// What one path measured in one round, per system.
+#[derive(Debug)]
+pub struct PathResult {
+    /// The client: the backend in (out of) a `Balancer`'s pick set.
+    pub pick: SystemResult,
+    /// Registrar: the key put (deleted), seen by an etcd watch.
+    pub registrar: SystemResult,
+    /// The peer: a ready endpoint (no longer ready) in an EndpointSlice watch.
+    pub peer: SystemResult,
+    /// The operator's own latency (watch event received → etcd txn committed) over the path's
+    /// waves.
+    pub operator: Option<OperatorLatency>,
+}
+
 /// One round.
 #[derive(Debug)]
 pub struct Round {
@@ -56,25 +82,15 @@ pub struct Round {
     pub waves: usize,
     /// Time to send all Ready patches of a wave (the longest wave).
     pub flip: Duration,
-    pub registrar: SystemResult,
-    pub peer: SystemResult,
+    /// The Ready waves; writes are Registrar's etcd txns and the peer's EndpointSlice writes.
+    pub ready: PathResult,
+    /// The removal waves (writes not counted).
+    pub removal: PathResult,
     /// etcd revision after convergence minus before the flip.
     pub revision_delta: i64,
     /// The operator's own propagation metric over the round: mean of (etcd commit − Ready
     /// `lastTransitionTime`), seconds.
     pub operator_metric_mean: Option<f64>,
-    /// Registrar: from each pod's delete request to its key's deletion seen by an etcd watch.
-    pub removal_registrar: SystemResult,
-    /// The peer: from each pod's delete request to its endpoint no longer ready.
-    pub removal_peer: SystemResult,
-    /// The operator's own latency (watch event received → etcd txn committed) over the Ready
-    /// waves, and over the removal waves.
-    pub operator_ready: Option<OperatorLatency>,
-    pub operator_removal: Option<OperatorLatency>,
-    /// The client: from each pod's Ready patch to its backend in a `Balancer`'s pick set.
-    pub pick: SystemResult,
-    /// The client: from each pod's delete request to its backend out of the pick set.
-    pub removal_pick: SystemResult,
     /// Per pod over the Ready waves, from the bench's sightings: patch → pod watch event
     /// (API server watch delivery), → key in the bench's etcd watch (the operator, etcd and
     /// etcd's watch delivery), → listed by the balancer's resolver, → in its pick set.
@@ -194,6 +210,13 @@ impl Round {
             self.pods.to_string()
         }
     }
+
+    pub fn path(&self, path: Path) -> &PathResult {
+        match path {
+            Path::Ready => &self.ready,
+            Path::Removal => &self.removal,
+        }
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -215,10 +238,11 @@ fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 pub fn latency_table(rounds: &[Round]) -> String {
     let mut rows = Vec::new();
     for r in rounds {
+        let p = &r.ready;
         for (name, s, unit) in [
-            ("Registrar (Balancer pick set)", &r.pick, ""),
-            ("Registrar (etcd watch)", &r.registrar, "txns"),
-            ("EndpointSlice controller", &r.peer, "slice writes"),
+            ("Registrar (Balancer pick set)", &p.pick, ""),
+            ("Registrar (etcd watch)", &p.registrar, "txns"),
+            ("EndpointSlice controller", &p.peer, "slice writes"),
         ] {
             rows.push(vec![
                 r.label(),
@@ -259,14 +283,15 @@ pub fn ratio_table(rounds: &[Round]) -> String {
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|r| {
-            let (c, a, b) = (&r.pick, &r.registrar, &r.peer);
+            let p = &r.ready;
+            let [pick50, pick99] = pick_ratios(p);
             vec![
                 r.label(),
-                ratio(c.from_patch.p50, b.from_patch.p50),
-                ratio(c.from_patch.p99, b.from_patch.p99),
-                ratio(c.converge, b.converge),
-                ratio(a.from_patch.p50, b.from_patch.p50),
-                ratio(a.from_patch.p99, b.from_patch.p99),
+                pick50,
+                pick99,
+                ratio(p.pick.converge, p.peer.converge),
+                ratio(p.registrar.from_patch.p50, p.peer.from_patch.p50),
+                ratio(p.registrar.from_patch.p99, p.peer.from_patch.p99),
             ]
         })
         .collect();
@@ -290,7 +315,7 @@ pub fn registrar_table(rounds: &[Round]) -> String {
         .map(|r| {
             vec![
                 r.label(),
-                r.registrar.writes.to_string(),
+                r.ready.registrar.writes.to_string(),
                 r.revision_delta.to_string(),
                 opt(r.operator_metric_mean, |m| format!("{:.0} ms", m * 1e3)),
                 ms(r.flip),
@@ -309,28 +334,25 @@ pub fn registrar_table(rounds: &[Round]) -> String {
     )
 }
 
+/// Pick set ÷ peer on one path: at p50 and at p99.
+fn pick_ratios(p: &PathResult) -> [String; 2] {
+    let (c, b) = (&p.pick.from_patch, &p.peer.from_patch);
+    [ratio(c.p50, b.p50), ratio(c.p99, b.p99)]
+}
+
 /// The removal table: per round and system, from the delete request to the endpoint gone,
 /// with Registrar ÷ peer.
 pub fn removal_table(rounds: &[Round]) -> String {
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|r| {
-            let (c, a, b) = (
-                &r.removal_pick.from_patch,
-                &r.removal_registrar.from_patch,
-                &r.removal_peer.from_patch,
-            );
-            vec![
-                r.label(),
-                ms(c.p50),
-                ms(c.p99),
-                ms(a.p50),
-                ms(a.p99),
-                ms(b.p50),
-                ms(b.p99),
-                ratio(c.p50, b.p50),
-                ratio(c.p99, b.p99),
-            ]
+            let p = &r.removal;
+            let mut row = vec![r.label()];
+            for s in [&p.pick, &p.registrar, &p.peer] {
+                row.extend([ms(s.from_patch.p50), ms(s.from_patch.p99)]);
+            }
+            row.extend(pick_ratios(p));
+            row
         })
         .collect();
     table(
@@ -372,8 +394,9 @@ pub fn operator_table(rounds: &[Round]) -> String {
         .iter()
         .map(|r| {
             let mut row = vec![r.label()];
-            row.extend(cells(r.operator_ready));
-            row.extend(cells(r.operator_removal));
+            for path in Path::BOTH {
+                row.extend(cells(r.path(path).operator));
+            }
             row
         })
         .collect();
@@ -451,31 +474,29 @@ pub fn spread_table(runs: &[Vec<Round>]) -> String {
             let get = |f: &dyn Fn(&Round) -> f64| same.iter().map(|r| f(r)).collect::<Vec<f64>>();
             let secs = |d: Duration| d.as_secs_f64();
             let div = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+            let ratio_range = |path: Path, p99: bool| {
+                let q = |s: &Stats| if p99 { s.p99 } else { s.p50 };
+                range(
+                    get(&|r| {
+                        let p = r.path(path);
+                        div(q(&p.pick.from_patch), q(&p.peer.from_patch))
+                    }),
+                    &rf,
+                )
+            };
             vec![
                 first[i].label(),
                 same.len().to_string(),
-                range(get(&|r| secs(r.pick.from_patch.p50)), &msf),
-                range(get(&|r| secs(r.pick.from_patch.p99)), &msf),
-                range(get(&|r| secs(r.peer.from_patch.p50)), &msf),
-                range(get(&|r| secs(r.peer.from_patch.p99)), &msf),
+                range(get(&|r| secs(r.ready.pick.from_patch.p50)), &msf),
+                range(get(&|r| secs(r.ready.pick.from_patch.p99)), &msf),
+                range(get(&|r| secs(r.ready.peer.from_patch.p50)), &msf),
+                range(get(&|r| secs(r.ready.peer.from_patch.p99)), &msf),
+                ratio_range(Path::Ready, false),
+                ratio_range(Path::Ready, true),
+                ratio_range(Path::Removal, false),
+                ratio_range(Path::Removal, true),
                 range(
-                    get(&|r| div(r.pick.from_patch.p50, r.peer.from_patch.p50)),
-                    &rf,
-                ),
-                range(
-                    get(&|r| div(r.pick.from_patch.p99, r.peer.from_patch.p99)),
-                    &rf,
-                ),
-                range(
-                    get(&|r| div(r.removal_pick.from_patch.p50, r.removal_peer.from_patch.p50)),
-                    &rf,
-                ),
-                range(
-                    get(&|r| div(r.removal_pick.from_patch.p99, r.removal_peer.from_patch.p99)),
-                    &rf,
-                ),
-                range(
-                    get(&|r| r.operator_ready.map_or(f64::NAN, |o| secs(o.p99))),
+                    get(&|r| r.ready.operator.map_or(f64::NAN, |o| secs(o.p99))),
                     &msf,
                 ),
             ]

@@ -19,8 +19,8 @@ use registrar_testenv::poll;
 use serde_json::{Value, json};
 
 use crate::common::objects::pod_status;
-use crate::observe::{Observer, Targets};
-use crate::report::{OperatorLatency, Round, Stats, SystemResult};
+use crate::observe::{Observer, Sighting, Targets};
+use crate::report::{OperatorLatency, Path, PathResult, Round, Stats, SystemResult};
 use crate::world::{NODE, PREFIX, World};
 
 /// Port of every pod, the Service and the registration.
@@ -119,128 +119,35 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
     let metrics_before = world.metrics().await?;
     let rev_before = revision(&mut etcd).await?;
 
-    let mut sent = Vec::with_capacity(total);
-    let mut flip_time = Duration::ZERO;
-    let deadline = Duration::from_secs(30) + Duration::from_millis(100) * plan.pods as u32;
-    for wave in 0..plan.waves {
-        if wave == 0 || wave + 1 == plan.waves {
-            say(
-                &ns,
-                &format!(
-                    "wave {}/{}: flipping {} pods Ready",
-                    wave + 1,
-                    plan.waves,
-                    plan.pods
-                ),
-            );
-        }
-        if wave > 0 {
-            tokio::time::sleep(QUIET).await;
-        }
-        let first = wave * plan.pods;
-        let started = Instant::now();
-        sent.extend(flip(&client, &ns, first..first + plan.pods).await?);
-        flip_time = flip_time.max(started.elapsed());
-        let visible = first + plan.pods;
-        let converged = observer
-            .wait(
-                "every key in etcd and every endpoint ready",
-                deadline,
-                |p| p.keys >= visible && p.ready >= visible,
-            )
-            .await;
-        let converged = match converged {
-            Ok(_) => {
-                balancer
-                    .wait("every backend in the pick set", deadline, |p| {
-                        p.picked >= visible
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = converged {
-            world.check_alive()?;
-            return Err(e);
-        }
-    }
+    let (sent, flip_time) =
+        waves(Path::Ready, world, &ns, plan, &mut observer, &mut balancer).await?;
     let ready_end = Instant::now();
     let rev_after = revision(&mut etcd).await?;
     let metrics_after = world.metrics().await?;
     let ltt = ready_transition_times(&client, &ns).await?;
     say(&ns, "converged; deleting the pods in the same waves");
-
-    let mut deleted = Vec::with_capacity(total);
-    for wave in 0..plan.waves {
-        tokio::time::sleep(QUIET).await;
-        let first = wave * plan.pods;
-        deleted.extend(delete(&client, &ns, first..first + plan.pods).await?);
-        let removed = first + plan.pods;
-        let converged = observer
-            .wait(
-                "every key deleted and every endpoint no longer ready",
-                deadline,
-                |p| p.gone >= removed && p.ready <= total - removed,
-            )
-            .await;
-        let converged = match converged {
-            Ok(_) => {
-                balancer
-                    .wait("every removed backend out of the pick set", deadline, |p| {
-                        p.picked <= total - removed
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = converged {
-            world.check_alive()?;
-            return Err(e);
-        }
-    }
+    // The Ready waves just ended: the first removal wave is a lone change too.
+    tokio::time::sleep(QUIET).await;
+    let (deleted, _) = waves(
+        Path::Removal,
+        world,
+        &ns,
+        plan,
+        &mut observer,
+        &mut balancer,
+    )
+    .await?;
     let seen = observer.finish().await?;
     let client_seen = balancer.finish().await?;
     let metrics_removed = world.metrics().await?;
     say(&ns, "removals converged");
 
-    let addrs: HashMap<String, usize> = (0..total).map(|i| (pod_addr(i), i)).collect();
     let key_prefix = format!("{PREFIX}/{ns}/{SERVICE}/");
-    let mut registrar = Samples::new(plan);
-    for (key, s) in &seen.keys {
-        let addr = key
-            .strip_prefix(&key_prefix)
-            .with_context(|| format!("unexpected key {key}"))?;
-        let i = *addrs
-            .get(addr)
-            .with_context(|| format!("unknown address in {key}"))?;
-        registrar.add(i, &sent[i], s.at, s.wall, ltt.get(&pod_name(i)));
-    }
-    let mut registrar_removal = Samples::new(plan);
-    for (key, s) in &seen.gone {
-        let addr = key
-            .strip_prefix(&key_prefix)
-            .with_context(|| format!("unexpected key {key}"))?;
-        let i = *addrs
-            .get(addr)
-            .with_context(|| format!("unknown address in {key}"))?;
-        registrar_removal.add(i, &deleted[i], s.at, s.wall, None);
-    }
-    let index_of = |addr: &str| -> Result<usize> {
-        addrs
-            .get(addr)
-            .copied()
-            .with_context(|| format!("unknown backend {addr}"))
+    let pods = Pods {
+        plan,
+        addrs: (0..total).map(|i| (pod_addr(i), i)).collect(),
+        key_prefix: key_prefix.clone(),
     };
-    let mut pick = Samples::new(plan);
-    for (addr, at) in &client_seen.picked {
-        let i = index_of(addr)?;
-        pick.add(i, &sent[i], *at, SystemTime::now(), None);
-    }
-    let mut pick_removal = Samples::new(plan);
-    for (addr, at) in &client_seen.unpicked {
-        let i = index_of(addr)?;
-        pick_removal.add(i, &deleted[i], *at, SystemTime::now(), None);
-    }
     // Where the time goes, per pod, from the bench's own sightings.
     let mut stages: [Vec<Duration>; 4] = Default::default();
     for (i, patch) in sent.iter().enumerate() {
@@ -260,16 +167,6 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         stages[3].push(picked.saturating_duration_since(*resolved));
     }
     let stages = stages.map(Stats::of);
-    let mut peer_removal = Samples::new(plan);
-    for (pod, s) in &seen.unready {
-        let i = pod_index(pod, total)?;
-        peer_removal.add(i, &deleted[i], s.at, s.wall, None);
-    }
-    let mut peer = Samples::new(plan);
-    for (pod, s) in &seen.ready {
-        let i = pod_index(pod, total)?;
-        peer.add(i, &sent[i], s.at, s.wall, ltt.get(pod));
-    }
     let flip_start = sent.iter().map(|s| s.at).min().context("nothing flipped")?;
     let txns = seen.revisions.len();
     let slice_writes = seen
@@ -277,56 +174,202 @@ pub async fn run(world: &mut World, index: usize, plan: Plan) -> Result<Round> {
         .iter()
         .filter(|t| **t >= flip_start && **t < ready_end)
         .count();
-    let registrar = registrar.result(txns)?;
-    let peer = peer.result(slice_writes)?;
-    let pick = pick.result(0)?;
-    let removal_pick = pick_removal.result(0)?;
-    anyhow::ensure!(
-        pick.from_patch.count == total && removal_pick.from_patch.count == total,
-        "measured {} backends entering and {} leaving the pick set for {total} pods",
-        pick.from_patch.count,
-        removal_pick.from_patch.count
-    );
-    let removal_registrar = registrar_removal.result(0)?;
-    let removal_peer = peer_removal.result(0)?;
-    anyhow::ensure!(
-        removal_registrar.from_patch.count == total && removal_peer.from_patch.count == total,
-        "measured {} key deletions and {} endpoints leaving for {total} pods",
-        removal_registrar.from_patch.count,
-        removal_peer.from_patch.count
-    );
-    anyhow::ensure!(
-        registrar.from_patch.count == total && peer.from_patch.count == total,
-        "measured {} keys and {} endpoints for {total} pods",
-        registrar.from_patch.count,
-        peer.from_patch.count
-    );
+    let ready = pods.result(
+        Path::Ready,
+        &sent,
+        Sightings {
+            client: &client_seen.picked,
+            etcd: &seen.keys,
+            peer: &seen.ready,
+        },
+        Some(&ltt),
+        (txns, slice_writes),
+        OperatorLatency::between(&metrics_before, &metrics_after),
+    )?;
+    let removal = pods.result(
+        Path::Removal,
+        &deleted,
+        Sightings {
+            client: &client_seen.unpicked,
+            etcd: &seen.gone,
+            peer: &seen.unready,
+        },
+        None,
+        (0, 0),
+        OperatorLatency::between(&metrics_after, &metrics_removed),
+    )?;
     Ok(Round {
         pods: plan.pods,
         waves: plan.waves,
         flip: flip_time,
-        registrar,
-        peer,
+        ready,
+        removal,
         revision_delta: rev_after - rev_before,
         operator_metric_mean: metric_mean(&metrics_before, &metrics_after),
-        removal_registrar,
-        removal_peer,
-        operator_ready: OperatorLatency::between(&metrics_before, &metrics_after),
-        operator_removal: OperatorLatency::between(&metrics_after, &metrics_removed),
-        pick,
-        removal_pick,
         stages,
         operator_stages: crate::report::STAGES
             .map(|stage| OperatorLatency::of_stage(stage, &metrics_before, &metrics_after)),
     })
 }
 
-/// The index of pod `p-<i>` (`i < total`).
-fn pod_index(pod: &str, total: usize) -> Result<usize> {
-    pod.strip_prefix("p-")
-        .and_then(|i| i.parse::<usize>().ok())
-        .filter(|i| *i < total)
-        .with_context(|| format!("unexpected endpoint {pod}"))
+/// Sends `path`'s requests — Ready patches or deletes — to the round's pods in `plan.waves`
+/// waves of `plan.pods`, each wave once the previous one is visible to the observers and the
+/// balancer and [`QUIET`] has passed; returns when each request was sent (in pod order) and the
+/// longest time a wave took to send.
+async fn waves(
+    path: Path,
+    world: &mut World,
+    ns: &str,
+    plan: Plan,
+    observer: &mut Observer,
+    balancer: &mut crate::client::Client,
+) -> Result<(Vec<Sent>, Duration)> {
+    let total = plan.total();
+    let deadline = Duration::from_secs(30) + Duration::from_millis(100) * plan.pods as u32;
+    let (what, what_picked) = match path {
+        Path::Ready => (
+            "every key in etcd and every endpoint ready",
+            "every backend in the pick set",
+        ),
+        Path::Removal => (
+            "every key deleted and every endpoint no longer ready",
+            "every removed backend out of the pick set",
+        ),
+    };
+    let mut sent = Vec::with_capacity(total);
+    let mut longest = Duration::ZERO;
+    for wave in 0..plan.waves {
+        if path == Path::Ready && (wave == 0 || wave + 1 == plan.waves) {
+            say(
+                ns,
+                &format!(
+                    "wave {}/{}: flipping {} pods Ready",
+                    wave + 1,
+                    plan.waves,
+                    plan.pods
+                ),
+            );
+        }
+        if wave > 0 {
+            tokio::time::sleep(QUIET).await;
+        }
+        let first = wave * plan.pods;
+        let started = Instant::now();
+        sent.extend(send(path, &world.client, ns, first..first + plan.pods).await?);
+        longest = longest.max(started.elapsed());
+        let done = first + plan.pods;
+        let converged = observer
+            .wait(what, deadline, |p| match path {
+                Path::Ready => p.keys >= done && p.ready >= done,
+                Path::Removal => p.gone >= done && p.ready <= total - done,
+            })
+            .await;
+        let converged = match converged {
+            Ok(_) => {
+                balancer
+                    .wait(what_picked, deadline, |p| match path {
+                        Path::Ready => p.picked >= done,
+                        Path::Removal => p.picked <= total - done,
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = converged {
+            world.check_alive()?;
+            return Err(e);
+        }
+    }
+    Ok((sent, longest))
+}
+
+/// What the observers saw on one path, first time each: the client per backend address
+/// (in or out of the pick set), the etcd watch per key (put or deleted), the peer per pod name
+/// (ready endpoint or no longer).
+struct Sightings<'a> {
+    client: &'a HashMap<String, Instant>,
+    etcd: &'a HashMap<String, Sighting>,
+    peer: &'a HashMap<String, Sighting>,
+}
+
+/// The pods of a round, found again by what the observers know them by.
+struct Pods {
+    plan: Plan,
+    /// Pod index by address (`ip:port`).
+    addrs: HashMap<String, usize>,
+    /// The round's target prefix, with its trailing '/'.
+    key_prefix: String,
+}
+
+impl Pods {
+    fn by_addr(&self, addr: &str) -> Result<usize> {
+        self.addrs
+            .get(addr)
+            .copied()
+            .with_context(|| format!("unknown address {addr}"))
+    }
+
+    fn by_key(&self, key: &str) -> Result<usize> {
+        let addr = key
+            .strip_prefix(&self.key_prefix)
+            .with_context(|| format!("unexpected key {key}"))?;
+        self.by_addr(addr)
+    }
+
+    /// The index of pod `p-<i>` (`i <` the round's pods).
+    fn by_name(&self, pod: &str) -> Result<usize> {
+        pod.strip_prefix("p-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < self.plan.total())
+            .with_context(|| format!("unexpected endpoint {pod}"))
+    }
+
+    /// Each system's figures on `path`: per pod from its request (`requests[i]`) to its
+    /// sighting, and from its Ready `lastTransitionTime` (`ltt`, when given); `writes` are
+    /// Registrar's and the peer's. Fails unless every system saw every pod.
+    fn result(
+        &self,
+        path: Path,
+        requests: &[Sent],
+        seen: Sightings<'_>,
+        ltt: Option<&HashMap<String, SystemTime>>,
+        writes: (usize, usize),
+        operator: Option<OperatorLatency>,
+    ) -> Result<PathResult> {
+        let ltt_of = |i: usize| ltt.and_then(|l| l.get(&pod_name(i)));
+        let mut pick = Samples::new(self.plan);
+        for (addr, at) in seen.client {
+            let i = self.by_addr(addr)?;
+            pick.add(i, &requests[i], *at, SystemTime::now(), None);
+        }
+        let mut registrar = Samples::new(self.plan);
+        for (key, s) in seen.etcd {
+            let i = self.by_key(key)?;
+            registrar.add(i, &requests[i], s.at, s.wall, ltt_of(i));
+        }
+        let mut peer = Samples::new(self.plan);
+        for (pod, s) in seen.peer {
+            let i = self.by_name(pod)?;
+            peer.add(i, &requests[i], s.at, s.wall, ltt_of(i));
+        }
+        let result = PathResult {
+            pick: pick.result(0)?,
+            registrar: registrar.result(writes.0)?,
+            peer: peer.result(writes.1)?,
+            operator,
+        };
+        let total = self.plan.total();
+        let counts = [&result.pick, &result.registrar, &result.peer].map(|s| s.from_patch.count);
+        anyhow::ensure!(
+            counts == [total; 3],
+            "{path:?} waves: measured {} backends in the pick set or out of it, {} keys put or \
+             deleted and {} endpoints (no longer) ready for {total} pods",
+            counts[0],
+            counts[1],
+            counts[2]
+        );
+        Ok(result)
+    }
 }
 
 fn say(ns: &str, what: &str) {
@@ -469,31 +512,11 @@ async fn settle(world: &World, observer: &mut Observer, ns: &str, n: usize) -> R
     .await
 }
 
-/// Patches pods `range` Ready at once (bounded concurrency), recording when each patch was
-/// sent; returns them in index order.
-async fn flip(client: &kube::Client, ns: &str, range: std::ops::Range<usize>) -> Result<Vec<Sent>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let mut sent: Vec<(usize, Sent)> = futures::stream::iter(range)
-        .map(|i| {
-            let pods = pods.clone();
-            async move {
-                let body = pod_status(&pod_ip(i), true);
-                let at = Instant::now();
-                pods.patch_status(&pod_name(i), &PatchParams::default(), &Patch::Merge(body))
-                    .await?;
-                anyhow::Ok((i, Sent { at }))
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect()
-        .await?;
-    sent.sort_by_key(|(i, _)| *i);
-    Ok(sent.into_iter().map(|(_, s)| s).collect())
-}
-
-/// Deletes pods `range` at once (bounded concurrency; each turns terminating, since no kubelet
-/// confirms it), recording when each delete was sent; returns them in index order.
-async fn delete(
+/// Sends `path`'s request to pods `range` at once (bounded concurrency): a Ready patch, or a
+/// delete (each pod turns terminating, since no kubelet confirms it); records when each was
+/// sent and returns them in index order.
+async fn send(
+    path: Path,
     client: &kube::Client,
     ns: &str,
     range: std::ops::Range<usize>,
@@ -503,8 +526,24 @@ async fn delete(
         .map(|i| {
             let pods = pods.clone();
             async move {
-                let at = Instant::now();
-                pods.delete(&pod_name(i), &DeleteParams::default()).await?;
+                let at = match path {
+                    Path::Ready => {
+                        let body = pod_status(&pod_ip(i), true);
+                        let at = Instant::now();
+                        pods.patch_status(
+                            &pod_name(i),
+                            &PatchParams::default(),
+                            &Patch::Merge(body),
+                        )
+                        .await?;
+                        at
+                    }
+                    Path::Removal => {
+                        let at = Instant::now();
+                        pods.delete(&pod_name(i), &DeleteParams::default()).await?;
+                        at
+                    }
+                };
                 anyhow::Ok((i, Sent { at }))
             }
         })

@@ -1,16 +1,17 @@
-//! The operator on an empty cluster (its baseline memory), and the timed parts: a cold start (a fresh operator, nothing in etcd, everything already in the
-//! API server) until every key is in etcd and every registration reports Ready/Published, and
-//! a warm restart (SIGTERM, start again) until the new operator is ready and every key hangs
+//! The operator on an empty cluster (its baseline memory), and the timed parts: a cold start (a
+//! fresh operator, nothing in etcd, everything already in the API server: [`crate::cold`]) until
+//! every key is in etcd and every registration reports Ready/Published, with the txns, leases
+//! and memory it took, and a warm restart (SIGTERM, start again) until the new operator is ready and every key hangs
 //! on its new lease, watching that no key is deleted while the old lease runs out.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::task::JoinHandle;
 
-use crate::common::operator::{Memory, Operator, http_get, sample};
+use crate::cold::{self, converge_deadline, ticker, time_readyz};
+use crate::common::operator::{Memory, Operator, sample};
 use crate::layout::Size;
-use crate::observe::{Observer, Progress, summary};
+use crate::observe::Observer;
 use crate::setup::say;
 use crate::world::{LeaseInfo, World};
 
@@ -54,45 +55,6 @@ pub struct Warm {
     pub ready: usize,
 }
 
-fn since(at: Option<Instant>, start: Instant) -> Result<Duration> {
-    Ok(at.context("not reached")?.saturating_duration_since(start))
-}
-
-/// Deadline for a cold convergence of `size`.
-fn converge_deadline(size: Size) -> Duration {
-    Duration::from_secs(60) + Duration::from_millis(20) * size.pods as u32
-}
-
-/// Polls `/readyz` every 20 ms from now on; the task yields the instant it first answered 200.
-fn time_readyz(operator: &Operator, deadline: Duration) -> JoinHandle<Result<Instant>> {
-    let admin = operator.admin.clone();
-    tokio::spawn(async move {
-        let end = Instant::now() + deadline;
-        loop {
-            if matches!(http_get(&admin, "/readyz").await, Ok((200, _))) {
-                return Ok(Instant::now());
-            }
-            anyhow::ensure!(
-                Instant::now() < end,
-                "registrar /readyz not 200 within {deadline:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
-
-/// Prints the progress every 5 s and fails when the operator died.
-fn ticker<'a>(operator: &'a mut Operator) -> impl FnMut(&Progress) -> Result<()> + 'a {
-    let mut n = 0u32;
-    move |p| {
-        n += 1;
-        if n.is_multiple_of(5) {
-            say(&format!("  {n} s: {}", summary(p)));
-        }
-        operator.check_alive()
-    }
-}
-
 /// The operator's memory on `world` with nothing to publish: started, ready, and its RSS
 /// unchanged over 1 s (sampled every 200 ms; at most 30 s after ready); then stopped.
 pub async fn empty_cluster(world: &World) -> Result<Memory> {
@@ -115,51 +77,27 @@ pub async fn empty_cluster(world: &World) -> Result<Memory> {
     Ok(last)
 }
 
-/// Starts the operator cold and measures until convergence; returns it still running.
+/// Starts the operator cold and measures until convergence (and etcd's revision has settled);
+/// returns it still running.
 pub async fn cold_start(
     world: &World,
     observer: &mut Observer,
     size: Size,
 ) -> Result<(Operator, Cold)> {
-    let (rev_before, count_before) = world.revision_and_count().await?;
-    anyhow::ensure!(
-        count_before == 0,
-        "Registrar's etcd is not empty ({count_before} keys)"
-    );
-    let deadline = converge_deadline(size);
-    say(&format!(
-        "cold start: starting registrar ({} pods, {} registrations already in the API server)",
-        size.pods, size.registrations
-    ));
-    let started = Instant::now();
-    let mut operator = world.spawn_operator()?;
-    let readyz = time_readyz(&operator, deadline);
-    let wait = observer
-        .wait_ticking(
-            "every key in etcd and every registration Ready",
-            deadline,
-            |p| p.all_keys_at.is_some() && p.all_ready_at.is_some(),
-            ticker(&mut operator),
-        )
-        .await;
-    let p = match wait {
-        Ok(p) => p,
-        Err(e) => anyhow::bail!("{e:#}; registrar log:\n{}", operator.log_tail(30)),
-    };
-    let readyz = readyz.await??;
+    let c = cold::cold_start(world, observer, size).await?;
     let rev_after = world
         .settled_revision(QUIET, Duration::from_secs(60))
         .await?;
-    let metrics = operator.metrics().await?;
-    let memory = operator.memory()?;
+    let metrics = c.operator.metrics().await?;
+    let memory = c.operator.memory()?;
     let leases = world.leases().await?;
     let (_, etcd_keys) = world.revision_and_count().await?;
     let cold = Cold {
-        readyz: readyz.saturating_duration_since(started),
-        all_keys: since(p.all_keys_at, started)?,
-        all_statuses: since(p.all_ready_at, started)?,
+        readyz: c.readyz,
+        all_keys: c.all_keys,
+        all_statuses: c.all_published,
         memory,
-        txns: rev_after - rev_before,
+        txns: rev_after - c.revision_before,
         txn_metric: sample(&metrics, r#"registrar_etcd_txns_total{result="ok"}"#),
         ops_metric: sample(&metrics, "registrar_etcd_txn_ops_total"),
         lease_grants: sample(&metrics, "registrar_etcd_lease_grants_total"),
@@ -167,7 +105,7 @@ pub async fn cold_start(
         etcd_keys,
     };
     say(&format!("cold start converged: {cold:?}"));
-    Ok((operator, cold))
+    Ok((c.operator, cold))
 }
 
 /// Restarts the operator (SIGTERM, start again) and measures until the new one has taken every

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::operator::Memory;
-use crate::common::report::table;
+use crate::common::report::{mib, secs, table};
 use crate::layout::Size;
 use crate::measure::{Cold, Warm};
 use crate::setup::SetupTimes;
@@ -32,18 +32,6 @@ pub struct Report {
     pub baseline: Memory,
     pub runs: Vec<Run>,
     pub total: Duration,
-}
-
-fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{:.0} ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{:.2} s", d.as_secs_f64())
-    }
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 fn opt(v: Option<f64>) -> String {

@@ -17,7 +17,7 @@ use crate::layout::{self, PORT, Size};
 /// The Node every pod is bound to.
 pub const NODE: &str = "scale-node";
 /// API requests in flight during setup, by default (`REGISTRAR_BENCH_IN_FLIGHT`).
-pub const IN_FLIGHT: u64 = 64;
+pub const IN_FLIGHT: usize = 64;
 /// Progress is printed at least every this many pods (and about 20 times in all).
 const PROGRESS_EVERY: usize = 1000;
 

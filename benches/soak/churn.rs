@@ -1,4 +1,5 @@
-//! The churn driver: one action per [`CHURN_PERIOD`] at most, chosen by a seeded generator —
+//! The churn driver: one action per [`CHURN_PERIOD`] at most, picked by weight with the test
+//! ground's seeded generator (as the fault schedule test picks its steps) —
 //! a pod's readiness flipped (as a kubelet's probe would), a Deployment scaled within
 //! `MIN_REPLICAS..=MAX_REPLICAS`, or (at most every [`ROLLOUT_EVERY`]) a rolling restart of a
 //! Deployment. API errors are counted, not fatal (the soak restarts nothing on the API side).
@@ -10,32 +11,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use registrar_testenv::seeded::SeededRng;
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::config::{CHURN_PERIOD, MAX_REPLICAS, MIN_REPLICAS, NAMESPACE, ROLLOUT_EVERY, SERVICES};
 use crate::objects::pod_status;
 
-/// splitmix64: a tiny deterministic generator, so that a seed replays its choices.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// The actions with their weights (a seeded pick, then the Deployment): mostly flips; a
+/// rollout that is not due yet is a scale instead.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Flip,
+    Scale,
+    Rollout,
 }
+
+const ACTIONS: [(Action, u64); 3] = [
+    (Action::Flip, 75),
+    (Action::Scale, 17),
+    (Action::Rollout, 8),
+];
 
 /// What the driver did.
 #[derive(Clone, Debug, Default)]
@@ -60,7 +56,7 @@ impl ChurnCounts {
 
 /// Runs until `stop` is set; returns what it did.
 pub async fn run(client: kube::Client, seed: u64, stop: Arc<AtomicBool>) -> ChurnCounts {
-    let mut rng = Rng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut counts = ChurnCounts::default();
     let mut replicas: BTreeMap<&str, i32> = SERVICES
         .iter()
@@ -71,30 +67,32 @@ pub async fn run(client: kube::Client, seed: u64, stop: Arc<AtomicBool>) -> Chur
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let roll = rng.below(100);
-        let service = SERVICES[rng.below(SERVICES.len() as u64) as usize];
+        let action = rng.weighted(&ACTIONS).unwrap_or(Action::Flip);
+        let service = *rng.pick(&SERVICES).unwrap_or(&SERVICES[0]);
         let rollout_due = last_rollout.is_none_or(|t| t.elapsed() >= ROLLOUT_EVERY);
-        let res = if roll >= 92 && rollout_due {
-            last_rollout = Some(Instant::now());
-            counts.rollouts += 1;
-            rollout(&client, service).await
-        } else if roll >= 75 {
-            let now = replicas.get(service).copied().unwrap_or(MIN_REPLICAS);
-            let span = (MAX_REPLICAS - MIN_REPLICAS) as u64;
-            let mut to = MIN_REPLICAS + rng.below(span) as i32;
-            if to >= now {
-                to += 1;
+        let res = match action {
+            Action::Rollout if rollout_due => {
+                last_rollout = Some(Instant::now());
+                counts.rollouts += 1;
+                rollout(&client, service).await
             }
-            replicas.insert(service, to);
-            counts.scales += 1;
-            if to > now {
-                counts.scaled_up += (to - now) as u64;
-            } else {
-                counts.scaled_down += (now - to) as u64;
+            Action::Rollout | Action::Scale => {
+                let now = replicas.get(service).copied().unwrap_or(MIN_REPLICAS);
+                let span = (MAX_REPLICAS - MIN_REPLICAS) as u64;
+                let mut to = MIN_REPLICAS + rng.below(span) as i32;
+                if to >= now {
+                    to += 1;
+                }
+                replicas.insert(service, to);
+                counts.scales += 1;
+                if to > now {
+                    counts.scaled_up += (to - now) as u64;
+                } else {
+                    counts.scaled_down += (now - to) as u64;
+                }
+                scale(&client, service, to).await
             }
-            scale(&client, service, to).await
-        } else {
-            flip(&client, &mut rng, &mut counts).await
+            Action::Flip => flip(&client, &mut rng, &mut counts).await,
         };
         if res.is_err() {
             counts.api_errors += 1;
@@ -128,7 +126,11 @@ async fn scale(client: &kube::Client, service: &str, replicas: i32) -> kube::Res
 }
 
 /// Flips the Ready condition of a random Running pod with an IP that is not terminating.
-async fn flip(client: &kube::Client, rng: &mut Rng, counts: &mut ChurnCounts) -> kube::Result<()> {
+async fn flip(
+    client: &kube::Client,
+    rng: &mut SeededRng,
+    counts: &mut ChurnCounts,
+) -> kube::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let list = pods.list(&ListParams::default()).await?;
     let candidates: Vec<(String, String, bool)> = list
@@ -149,11 +151,10 @@ async fn flip(client: &kube::Client, rng: &mut Rng, counts: &mut ChurnCounts) ->
             Some((p.metadata.name.clone()?, ip, ready))
         })
         .collect();
-    if candidates.is_empty() {
+    let Some((name, ip, ready)) = rng.pick(&candidates) else {
         counts.idle += 1;
         return Ok(());
-    }
-    let (name, ip, ready) = &candidates[rng.below(candidates.len() as u64) as usize];
+    };
     if *ready {
         counts.flips_to_unready += 1;
     } else {

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use etcd_client::GetOptions;
-use registrar_testenv::Etcd;
+use registrar_testenv::{Etcd, leases_under};
 use tokio::time::Instant;
 
 use super::config::{Config, LEASE_TTL, PREFIX, SHORT_OUTAGE};
@@ -78,31 +77,24 @@ pub fn schedule(cfg: &Config) -> Vec<(Duration, Kind)> {
     out
 }
 
-/// The one lease of the keys under the prefix, if they are on exactly one.
+/// The one lease of the keys under the prefix, if they are on exactly one (from a fresh client:
+/// etcd restarts in between).
 pub async fn lease_of_keys(endpoint: &str) -> Option<i64> {
-    let mut c = tokio::time::timeout(
+    let c = tokio::time::timeout(
         Duration::from_secs(2),
         etcd_client::Client::connect([endpoint], None),
     )
     .await
     .ok()?
     .ok()?;
-    let resp = tokio::time::timeout(
-        Duration::from_secs(2),
-        c.get(format!("{PREFIX}/"), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let mut leases: Vec<i64> = resp
-        .kvs()
-        .iter()
-        .filter(|kv| !kv.key().ends_with(b"/.owner"))
-        .map(|kv| kv.lease())
-        .collect();
-    leases.sort_unstable();
-    leases.dedup();
-    (leases.len() == 1).then(|| leases[0])
+    let leases = tokio::time::timeout(Duration::from_secs(2), leases_under(&c, PREFIX))
+        .await
+        .ok()?
+        .ok()?;
+    match leases[..] {
+        [lease] => Some(lease),
+        _ => None,
+    }
 }
 
 /// Applies the schedule (times from `start`) until it is done or `stop` is set; returns etcd

@@ -8,10 +8,10 @@ use super::churn::ChurnCounts;
 use super::config::{Config, LEASE_TTL, MAX_REPLICAS, MIN_REPLICAS, REPLICAS, SERVICES};
 use super::faults::Fault;
 use super::model::ModelState;
-use super::record::Recording;
 use super::sample::Sample;
 use super::stats::{self, Series};
 use crate::report::{table, when_and_where};
+use registrar_testenv::Recording;
 
 /// Everything one run produced.
 pub struct Outcome {

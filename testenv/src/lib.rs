@@ -10,6 +10,9 @@
 //! - [`Cluster`]: a control plane plus controllers and kwok; pod IPs are in 127.0.0.0/8.
 //!   [`pod_servers::PodServers`] runs a Greeter server on each such pod's IP (a stand-in kubelet).
 //! - [`DelayProxy`]: the one TCP proxy of fault tests (delay, freeze, cut).
+//! - Reading Registrar's keys: [`leases_under`] (the leases its keys hang on), [`watch_prefix`]
+//!   (events from now on) and [`Recorder`] (every event of a run, through etcd restarts).
+//! - [`seeded::SeededRng`]: the replayable choices of randomized drivers.
 //!
 //! Every process runs in its own process group, is killed when its owner is dropped (also when
 //! a test panics) and dies with the test process (`PR_SET_PDEATHSIG`); temp dirs are removed.
@@ -23,12 +26,15 @@ pub mod fuzz;
 mod go;
 pub mod greeter;
 mod http_get;
+mod leases;
 mod operator;
 mod pki;
 pub mod pod_servers;
 mod process;
 pub mod prometheus;
 mod proxy;
+mod recorder;
+pub mod seeded;
 mod tools;
 mod watch;
 
@@ -41,10 +47,12 @@ pub use etcd::{Etcd, EtcdOptions, EtcdTls};
 pub use etcd_cluster::EtcdCluster;
 pub use go::go_build;
 pub use http_get::http_get;
+pub use leases::leases_under;
 pub use operator::OperatorProcess;
 pub use pki::{CertFiles, Pki};
 pub use process::{Process, free_port, log_tail};
 pub use proxy::{DelayProxy, Link};
+pub use recorder::{RecordOptions, Recorded, Recorder, Recording};
 pub use tools::{run_tool, tool, workspace_root};
 pub use watch::{PrefixEvent, watch_deletes, watch_prefix};
 

@@ -24,6 +24,14 @@
 //! Terminating (keeping its IP) until its server has stopped, when this removes the finalizer,
 //! as a real kubelet keeps a pod until its containers are gone. A pod that gets the IP of a pod
 //! whose server is still terminating gets its server once that one has stopped.
+//!
+//! The demo (`examples/demo`) has its own stand-in kubelet on the same lifecycle and shares
+//! [`release_finalizer`] with this one; it differs where a demo and a test differ: it reads the
+//! port, `preStop` and grace period from each pod's spec, runs the workload's
+//! [`GracefulServer`](crate::greeter::GracefulServer) on the caller's runtime, narrates every
+//! step and keeps stopped servers for its live table. This one takes port and [`Termination`]
+//! from the test, runs killable [`TestServer`]s (a kill is a crashed process), lets the test
+//! choose [`OnSigterm`] and reports [`PodServers::drains`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -263,7 +271,7 @@ impl Ctx {
             lock(&self.shared).waiting.retain(|_, (u, _)| u != uid);
             if known {
                 self.terminate(uid);
-            } else if has_finalizer(pod) {
+            } else if has_finalizer(pod, FINALIZER) {
                 // Never started, or already stopped: nothing holds the pod any more.
                 release(&self.api, name, uid).await;
             }
@@ -373,45 +381,65 @@ impl Ctx {
     }
 }
 
-fn has_finalizer(pod: &Pod) -> bool {
+/// Whether `pod` carries `finalizer`.
+pub fn has_finalizer(pod: &Pod, finalizer: &str) -> bool {
     pod.metadata
         .finalizers
         .as_ref()
-        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+        .is_some_and(|f| f.iter().any(|f| f == finalizer))
 }
 
-/// Removes [`FINALIZER`] from pod `name` if it is still the pod `uid` and has it.
-async fn release(api: &Api<Pod>, name: &str, uid: &str) {
+/// Removes `finalizer` from pod `name` if it is still the pod `uid` and has it (a kubelet
+/// letting a pod go once its containers are gone), guarded by the pod's resourceVersion and
+/// tried up to 5 times; a pod that is gone or replaced needs nothing. Returns the last error
+/// when every try failed.
+pub async fn release_finalizer(
+    api: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    finalizer: &str,
+) -> Result<(), kube::Error> {
+    let mut last_error = None;
     for _ in 0..5 {
         let pod = match api.get_opt(name).await {
             Ok(Some(pod)) => pod,
-            Ok(None) => return,
+            Ok(None) => return Ok(()),
             Err(e) => {
-                tracing::debug!(pod = name, "stand-in kubelet: reading the pod: {e}");
+                last_error = Some(e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if pod.metadata.uid.as_deref() != Some(uid) || !has_finalizer(&pod) {
-            return;
+        if pod.metadata.uid.as_deref() != Some(uid) || !has_finalizer(&pod, finalizer) {
+            return Ok(());
         }
         let rest: Vec<String> = pod
             .metadata
             .finalizers
             .unwrap_or_default()
             .into_iter()
-            .filter(|f| f != FINALIZER)
+            .filter(|f| f != finalizer)
             .collect();
         let patch = Patch::Merge(serde_json::json!({"metadata": {
             "finalizers": rest,
             "resourceVersion": pod.metadata.resource_version,
         }}));
         match api.patch(name, &PatchParams::default(), &patch).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            // Changed or gone meanwhile: read it again.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
             Err(e) => {
-                tracing::debug!(pod = name, "stand-in kubelet: removing the finalizer: {e}");
+                last_error = Some(e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+    last_error.map_or(Ok(()), Err)
+}
+
+/// [`release_finalizer`] of this kubelet's [`FINALIZER`].
+async fn release(api: &Api<Pod>, name: &str, uid: &str) {
+    if let Err(e) = release_finalizer(api, name, uid, FINALIZER).await {
+        tracing::debug!(pod = name, "stand-in kubelet: removing the finalizer: {e}");
     }
 }

@@ -19,7 +19,7 @@ use registrar_testenv::{ControlPlane, Etcd, OperatorProcess, poll};
 // The test ground's helpers, under the names the tests use (not every test uses each).
 #[allow(unused_imports)]
 pub use registrar_testenv::{
-    PrefixEvent, http_get, prometheus::sample as metric, watch_deletes, watch_prefix,
+    PrefixEvent, http_get, leases_under, prometheus::sample as metric, watch_deletes, watch_prefix,
 };
 use serde_json::{Value, json};
 
@@ -446,26 +446,6 @@ fn render_chart(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Val
         }
     }
     Ok(docs)
-}
-
-/// The leases of the keys under `prefix/` (the owner claim excluded), deduplicated.
-pub async fn leases_under(etcd: &etcd_client::Client, prefix: &str) -> Result<Vec<i64>> {
-    let mut etcd = etcd.clone();
-    let resp = etcd
-        .get(
-            format!("{prefix}/"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await?;
-    let mut leases: Vec<i64> = resp
-        .kvs()
-        .iter()
-        .filter(|kv| !kv.key().ends_with(b"/.owner"))
-        .map(|kv| kv.lease())
-        .collect();
-    leases.sort_unstable();
-    leases.dedup();
-    Ok(leases)
 }
 
 /// Waits until the namespace has an Event with `reason` about the object named `name`.

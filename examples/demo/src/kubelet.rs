@@ -9,8 +9,20 @@
 //!
 //! kwok deletes terminating pods at once, which would hand their IP to a new pod while the old
 //! server still drains. So the demo puts [`FINALIZER`] on its pods, and this kubelet removes it
-//! only after the server has stopped: the pod stays Terminating (and keeps its IP) meanwhile,
-//! as with a real kubelet.
+//! (with the test ground's [`release_finalizer`]) only after the server has stopped: the pod
+//! stays Terminating (and keeps its IP) meanwhile, as with a real kubelet.
+//!
+//! Why not the test ground's stand-in kubelet ([`registrar_testenv::pod_servers::PodServers`],
+//! which the tests use): the two run the same lifecycle but serve different ends. This one is
+//! the workload the demo shows, so it takes everything from each pod's spec (its `grpc`
+//! container port, `preStop` sleep and `terminationGracePeriodSeconds`, which the demo's
+//! manifests set and the reader can change), runs each pod's server as the workload's own
+//! [`GracefulServer`] on the demo's runtime with the resolver's drain helper, narrates each
+//! step on the console and keeps every server (stopped ones too) with its state and RPC count
+//! for the live table. The tests' one takes a fixed port and termination from the test (so a
+//! test states its timing), runs killable servers on their own runtimes (a kill is a crashed
+//! process), lets a test choose what SIGTERM does (graceful, drain, exit), and reports when each
+//! drained server answered its last call.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -20,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
+use registrar_testenv::pod_servers::{self, release_finalizer};
 use tokio::task::JoinHandle;
 
 use crate::console::Console;
@@ -324,45 +336,7 @@ impl Ctx {
     /// Removes [`FINALIZER`] from pod `name` (if it is still the pod with `uid`), so the pod
     /// can go and kwok can reuse its IP.
     async fn release(&self, name: &str, uid: &str) {
-        let mut last_error = None;
-        for _ in 0..5 {
-            let pod = match self.api.get_opt(name).await {
-                Ok(Some(pod)) => pod,
-                Ok(None) => return,
-                Err(e) => {
-                    last_error = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            if pod.metadata.uid.as_deref() != Some(uid) || !has_finalizer(&pod) {
-                return;
-            }
-            let finalizers: Vec<String> = pod
-                .metadata
-                .finalizers
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|f| f != FINALIZER)
-                .collect();
-            let patch = json!({"metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": pod.metadata.resource_version,
-            }});
-            match self
-                .api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return,
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
-                Err(e) => {
-                    last_error = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        if let Some(e) = last_error {
+        if let Err(e) = release_finalizer(&self.api, name, uid, FINALIZER).await {
             self.console.event(
                 "kubelet",
                 format!("{name}: cannot remove its finalizer: {e}"),
@@ -372,10 +346,7 @@ impl Ctx {
 }
 
 fn has_finalizer(pod: &Pod) -> bool {
-    pod.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    pod_servers::has_finalizer(pod, FINALIZER)
 }
 
 /// The pod's container port named `grpc` (else its first port, else 50051).
@@ -408,6 +379,7 @@ fn pre_stop_sleep(spec: &k8s_openapi::api::core::v1::PodSpec) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
