@@ -157,6 +157,21 @@ async fn cold_start(
     say("cold start: starting registrar");
     let spawned = Instant::now();
     let mut operator = world.spawn_operator()?;
+    // Who spends the CPU of the cold start: the API server, its etcd, Registrar's etcd, the
+    // operator.
+    let mut procs = Vec::new();
+    for (i, pid) in world.cp.pids().into_iter().enumerate() {
+        procs.push((
+            ["kube-apiserver", "its etcd"]
+                .get(i)
+                .copied()
+                .unwrap_or("?"),
+            pid,
+        ));
+    }
+    procs.extend(world.etcd.pid().map(|p| ("Registrar's etcd", p)));
+    procs.push(("registrar", operator.pid()));
+    let mut cpu = process::CpuTracker::start(procs);
     let deadline = Duration::from_secs(120) + Duration::from_millis(20) * size.pods as u32;
     let mut n = 0u32;
     let done = observer
@@ -166,6 +181,7 @@ async fn cold_start(
             |p| p.all_keys_at.is_some() && p.all_ready_at.is_some(),
             |p| {
                 n += 1;
+                cpu.tick();
                 if n.is_multiple_of(5) {
                     say(&format!("  {n} s: {}", observe::summary(p)));
                 }
@@ -173,6 +189,7 @@ async fn cold_start(
             },
         )
         .await?;
+    let cpu = cpu.finish();
     let patches = sampler.finish().await?;
     drop(observer);
     let metrics = operator.metrics().await?;
@@ -184,6 +201,25 @@ async fn cold_start(
         last_patch: since(patches.last),
         patches,
         throttled_metric: sample(&metrics, "registrar_kube_throttled_total"),
+        events_metric: [
+            sample(
+                &metrics,
+                r#"registrar_kube_events_total{type="Normal",outcome="sent"}"#,
+            ),
+            sample(
+                &metrics,
+                r#"registrar_kube_events_total{type="Normal",outcome="dropped"}"#,
+            ),
+            sample(
+                &metrics,
+                r#"registrar_kube_events_total{type="Warning",outcome="sent"}"#,
+            ),
+            sample(
+                &metrics,
+                r#"registrar_kube_events_total{type="Warning",outcome="dropped"}"#,
+            ),
+        ],
+        cpu,
         memory: operator.memory()?,
     };
     say(&format!("cold start: {cold:?}"));

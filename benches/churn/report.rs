@@ -20,6 +20,11 @@ pub struct Cold {
     pub last_patch: Option<Duration>,
     pub patches: Patches,
     pub throttled_metric: Option<f64>,
+    /// The operator's Event counts: Normal sent, dropped; Warning sent, dropped (absent in
+    /// builds without that metric).
+    pub events_metric: [Option<f64>; 4],
+    /// CPU of each process from the spawn to all Published.
+    pub cpu: Vec<crate::process::CpuUse>,
     pub memory: Memory,
 }
 
@@ -117,10 +122,39 @@ pub fn markdown(r: &Report) -> String {
             format!("{:.0} / {}", p.throttled, opt(c.throttled_metric)),
         ],
         vec![
+            "finalizer patches / Events written until all Published (API server count)".into(),
+            format!("{:.0} / {:.0}", p.others.finalizer_patches, p.others.events),
+        ],
+        vec![
+            "Events Normal sent / dropped, Warning sent / dropped (operator metric)".into(),
+            format!(
+                "{} / {}, {} / {}",
+                opt(c.events_metric[0]),
+                opt(c.events_metric[1]),
+                opt(c.events_metric[2]),
+                opt(c.events_metric[3])
+            ),
+        ],
+        vec![
             "operator RSS, peak / now".into(),
             format!("{} / {}", mib(c.memory.peak_kib), mib(c.memory.rss_kib)),
         ],
     ];
+    let mut rows = rows;
+    for u in &c.cpu {
+        rows.push(vec![
+            format!(
+                "CPU of {} until all Published: s, mean / peak cores",
+                u.name
+            ),
+            format!(
+                "{:.1} s, {:.2} / {:.2}",
+                u.total.as_secs_f64(),
+                u.mean_cores,
+                u.peak_cores
+            ),
+        ]);
+    }
     out.push_str("Cold start (status writes at scale):\n\n");
     out.push_str(&table(&["", "value"], &rows));
     let Some(ch) = &r.churn else {
