@@ -15,6 +15,8 @@
 //! - `REGISTRAR_BENCH_CHURN_RATE`: readiness changes per second (default 200).
 //! - `REGISTRAR_BENCH_CHURN_SECS`: seconds of churn (default 300; 0 measures the cold start only).
 //! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/churn.md`).
+//! - `REGISTRAR_BENCH_OPERATOR`: the operator binary to start instead of this build's (e.g. a
+//!   build of an older commit, for a before/after in one session).
 //! - `REGISTRAR_KUBE_API_QPS`, `REGISTRAR_KUBE_API_BURST`, `REGISTRAR_KUBE_API_MAX_IN_FLIGHT`,
 //!   `REGISTRAR_COALESCE_MS`: passed on to the operator (its own flags).
 //!
@@ -192,6 +194,19 @@ async fn cold_start(
     let cpu = cpu.finish();
     let patches = sampler.finish().await?;
     drop(observer);
+    // The finalizers and Events that wait behind the statuses: when the last finalizer landed.
+    let mut finalizers_at = None;
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        let (_, _, now) = apiserver::read(&world.client).await?;
+        let added = now.finalizer_patches - patches.others_base.finalizer_patches;
+        if added >= size.registrations as f64 {
+            finalizers_at = Some(spawned.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, _, after) = apiserver::read(&world.client).await?;
     let metrics = operator.metrics().await?;
     let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(spawned));
     let cold = report::Cold {
@@ -202,24 +217,22 @@ async fn cold_start(
         patches,
         throttled_metric: sample(&metrics, "registrar_kube_throttled_total"),
         events_metric: [
+            ("Normal", "sent"),
+            ("Normal", "dropped"),
+            ("Normal", "superseded"),
+            ("Warning", "sent"),
+            ("Warning", "dropped"),
+            ("Warning", "superseded"),
+        ]
+        .map(|(t, o)| {
             sample(
                 &metrics,
-                r#"registrar_kube_events_total{type="Normal",outcome="sent"}"#,
-            ),
-            sample(
-                &metrics,
-                r#"registrar_kube_events_total{type="Normal",outcome="dropped"}"#,
-            ),
-            sample(
-                &metrics,
-                r#"registrar_kube_events_total{type="Warning",outcome="sent"}"#,
-            ),
-            sample(
-                &metrics,
-                r#"registrar_kube_events_total{type="Warning",outcome="dropped"}"#,
-            ),
-        ],
+                &format!(r#"registrar_kube_events_total{{type="{t}",outcome="{o}"}}"#),
+            )
+        }),
         cpu,
+        all_finalizers: finalizers_at,
+        events_after: after.events - patches.others_base.events,
         memory: operator.memory()?,
     };
     say(&format!("cold start: {cold:?}"));

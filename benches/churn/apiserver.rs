@@ -45,6 +45,8 @@ pub struct Patches {
     pub peak_rate: f64,
     /// The other writes over the same readings.
     pub others: Others,
+    /// The counts of the other writes before the first reading.
+    pub others_base: Others,
 }
 
 impl Patches {
@@ -89,7 +91,8 @@ fn parse(text: &str) -> (f64, f64, Others) {
     (all, throttled, others)
 }
 
-async fn read(client: &kube::Client) -> Result<(f64, f64, Others)> {
+/// (status patches, 429s among them, the other writes) as the API server counts them now.
+pub async fn read(client: &kube::Client) -> Result<(f64, f64, Others)> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     Ok(parse(&client.request_text(req).await?))
 }
@@ -145,6 +148,7 @@ impl Sampler {
         };
         p.total = end.patches - base_all;
         p.throttled = end.throttled - base_429;
+        p.others_base = base_others;
         p.others = Others {
             finalizer_patches: end.others.finalizer_patches - base_others.finalizer_patches,
             events: end.others.events - base_others.events,

@@ -56,13 +56,30 @@ pub fn slope_kib_per_min(samples: &[(f64, u64)]) -> Option<f64> {
 }
 
 /// CPU used by a process over a window: in all, mean and peak (over the tracker's ticks,
-/// about a second apart) in cores.
+/// about a second apart) in cores; and the time its threads were runnable but waited for a
+/// CPU (`/proc/<pid>/task/*/schedstat`, second field; threads that ended meanwhile are not
+/// counted): a process that waits on a run queue about as long as it runs is short of CPU, not
+/// of work.
 #[derive(Clone, Debug)]
 pub struct CpuUse {
     pub name: &'static str,
     pub total: Duration,
     pub mean_cores: f64,
     pub peak_cores: f64,
+    pub runqueue_wait: Duration,
+}
+
+/// Run-queue wait of every thread of `pid` so far.
+fn runqueue_wait(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Samples the CPU time of named processes at each [`CpuTracker::tick`].
@@ -72,6 +89,7 @@ pub struct CpuTracker {
     start: (std::time::Instant, Vec<Duration>),
     last: (std::time::Instant, Vec<Duration>),
     peak: Vec<f64>,
+    wait_start: Vec<Duration>,
 }
 
 impl CpuTracker {
@@ -80,6 +98,7 @@ impl CpuTracker {
         let ticks = clock_ticks();
         let now = (std::time::Instant::now(), read_all(&procs, ticks, &[]));
         CpuTracker {
+            wait_start: procs.iter().map(|(_, p)| runqueue_wait(*p)).collect(),
             ticks,
             peak: vec![0.0; procs.len()],
             procs,
@@ -116,6 +135,8 @@ impl CpuTracker {
                     total,
                     mean_cores: total.as_secs_f64() / secs.max(1e-9),
                     peak_cores: self.peak[i],
+                    runqueue_wait: runqueue_wait(self.procs[i].1)
+                        .saturating_sub(self.wait_start[i]),
                 }
             })
             .collect()

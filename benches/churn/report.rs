@@ -20,11 +20,15 @@ pub struct Cold {
     pub last_patch: Option<Duration>,
     pub patches: Patches,
     pub throttled_metric: Option<f64>,
-    /// The operator's Event counts: Normal sent, dropped; Warning sent, dropped (absent in
-    /// builds without that metric).
-    pub events_metric: [Option<f64>; 4],
+    /// The operator's Event counts: Normal sent, dropped, superseded; Warning sent, dropped,
+    /// superseded (absent in builds without that metric).
+    pub events_metric: [Option<f64>; 6],
     /// CPU of each process from the spawn to all Published.
     pub cpu: Vec<crate::process::CpuUse>,
+    /// When the API server had counted a finalizer patch per registration (at most 120 s
+    /// after all Published), and the Events it had counted by then.
+    pub all_finalizers: Option<Duration>,
+    pub events_after: f64,
     pub memory: Memory,
 }
 
@@ -126,13 +130,23 @@ pub fn markdown(r: &Report) -> String {
             format!("{:.0} / {:.0}", p.others.finalizer_patches, p.others.events),
         ],
         vec![
-            "Events Normal sent / dropped, Warning sent / dropped (operator metric)".into(),
+            "start → a finalizer patch per registration; Events written by then".into(),
             format!(
-                "{} / {}, {} / {}",
+                "{}; {:.0}",
+                c.all_finalizers.map_or("— (not within 120 s)".into(), secs),
+                c.events_after
+            ),
+        ],
+        vec![
+            "Events Normal sent / dropped / superseded, Warning the same (operator metric)".into(),
+            format!(
+                "{} / {} / {}, {} / {} / {}",
                 opt(c.events_metric[0]),
                 opt(c.events_metric[1]),
                 opt(c.events_metric[2]),
-                opt(c.events_metric[3])
+                opt(c.events_metric[3]),
+                opt(c.events_metric[4]),
+                opt(c.events_metric[5])
             ),
         ],
         vec![
@@ -144,14 +158,15 @@ pub fn markdown(r: &Report) -> String {
     for u in &c.cpu {
         rows.push(vec![
             format!(
-                "CPU of {} until all Published: s, mean / peak cores",
+                "CPU of {} until all Published: s, mean / peak cores; run-queue wait",
                 u.name
             ),
             format!(
-                "{:.1} s, {:.2} / {:.2}",
+                "{:.1} s, {:.2} / {:.2}; {:.1} s",
                 u.total.as_secs_f64(),
                 u.mean_cores,
-                u.peak_cores
+                u.peak_cores,
+                u.runqueue_wait.as_secs_f64()
             ),
         ]);
     }
