@@ -13,11 +13,13 @@
 //!   dropped only when every queued Event is a Warning.
 //! - **Latest per registration**: a new Event of a registration replaces its older one that is
 //!   still queued (superseded: the status moved on before it was sent). A Normal Event that
-//!   follows a Warning of the same registration that was never sent (superseded or dropped) is
-//!   superseded too: the problem was never announced, so neither is its end. A cold start where
-//!   the writer reports Ready before its first commit shows every registration `NoReadyPods`
-//!   for a moment and then `Published`: those pairs cancel here instead of costing 20,000
-//!   writes.
+//!   follows a Warning of the same registration that a limit dropped is dropped too (superseded:
+//!   the problem was never announced, so neither is its end); so is one that replaces a queued
+//!   Warning while the queue is under pressure ([`EventLimits::pressure`] Events or more wait).
+//!   A cold start where the writer reports Ready before its first commit shows every
+//!   registration `NoReadyPods` for a moment and then `Published`: those pairs cancel here
+//!   instead of costing 20,000 writes. Below that pressure the Normal Event goes out in the
+//!   Warning's place: a lone new registration still gets its `Published` Event.
 //!
 //! Every Event not sent is counted (`registrar_kube_events_total{type, outcome="dropped"}` for
 //! a limit, `"superseded"` for a newer Event of the same registration) and a Warning dropped by
@@ -43,6 +45,9 @@ pub struct EventLimits {
     pub per_object_burst: u32,
     /// One more Event per registration this often.
     pub per_object_every: Duration,
+    /// From this many queued Events on, a Normal Event that replaces a queued Warning of its
+    /// registration is dropped with it.
+    pub pressure: usize,
 }
 
 impl Default for EventLimits {
@@ -51,6 +56,7 @@ impl Default for EventLimits {
             queue: 10_000,
             per_object_burst: 25,
             per_object_every: Duration::from_secs(300),
+            pressure: 100,
         }
     }
 }
@@ -154,12 +160,12 @@ impl EventQueue {
         let mut out = Vec::new();
         let object = event.object();
         // An older Event of the same registration still waits: the status moved on.
+        let pressure = self.queued.len() >= self.limits.pressure.max(1);
+        let mut replaced_warning = false;
         if let Some(i) = self.queued.iter().position(|(o, _)| *o == object)
             && let Some((_, old)) = self.queued.remove(i)
         {
-            if old.warning {
-                self.mark_unsent(&object, now);
-            }
+            replaced_warning = old.warning;
             out.push(Dropped {
                 event: old,
                 cause: DropCause::Superseded,
@@ -172,7 +178,8 @@ impl EventQueue {
             at: now,
             unsent_warning: false,
         });
-        if !event.warning && std::mem::take(&mut bucket.unsent_warning) {
+        let unsent_warning = std::mem::take(&mut bucket.unsent_warning);
+        if !event.warning && (unsent_warning || (replaced_warning && pressure)) {
             out.push(Dropped {
                 event,
                 cause: DropCause::Superseded,
@@ -191,7 +198,6 @@ impl EventQueue {
             return out;
         }
         bucket.tokens -= 1.0;
-        bucket.unsent_warning = false;
         if self.queued.len() < self.limits.queue.max(1) {
             self.queued.push_back((object, event));
             return out;

@@ -18,6 +18,8 @@ fn limits(queue: usize, burst: u32, every_secs: u64) -> EventLimits {
         queue,
         per_object_burst: burst,
         per_object_every: Duration::from_secs(every_secs),
+        // Always under pressure (the cold-start case); see the test of a lone registration.
+        pressure: 1,
     }
 }
 
@@ -139,4 +141,21 @@ fn a_newer_event_supersedes_a_queued_one_and_an_unsent_warning_takes_its_recover
     );
     let left: Vec<String> = std::iter::from_fn(|| q.pop()).map(|e| e.reason).collect();
     assert_eq!(left, ["Published", "NoReadyPods"]);
+}
+
+#[test]
+fn below_the_pressure_a_lone_registrations_published_event_takes_the_warnings_place() {
+    let mut q = EventQueue::new(EventLimits::default());
+    let t0 = Instant::now();
+    // A new registration: NoReadyPods while etcd holds nothing of it yet, then Published.
+    assert_eq!(q.offer(ev("a", true, "NoReadyPods"), t0), []);
+    let d = q.offer(ev("a", false, "Published"), t0);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0].event.warning, d[0].cause),
+        (true, DropCause::Superseded)
+    );
+    let left: Vec<String> = std::iter::from_fn(|| q.pop()).map(|e| e.reason).collect();
+    println!("sent: {left:?}");
+    assert_eq!(left, ["Published"]);
 }
