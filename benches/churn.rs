@@ -16,6 +16,8 @@
 //! - `REGISTRAR_BENCH_CHURN_RATE`: readiness changes per second (default 200).
 //! - `REGISTRAR_BENCH_CHURN_SECS`: seconds of churn (default 300; 0 measures the cold start only).
 //! - `REGISTRAR_BENCH_OUT`: where the Markdown goes (default `<target>/bench/churn.md`).
+//! - `REGISTRAR_BENCH_OPERATOR`: the operator binary to start instead of this build's (e.g. a
+//!   build of an older commit, for a before/after in one session).
 //! - `REGISTRAR_KUBE_API_QPS`, `REGISTRAR_KUBE_API_BURST`, `REGISTRAR_KUBE_API_MAX_IN_FLIGHT`,
 //!   `REGISTRAR_COALESCE_MS`: passed on to the operator (its own flags).
 //!
@@ -138,9 +140,41 @@ async fn cold_start(
 ) -> Result<(common::operator::Operator, report::Cold)> {
     let mut observer = cold::observer(world, size).await?;
     let sampler = apiserver::Sampler::start(world.client.clone()).await?;
-    let c = cold::cold_start(world, &mut observer, size).await?;
+    // Who spends the CPU of the cold start: the API server, its etcd, Registrar's etcd, the
+    // operator.
+    let watch = |operator: &common::operator::Operator| {
+        let mut procs = Vec::new();
+        for (i, pid) in world.cp.pids().into_iter().enumerate() {
+            procs.push((
+                ["kube-apiserver", "its etcd"]
+                    .get(i)
+                    .copied()
+                    .unwrap_or("?"),
+                pid,
+            ));
+        }
+        procs.extend(world.etcd.pid().map(|p| ("Registrar's etcd", p)));
+        procs.push(("registrar", operator.pid()));
+        process::CpuTracker::start(procs)
+    };
+    let (c, cpu) =
+        cold::cold_start_with(world, &mut observer, size, watch, process::CpuTracker::tick).await?;
+    let cpu = cpu.finish();
     let patches = sampler.finish().await?;
     drop(observer);
+    // The finalizers and Events that wait behind the statuses: when the last finalizer landed.
+    let mut finalizers_at = None;
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        let (_, _, now) = apiserver::read(&world.client).await?;
+        let added = now.finalizer_patches - patches.others_base.finalizer_patches;
+        if added >= size.registrations as f64 {
+            finalizers_at = Some(c.spawned.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, _, after) = apiserver::read(&world.client).await?;
     let metrics = c.operator.metrics().await?;
     let since = |at: Option<Instant>| at.map(|a| a.saturating_duration_since(c.spawned));
     let cold = report::Cold {
@@ -151,6 +185,23 @@ async fn cold_start(
         last_patch: since(patches.last),
         patches,
         throttled_metric: sample(&metrics, "registrar_kube_throttled_total"),
+        events_metric: [
+            ("Normal", "sent"),
+            ("Normal", "dropped"),
+            ("Normal", "superseded"),
+            ("Warning", "sent"),
+            ("Warning", "dropped"),
+            ("Warning", "superseded"),
+        ]
+        .map(|(t, o)| {
+            sample(
+                &metrics,
+                &format!(r#"registrar_kube_events_total{{type="{t}",outcome="{o}"}}"#),
+            )
+        }),
+        cpu,
+        all_finalizers: finalizers_at,
+        events_after: after.events - patches.others_base.events,
         memory: c.operator.memory()?,
     };
     say(&format!("cold start: {cold:?}"));

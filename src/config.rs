@@ -233,8 +233,9 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRAR_KUBE_API_BURST", default_value_t = crate::controller::WriteLimits::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub kube_api_burst: u32,
 
-    /// Kubernetes writes in flight at once, per kind: status patches, and separately finalizer
-    /// and Event writes (each holds one seat of the API server's priority level while it runs).
+    /// Sizes the Kubernetes writes in flight at once (each holds one seat of the API server's
+    /// priority level while it runs): twice this many in all, given to status patches first,
+    /// then finalizers (always one when any waits), then Events (at most a quarter of this).
     #[arg(long, env = "REGISTRAR_KUBE_API_MAX_IN_FLIGHT", default_value_t = crate::controller::WriteLimits::DEFAULT_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub kube_api_max_in_flight: u32,
 

@@ -81,6 +81,43 @@ impl EncodeLabelValue for Outcome {
     }
 }
 
+/// How an Event ended, for `registrar_kube_events_total{outcome}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The API server took it.
+    Sent,
+    /// Not sent: a limit of the Event queue (rate per registration, queue length).
+    Dropped,
+    /// Not sent: a newer Event of the same registration came first (the status moved on).
+    Superseded,
+    /// Sent, and the API server refused it or did not answer.
+    Failed,
+}
+
+impl EventOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Dropped => "dropped",
+            Self::Superseded => "superseded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for EventOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: &'static str,
+    outcome: EventOutcome,
+}
+
 /// What went wrong, for `registrar_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -180,6 +217,7 @@ struct Inner {
     lease_grants: Counter,
     keepalive_failures: Counter,
     kube_throttled: Counter,
+    kube_events: Family<EventLabels, Counter>,
     propagation: Histogram,
     operator_latency: Histogram,
     stages: StageHistograms,
@@ -321,6 +359,26 @@ impl Metrics {
             kube_throttled.clone(),
         );
 
+        let kube_events = Family::<EventLabels, Counter>::default();
+        for r#type in ["Normal", "Warning"] {
+            for outcome in [
+                EventOutcome::Sent,
+                EventOutcome::Dropped,
+                EventOutcome::Superseded,
+                EventOutcome::Failed,
+            ] {
+                kube_events.get_or_create_owned(&EventLabels { r#type, outcome });
+            }
+        }
+        registry.register(
+            "kube_events",
+            "Kubernetes Events about registrations, by type and outcome: sent, dropped (a \
+             limit of the Event queue: per-registration rate or queue length; a dropped Warning \
+             is also logged), superseded (a newer Event of the same registration came before it \
+             was sent) or failed",
+            kube_events.clone(),
+        );
+
         let propagation = Histogram::new(PROPAGATION_BUCKETS);
         registry.register_with_unit(
             "propagation_latency",
@@ -380,6 +438,7 @@ impl Metrics {
                 lease_grants,
                 keepalive_failures,
                 kube_throttled,
+                kube_events,
                 propagation,
                 operator_latency,
                 stages,
@@ -390,6 +449,15 @@ impl Metrics {
     /// Counts one 429 answer of the API server to a write.
     pub fn kube_throttled(&self) {
         self.inner.kube_throttled.inc();
+    }
+
+    /// Counts one Event (Warning or Normal) that ended so.
+    pub fn kube_event(&self, warning: bool, outcome: EventOutcome) {
+        let r#type = if warning { "Warning" } else { "Normal" };
+        self.inner
+            .kube_events
+            .get_or_create(&EventLabels { r#type, outcome })
+            .inc();
     }
 
     /// Counts one reconcile.

@@ -193,7 +193,8 @@ pub fn next_status_from(
     }
 }
 
-fn ready_condition(status: &ServiceRegistrationStatus) -> Option<&Condition> {
+/// The Ready condition of `status`, if it has one.
+pub fn ready_condition(status: &ServiceRegistrationStatus) -> Option<&Condition> {
     status
         .conditions
         .iter()

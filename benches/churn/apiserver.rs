@@ -1,6 +1,8 @@
 //! The API server's own count of the operator's status patches (`apiserver_request_total` for
 //! PATCH on `serviceregistrations/status`, by code), sampled twice a second while the operator
-//! starts cold: how many it sent, how fast, and how many were answered 429.
+//! starts cold: how many it sent, how fast, and how many were answered 429; and, from the same
+//! metric, the other writes of a cold start: PATCHes of ServiceRegistrations themselves (the
+//! finalizer) and Events created or patched.
 
 use std::time::{Duration, Instant};
 
@@ -11,12 +13,22 @@ use tokio::task::JoinHandle;
 /// How often the API server's metrics are read.
 const EVERY: Duration = Duration::from_millis(500);
 
-/// One reading: (all status patches, 429 answers) at an instant.
+/// One reading: (all status patches, 429 answers, other writes) at an instant.
 #[derive(Clone, Copy, Debug)]
 struct Reading {
     at: Instant,
     patches: f64,
     throttled: f64,
+    others: Others,
+}
+
+/// The cold start's other writes, as the API server counts them (any code).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Others {
+    /// PATCH of `serviceregistrations` (no subresource): finalizers.
+    pub finalizer_patches: f64,
+    /// POST or PATCH of `events` (either API group).
+    pub events: f64,
 }
 
 /// What the samples show.
@@ -31,6 +43,10 @@ pub struct Patches {
     pub last: Option<Instant>,
     /// Highest rate between two readings a second apart (patches/s).
     pub peak_rate: f64,
+    /// The other writes over the same readings.
+    pub others: Others,
+    /// The counts of the other writes before the first reading.
+    pub others_base: Others,
 }
 
 impl Patches {
@@ -45,31 +61,38 @@ impl Patches {
 }
 
 /// Sums `apiserver_request_total` over the series of status PATCHes of ServiceRegistrations:
-/// (all codes, code 429).
-fn parse(text: &str) -> (f64, f64) {
-    let (mut all, mut throttled) = (0.0, 0.0);
+/// (all codes, code 429), and the other writes.
+fn parse(text: &str) -> (f64, f64, Others) {
+    let (mut all, mut throttled, mut others) = (0.0, 0.0, Others::default());
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
         };
-        if !(rest.contains(r#"resource="serviceregistrations""#)
-            && rest.contains(r#"subresource="status""#)
-            && rest.contains(r#"verb="PATCH""#))
-        {
-            continue;
-        }
         let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
             continue;
         };
+        let patch = rest.contains(r#"verb="PATCH""#);
+        let status = rest.contains(r#"subresource="status""#);
+        if rest.contains(r#"resource="events""#) && (patch || rest.contains(r#"verb="POST""#)) {
+            others.events += value;
+        }
+        if !(rest.contains(r#"resource="serviceregistrations""#) && patch) {
+            continue;
+        }
+        if !status {
+            others.finalizer_patches += value;
+            continue;
+        }
         all += value;
         if rest.contains(r#"code="429""#) {
             throttled += value;
         }
     }
-    (all, throttled)
+    (all, throttled, others)
 }
 
-async fn read(client: &kube::Client) -> Result<(f64, f64)> {
+/// (status patches, 429s among them, the other writes) as the API server counts them now.
+pub async fn read(client: &kube::Client) -> Result<(f64, f64, Others)> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     Ok(parse(&client.request_text(req).await?))
 }
@@ -78,7 +101,7 @@ async fn read(client: &kube::Client) -> Result<(f64, f64)> {
 pub struct Sampler {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<Vec<Reading>>>,
-    base: (f64, f64),
+    base: (f64, f64, Others),
 }
 
 impl Sampler {
@@ -94,18 +117,20 @@ impl Sampler {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
-                let (patches, throttled) = read(&client).await?;
+                let (patches, throttled, others) = read(&client).await?;
                 out.push(Reading {
                     at: Instant::now(),
                     patches,
                     throttled,
+                    others,
                 });
             }
-            let (patches, throttled) = read(&client).await?;
+            let (patches, throttled, others) = read(&client).await?;
             out.push(Reading {
                 at: Instant::now(),
                 patches,
                 throttled,
+                others,
             });
             Ok(out)
         });
@@ -116,13 +141,18 @@ impl Sampler {
     pub async fn finish(self) -> Result<Patches> {
         let _ = self.stop.send(());
         let readings = self.task.await??;
-        let (base_all, base_429) = self.base;
+        let (base_all, base_429, base_others) = self.base;
         let mut p = Patches::default();
         let Some(end) = readings.last() else {
             return Ok(p);
         };
         p.total = end.patches - base_all;
         p.throttled = end.throttled - base_429;
+        p.others_base = base_others;
+        p.others = Others {
+            finalizer_patches: end.others.finalizer_patches - base_others.finalizer_patches,
+            events: end.others.events - base_others.events,
+        };
         p.first = readings.iter().find(|r| r.patches > base_all).map(|r| r.at);
         p.last = readings
             .iter()

@@ -21,6 +21,15 @@ pub struct Cold {
     pub last_patch: Option<Duration>,
     pub patches: Patches,
     pub throttled_metric: Option<f64>,
+    /// The operator's Event counts: Normal sent, dropped, superseded; Warning sent, dropped,
+    /// superseded (absent in builds without that metric).
+    pub events_metric: [Option<f64>; 6],
+    /// CPU of each process from the spawn to all Published.
+    pub cpu: Vec<crate::process::CpuUse>,
+    /// When the API server had counted a finalizer patch per registration (at most 120 s
+    /// after all Published), and the Events it had counted by then.
+    pub all_finalizers: Option<Duration>,
+    pub events_after: f64,
     pub memory: Memory,
 }
 
@@ -103,10 +112,50 @@ pub fn markdown(r: &Report) -> String {
             format!("{:.0} / {}", p.throttled, opt(c.throttled_metric)),
         ],
         vec![
+            "finalizer patches / Events written until all Published (API server count)".into(),
+            format!("{:.0} / {:.0}", p.others.finalizer_patches, p.others.events),
+        ],
+        vec![
+            "start → a finalizer patch per registration; Events written by then".into(),
+            format!(
+                "{}; {:.0}",
+                c.all_finalizers.map_or("— (not within 120 s)".into(), secs),
+                c.events_after
+            ),
+        ],
+        vec![
+            "Events Normal sent / dropped / superseded, Warning the same (operator metric)".into(),
+            format!(
+                "{} / {} / {}, {} / {} / {}",
+                opt(c.events_metric[0]),
+                opt(c.events_metric[1]),
+                opt(c.events_metric[2]),
+                opt(c.events_metric[3]),
+                opt(c.events_metric[4]),
+                opt(c.events_metric[5])
+            ),
+        ],
+        vec![
             "operator RSS, peak / now".into(),
             format!("{} / {}", mib(c.memory.peak_kib), mib(c.memory.rss_kib)),
         ],
     ];
+    let mut rows = rows;
+    for u in &c.cpu {
+        rows.push(vec![
+            format!(
+                "CPU of {} until all Published: s, mean / peak cores; run-queue wait",
+                u.name
+            ),
+            format!(
+                "{:.1} s, {:.2} / {:.2}; {:.1} s",
+                u.total.as_secs_f64(),
+                u.mean_cores,
+                u.peak_cores,
+                u.runqueue_wait.as_secs_f64()
+            ),
+        ]);
+    }
     out.push_str("Cold start (status writes at scale):\n\n");
     out.push_str(&table(&["", "value"], &rows));
     let Some(ch) = &r.churn else {

@@ -33,7 +33,9 @@ pub struct Memory {
 }
 
 impl Operator {
-    /// Starts the release binary with `RUST_LOG=info`, logging to `log` (appended).
+    /// Starts the release binary (or the one `REGISTRAR_BENCH_OPERATOR` names: e.g. a build
+    /// of another commit, for a before/after in one session) with `RUST_LOG=info`, logging to
+    /// `log` (appended).
     pub fn spawn(kubeconfig: &Path, etcd: &Etcd, prefix: &str, log: &Path) -> Result<Operator> {
         let endpoint = etcd.endpoint();
         let args: [&OsStr; 8] = [
@@ -46,8 +48,11 @@ impl Operator {
             "--cluster-id".as_ref(),
             CLUSTER_ID.as_ref(),
         ];
-        let bin = Path::new(env!("CARGO_BIN_EXE_registrar"));
-        let op = OperatorProcess::spawn(bin, args, &[], "info", log)?;
+        let bin = std::env::var_os("REGISTRAR_BENCH_OPERATOR").map_or_else(
+            || env!("CARGO_BIN_EXE_registrar").into(),
+            std::path::PathBuf::from,
+        );
+        let op = OperatorProcess::spawn(&bin, args, &[], "info", log)?;
         let admin = op.admin.clone();
         Ok(Operator { op, admin })
     }

@@ -86,6 +86,19 @@ pub struct ColdStart {
 /// Spawns the operator against the (checked empty) etcd of `world` and waits until every key
 /// is in etcd and every registration is Ready/Published.
 pub async fn cold_start(world: &World, observer: &mut Observer, size: Size) -> Result<ColdStart> {
+    let (cold, ()) = cold_start_with(world, observer, size, |_| (), |()| ()).await?;
+    Ok(cold)
+}
+
+/// [`cold_start`], with `watch` made from the spawned operator and `tick` run on it every
+/// second of the wait (e.g. sampling the CPU of the processes involved).
+pub async fn cold_start_with<T>(
+    world: &World,
+    observer: &mut Observer,
+    size: Size,
+    watch: impl FnOnce(&Operator) -> T,
+    mut tick: impl FnMut(&mut T),
+) -> Result<(ColdStart, T)> {
     let (revision_before, count_before) = world.revision_and_count().await?;
     anyhow::ensure!(
         count_before == 0,
@@ -99,14 +112,21 @@ pub async fn cold_start(world: &World, observer: &mut Observer, size: Size) -> R
     let spawned = Instant::now();
     let mut operator = world.spawn_operator()?;
     let readyz = time_readyz(&operator, deadline);
-    let wait = observer
-        .wait_ticking(
-            "every key in etcd and every registration Ready/Published",
-            deadline,
-            |p| p.all_keys_at.is_some() && p.all_ready_at.is_some(),
-            ticker(&mut operator),
-        )
-        .await;
+    let mut watched = watch(&operator);
+    let wait = {
+        let mut progress = ticker(&mut operator);
+        observer
+            .wait_ticking(
+                "every key in etcd and every registration Ready/Published",
+                deadline,
+                |p| p.all_keys_at.is_some() && p.all_ready_at.is_some(),
+                |p| {
+                    tick(&mut watched);
+                    progress(p)
+                },
+            )
+            .await
+    };
     let p = match wait {
         Ok(p) => p,
         Err(e) => anyhow::bail!("{e:#}; registrar log:\n{}", operator.log_tail(30)),
@@ -117,12 +137,13 @@ pub async fn cold_start(world: &World, observer: &mut Observer, size: Size) -> R
             .context("not reached")?
             .saturating_duration_since(spawned))
     };
-    Ok(ColdStart {
+    let cold = ColdStart {
         readyz: readyz.saturating_duration_since(spawned),
         all_keys: since(p.all_keys_at)?,
         all_published: since(p.all_ready_at)?,
         operator,
         spawned,
         revision_before,
-    })
+    };
+    Ok((cold, watched))
 }

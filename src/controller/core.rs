@@ -15,6 +15,9 @@
 //!   new writer is starting (the previous term's keys are still in etcd);
 //! - finalizers: deleted registrations wait in `releasing` for the writer to apply the seq that
 //!   removed their keys; that list is dropped with leadership;
+//! - Events: a Warning for every change of the Ready reason to a problem, a Normal one when a
+//!   registration recovers; none for its first publication ([`recovers`]); how many are sent
+//!   is the Event queue's business (`kube_writes::events`);
 //! - the debounce of watcher events (leading-edge coalescing, [`crate::coalesce`]: the one
 //!   place where changes are coalesced before they reach etcd; removals of published
 //!   endpoints are not held by it) and readiness.
@@ -670,9 +673,10 @@ impl Core {
             }
             // Decide against what the status is about to be from our own writes, else what
             // the watch shows.
+            let current = self.statuses.get(&key).or(reg.status.as_ref());
             let update = status::next_status_from(
                 reg,
-                self.statuses.get(&key).or(reg.status.as_ref()),
+                current,
                 outcome,
                 self.published.in_etcd(&key),
                 &self.publishing,
@@ -689,6 +693,7 @@ impl Core {
             if update.reason_changed
                 && let Some(cond) = update.ready()
                 && cond.reason != status::reason::PENDING
+                && (cond.status != "True" || recovers(current))
             {
                 out.push(Effect::Event {
                     reg: reg.clone(),
@@ -739,6 +744,19 @@ impl Core {
             out.push(Effect::ResyncStatuses(differ));
         }
     }
+}
+
+/// Whether a registration whose status is `current` turning Ready is news: it had a Ready
+/// condition with a problem (not `Pending`). A publication straight from no condition or
+/// `Pending` is the normal course of things and gets no Event: the status says it, and a cold
+/// start of 10,000 registrations would otherwise send 10,000 Events, each a write that competes
+/// with the statuses for the API server. (A new registration is usually decided `NoReadyPods`
+/// until the writer applied its keys; that pair is the Event queue's to cancel under pressure.)
+/// Warnings (any False reason) are always emitted.
+fn recovers(current: Option<&ServiceRegistrationStatus>) -> bool {
+    current
+        .and_then(status::ready_condition)
+        .is_some_and(|c| c.reason != status::reason::PENDING)
 }
 
 fn ensure_finalizer(ev: &watcher::Event<ServiceRegistration>, out: &mut Out) {

@@ -140,15 +140,20 @@ impl Engine {
                 self.client.clone(),
                 self.identity.clone(),
                 self.metrics.clone(),
-                self.kube_writes.in_flight,
                 budget.clone(),
             ),
-            statuses: StatusQueue::spawn(
+            // Status patches may take every seat of the budget (they come first).
+            statuses: StatusQueue::spawn_with_backlog(
                 QueueConfig {
-                    concurrency: self.kube_writes.in_flight,
+                    concurrency: self.kube_writes.in_flight.max(1).saturating_mul(2),
                     ..QueueConfig::default()
                 },
-                kube_writes::status_writer(self.client.clone(), self.metrics.clone(), budget),
+                kube_writes::status_writer(
+                    self.client.clone(),
+                    self.metrics.clone(),
+                    budget.clone(),
+                ),
+                move |n| budget.set_status_backlog(n),
             ),
             metrics: self.metrics.clone(),
             ready,

@@ -8,6 +8,10 @@
 //! failed. The engine decides each status against the last one it decided (its own copy,
 //! immune to a watch that lags behind our writes); a periodic resync ([`StatusQueue::force`])
 //! covers what that view cannot see (someone else rewrote a status).
+//!
+//! The worker reports its backlog (values ready to write plus writes in flight) after every
+//! step ([`StatusQueue::spawn_with_backlog`]): the Kubernetes write budget gives status patches
+//! its seats first while it is not zero.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -116,17 +120,29 @@ where
     V: Clone + PartialEq + Send + 'static,
 {
     /// A queue whose worker writes with `write(key, value)`.
+    #[cfg(test)]
     pub fn spawn<F, Fut>(cfg: QueueConfig, write: F) -> Self
     where
         F: Fn(K, V) -> Fut + Send + 'static,
         Fut: Future<Output = WriteResult> + Send + 'static,
+    {
+        Self::spawn_with_backlog(cfg, write, |_| {})
+    }
+
+    /// A queue whose worker writes with `write(key, value)` and tells `backlog` how many
+    /// values are ready to write or in flight whenever that may have changed.
+    pub fn spawn_with_backlog<F, Fut, B>(cfg: QueueConfig, write: F, backlog: B) -> Self
+    where
+        F: Fn(K, V) -> Fut + Send + 'static,
+        Fut: Future<Output = WriteResult> + Send + 'static,
+        B: Fn(usize) + Send + 'static,
     {
         let shared = Arc::new(Mutex::new(Shared {
             entries: HashMap::new(),
             ready: HashSet::new(),
         }));
         let (wake, wake_rx) = mpsc::channel(1);
-        tokio::spawn(worker(shared.clone(), wake_rx, cfg, write));
+        tokio::spawn(worker(shared.clone(), wake_rx, cfg, write, backlog));
         StatusQueue { shared, wake }
     }
 
@@ -222,16 +238,18 @@ where
     }
 }
 
-async fn worker<K, V, F, Fut>(
+async fn worker<K, V, F, Fut, B>(
     shared: Arc<Mutex<Shared<K, V>>>,
     mut wake: mpsc::Receiver<()>,
     cfg: QueueConfig,
     write: F,
+    backlog: B,
 ) where
     K: Clone + Eq + Hash + Send + 'static,
     V: Clone + PartialEq + Send + 'static,
     F: Fn(K, V) -> Fut + Send + 'static,
     Fut: Future<Output = WriteResult> + Send + 'static,
+    B: Fn(usize) + Send + 'static,
 {
     let limit = cfg.concurrency.max(1);
     let mut running: JoinSet<(K, V, WriteResult)> = JoinSet::new();
@@ -242,31 +260,36 @@ async fn worker<K, V, F, Fut>(
         {
             let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let sh = &mut *guard;
-            let candidates: Vec<K> = sh.ready.iter().cloned().collect();
-            for key in candidates {
+            let Shared { entries, ready } = &mut *guard;
+            // Walk the ready keys only as far as free slots allow (a cold start has thousands
+            // ready: cloning them all at every wake cost O(ready) per write).
+            let mut settled: Vec<K> = Vec::new();
+            let mut waiting = 0usize;
+            for key in ready.iter() {
                 if running.len() >= limit {
                     break;
                 }
-                let Some(e) = sh.entries.get_mut(&key) else {
-                    sh.ready.remove(&key);
+                let Some(e) = entries.get_mut(key) else {
+                    settled.push(key.clone());
                     continue;
                 };
                 if e.in_flight.is_some() {
                     continue; // back in `ready` handling when it ends
                 }
                 let Some(value) = e.wanted.take() else {
-                    sh.ready.remove(&key);
+                    settled.push(key.clone());
                     continue;
                 };
                 if let Some(at) = e.not_before.filter(|at| *at > now) {
                     e.wanted = Some(value);
                     next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                    waiting += 1;
                     continue;
                 }
                 e.in_flight = Some(value.clone());
-                sh.ready.remove(&key);
+                settled.push(key.clone());
                 let fut = write(key.clone(), value.clone());
+                let key = key.clone();
                 running.spawn(async move {
                     // A panicking write is a failed one: the key must not stay in flight.
                     let result = AssertUnwindSafe(fut)
@@ -276,6 +299,11 @@ async fn worker<K, V, F, Fut>(
                     (key, value, result)
                 });
             }
+            for key in &settled {
+                ready.remove(key);
+            }
+            // Values in backoff are not counted (the API server is failing them anyway).
+            backlog(running.len() + ready.len().saturating_sub(waiting));
         }
         if !open && running.is_empty() {
             return;

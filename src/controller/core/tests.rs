@@ -955,3 +955,60 @@ fn receipt_times_go_with_their_changes_until_applied() {
     sim.fire_flush();
     assert_eq!(&*sim.core.desired.received, [g1]);
 }
+
+/// A registration's first publication is no news (the status says it; a cold start of 10,000
+/// registrations would send 10,000 Events); a problem is a Warning, and its end a Normal Event.
+#[test]
+fn a_first_publication_sends_no_event_a_problem_and_its_end_do() {
+    let mut sim = Sim::new();
+    sim.sync(
+        vec![reg("greeter")],
+        vec![pod("greeter", "g1", "127.0.0.1")],
+    );
+    sim.on(Input::Leader(true));
+    let seq = sim.core.desired.seq;
+    sim.run(
+        "first publication",
+        vec![
+            // The writer applied the first desired state before it said Ready: no status yet.
+            step(Input::WriterApplied(seq), &[], &["Status"]),
+            step(ready(), &["Status shop/greeter Published 1"], &["Event"]),
+        ],
+    );
+    sim.run(
+        "the pod goes and comes back",
+        vec![
+            step(
+                Input::pod(watcher::Event::Delete(pod("greeter", "g1", "127.0.0.1"))),
+                &[],
+                &["Event"],
+            ),
+            flush(&["Publish"], &["Event"]),
+            step(
+                Input::WriterApplied(seq + 1),
+                &[
+                    "Status shop/greeter NoReadyPods 0",
+                    "Event shop/greeter NoReadyPods warning=true",
+                ],
+                &[],
+            ),
+            later(
+                1000,
+                step(
+                    Input::pod(watcher::Event::Apply(pod("greeter", "g1", "127.0.0.1"))),
+                    &[],
+                    &[],
+                ),
+            ),
+            flush(&["Publish"], &["Event"]),
+            step(
+                Input::WriterApplied(seq + 2),
+                &[
+                    "Status shop/greeter Published 1",
+                    "Event shop/greeter Published warning=false",
+                ],
+                &[],
+            ),
+        ],
+    );
+}

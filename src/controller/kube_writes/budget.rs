@@ -1,13 +1,32 @@
-//! The rate budget of the operator's Kubernetes writes (status patches, finalizers, Events),
-//! shared by all of them: writes start no faster than a token bucket allows (`qps` sustained,
-//! `burst` at once; client-go's QPS/burst), and after the API server
-//! answers 429 Too Many Requests (priority and fairness rejected or timed out a request) every
-//! write waits: 1 s, doubling up to 32 s while 429s continue, jittered, or longer when the answer
-//! asks for it (`retryAfterSeconds`, capped at 32 s); a success ends the streak. Watches and lists do not take from the budget (they are long-running or rare).
+//! The budget of the operator's Kubernetes writes (status patches, finalizers, Events), shared
+//! by all of them:
+//!
+//! - **Seats** ([`WriteBudget::seat`]): at most `2 × in_flight` writes are in flight at once
+//!   (each holds one seat of the API server's priority level while it runs). Which write gets a
+//!   free seat goes by [`Class`]: a status patch first; a finalizer patch when no status patch
+//!   waits for one, or when no finalizer patch is in flight (so finalizers never starve: one
+//!   always moves); an Event only when neither waits, at most `in_flight / 4` (at least one)
+//!   at once. "Waits" counts the status patches the status queue has ready but not yet in
+//!   flight ([`WriteBudget::set_status_backlog`]), not only those blocked on a seat: a status
+//!   patch that just ended hands its seat to the next status patch, not to an Event. When the
+//!   API server is the bottleneck (not the QPS), the seats are what share it: a cold start of
+//!   10,000 registrations gets every status out before the finalizers and Events, not
+//!   interleaved with them.
+//! - **Rate**: writes start no faster than a token bucket allows (`qps` sustained, `burst` at
+//!   once; client-go's QPS/burst). A write takes its token once it holds a seat, so the classes
+//!   share the rate in the proportion of their seats.
+//! - **429**: after the API server answers 429 Too Many Requests (priority and fairness
+//!   rejected or timed out a request) every write waits: 1 s, doubling up to 32 s while 429s
+//!   continue, jittered, or longer when the answer asks for it (`retryAfterSeconds`, capped at
+//!   32 s); a success ends the streak.
+//!
+//! Watches and lists do not take from the budget (they are long-running or rare).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -25,7 +44,8 @@ pub struct WriteLimits {
     pub qps: f64,
     /// Writes that may start at once after a quiet period (>= 1).
     pub burst: u32,
-    /// Writes in flight at once, per kind: status patches; finalizers and Events (>= 1).
+    /// Sizes the seats (>= 1): `2 × in_flight` writes in flight at once in all (the status
+    /// patches may take every one), Events at most `in_flight / 4` of them (at least one).
     pub in_flight: usize,
 }
 
@@ -62,8 +82,122 @@ struct Bucket {
     throttle: Option<Backoff>,
 }
 
+/// What a write is, for the order in which writes get seats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A status patch: first.
+    Status = 0,
+    /// A finalizer patch: after status patches, but always one in flight when any waits.
+    Finalizer = 1,
+    /// An Event: only from seats nobody else waits for.
+    Event = 2,
+}
+
+const CLASSES: usize = 3;
+
+/// The seats (writes in flight) and who waits for one.
+struct Seats {
+    /// Seats in all.
+    total: usize,
+    /// Events in flight at most.
+    event_cap: usize,
+    /// In flight, by class.
+    busy: [usize; CLASSES],
+    /// Blocked on a seat, by class, in arrival order.
+    queue: [VecDeque<oneshot::Sender<()>>; CLASSES],
+    /// Status patches ready to be written or in flight (the status queue's view).
+    status_backlog: usize,
+}
+
+impl Seats {
+    fn free(&self) -> usize {
+        self.total.saturating_sub(self.busy.iter().sum())
+    }
+
+    /// Status patches that want a seat and do not hold one.
+    fn statuses_waiting(&self) -> bool {
+        !self.queue[Class::Status as usize].is_empty()
+            || self.status_backlog > self.busy[Class::Status as usize]
+    }
+
+    /// Whether a write of `class` may take a free seat now (those queued of its class first).
+    fn may_take(&self, class: Class) -> bool {
+        if self.free() == 0 {
+            return false;
+        }
+        match class {
+            Class::Status => true,
+            Class::Finalizer => {
+                self.busy[Class::Finalizer as usize] == 0 || !self.statuses_waiting()
+            }
+            Class::Event => {
+                !self.statuses_waiting()
+                    && self.queue[Class::Finalizer as usize].is_empty()
+                    && self.busy[Class::Event as usize] < self.event_cap
+            }
+        }
+    }
+
+    /// The class whose first waiter gets the next free seat.
+    fn next(&self) -> Option<Class> {
+        let queued = |c: Class| !self.queue[c as usize].is_empty();
+        // Finalizers' own seat first, then by priority.
+        if queued(Class::Finalizer) && self.busy[Class::Finalizer as usize] == 0 && self.free() > 0
+        {
+            return Some(Class::Finalizer);
+        }
+        [Class::Status, Class::Finalizer, Class::Event]
+            .into_iter()
+            .find(|c| queued(*c) && self.may_take(*c))
+    }
+
+    /// Hands free seats to waiters, by priority.
+    fn grant(&mut self) {
+        while let Some(class) = self.next() {
+            let Some(tx) = self.queue[class as usize].pop_front() else {
+                break;
+            };
+            // A waiter that gave up (its future was dropped) takes nothing.
+            if tx.send(()).is_ok() {
+                self.busy[class as usize] += 1;
+            }
+        }
+    }
+}
+
+/// A seat held by a write; given back (to the next waiter by priority) when dropped.
+pub struct Seat {
+    budget: WriteBudget,
+    class: Class,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.budget.release(self.class);
+    }
+}
+
+/// A write waiting for a seat: if it gives up after one was granted, the seat goes back.
+struct Waiting {
+    rx: Option<oneshot::Receiver<()>>,
+    budget: WriteBudget,
+    class: Class,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.budget.release(self.class);
+            }
+        }
+    }
+}
+
 struct Inner {
     bucket: Mutex<Bucket>,
+    seats: Mutex<Seats>,
     metrics: Metrics,
 }
 
@@ -83,6 +217,7 @@ impl WriteBudget {
         };
         let interval = Duration::from_secs_f64(1.0 / qps);
         let burst = limits.burst.max(1);
+        let in_flight = limits.in_flight.max(1);
         WriteBudget {
             inner: Arc::new(Inner {
                 bucket: Mutex::new(Bucket {
@@ -92,6 +227,13 @@ impl WriteBudget {
                     paused_until: None,
                     throttle: None,
                 }),
+                seats: Mutex::new(Seats {
+                    total: in_flight.saturating_mul(2),
+                    event_cap: (in_flight / 4).max(1),
+                    busy: [0; CLASSES],
+                    queue: Default::default(),
+                    status_backlog: 0,
+                }),
                 metrics,
             }),
         }
@@ -100,6 +242,66 @@ impl WriteBudget {
     fn bucket(&self) -> MutexGuard<'_, Bucket> {
         // A poisoned lock only means a panic elsewhere mid-update; the bucket stays usable.
         self.inner.bucket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn seats(&self) -> MutexGuard<'_, Seats> {
+        self.inner.seats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a seat for a write of `class` (see the module docs); the write holds it until
+    /// it ends.
+    pub async fn seat(&self, class: Class) -> Seat {
+        let rx = {
+            let mut seats = self.seats();
+            if seats.queue[class as usize].is_empty() && seats.may_take(class) {
+                seats.busy[class as usize] += 1;
+                return Seat {
+                    budget: self.clone(),
+                    class,
+                };
+            }
+            let (tx, rx) = oneshot::channel();
+            seats.queue[class as usize].push_back(tx);
+            seats.grant();
+            rx
+        };
+        let mut waiting = Waiting {
+            rx: Some(rx),
+            budget: self.clone(),
+            class,
+        };
+        if let Some(rx) = waiting.rx.as_mut() {
+            // The sender is only dropped unsent by `grant` for a waiter that gave up (not us)
+            // or with the budget itself; either way the write may go.
+            let _ = rx.await;
+        }
+        waiting.rx = None;
+        Seat {
+            budget: self.clone(),
+            class,
+        }
+    }
+
+    fn release(&self, class: Class) {
+        let mut seats = self.seats();
+        seats.busy[class as usize] = seats.busy[class as usize].saturating_sub(1);
+        seats.grant();
+    }
+
+    /// The status queue has `n` status patches ready to write or in flight: while some of them
+    /// hold no seat, finalizers (beyond their own seat) and Events wait.
+    pub fn set_status_backlog(&self, n: usize) {
+        let mut seats = self.seats();
+        if seats.status_backlog != n {
+            seats.status_backlog = n;
+            seats.grant();
+        }
+    }
+
+    /// Writes in flight now, by class (status, finalizer, Event).
+    #[cfg(test)]
+    pub fn busy(&self) -> [usize; CLASSES] {
+        self.seats().busy
     }
 
     /// Waits for a token: the write may start now.

@@ -116,3 +116,109 @@ async fn a_write_waiting_for_its_token_is_paused_by_a_429() {
     assert!(at >= Duration::from_millis(600), "{at:?}");
     assert!(at <= Duration::from_millis(1100), "{at:?}");
 }
+
+/// Takes a seat of `class` in a task that records the order and holds it until told.
+fn take(
+    b: &WriteBudget,
+    class: Class,
+    label: &'static str,
+    order: &std::sync::Arc<Mutex<Vec<&'static str>>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (done, release) = tokio::sync::oneshot::channel::<()>();
+    let b = b.clone();
+    let order = order.clone();
+    let task = tokio::spawn(async move {
+        let _seat = b.seat(class).await;
+        order.lock().unwrap().push(label);
+        let _ = release.await;
+    });
+    (task, done)
+}
+
+#[tokio::test(start_paused = true)]
+async fn seats_go_to_statuses_first_then_finalizers_then_events() {
+    // in_flight 2: 4 seats, 1 for Events at most.
+    let (b, _) = budget(1000.0, 1000, 2);
+    let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+    // Four status patches hold every seat; the status queue has 8 ready in all.
+    b.set_status_backlog(8);
+    let mut held: Vec<_> = (0..4)
+        .map(|_| take(&b, Class::Status, "status", &order))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.busy(), [4, 0, 0]);
+    // Then an Event, a finalizer and more statuses wait.
+    let event = take(&b, Class::Event, "event", &order);
+    let fin = take(&b, Class::Finalizer, "finalizer", &order);
+    let mut more: Vec<_> = (0..4)
+        .map(|_| take(&b, Class::Status, "status", &order))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // One status ends: the finalizer gets its own seat (none of its kind in flight) although
+    // statuses wait.
+    let (t, done) = held.remove(0);
+    let _ = done.send(());
+    t.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.busy(), [3, 1, 0], "{:?}", order.lock().unwrap());
+    // The next three ends hand their seats to statuses, not to the Event.
+    for (t, done) in held.drain(..) {
+        let _ = done.send(());
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.busy(), [3, 1, 0]);
+    // The last status gets the next free seat; then one more ends while the status queue
+    // still reports a backlog: its seat stays free for the next status, not for the Event.
+    for _ in 0..2 {
+        let (t, done) = more.remove(0);
+        let _ = done.send(());
+        t.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(b.busy(), [2, 1, 0]);
+    // The backlog drops to what is in flight: the Event goes.
+    b.set_status_backlog(2);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let seen = order.lock().unwrap().clone();
+    println!("seats granted in order: {seen:?}");
+    assert_eq!(b.busy(), [2, 1, 1]);
+    assert_eq!(seen.last(), Some(&"event"));
+    assert_eq!(seen.iter().filter(|s| **s == "status").count(), 8);
+    assert_eq!(seen.iter().position(|s| *s == "finalizer"), Some(4));
+    for (t, done) in more.into_iter().chain([event, fin]) {
+        let _ = done.send(());
+        t.await.unwrap();
+    }
+    assert_eq!(b.busy(), [0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_take_at_most_a_quarter_and_a_dropped_waiter_gives_its_seat_back() {
+    // in_flight 8: 16 seats, Events at most 2.
+    let (b, _) = budget(1000.0, 1000, 8);
+    let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let events: Vec<_> = (0..4)
+        .map(|_| take(&b, Class::Event, "event", &order))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.busy(), [0, 0, 2]);
+    // A waiter that gives up leaves nothing behind.
+    let gave_up = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(5), b.seat(Class::Event)).await;
+        })
+    };
+    gave_up.await.unwrap();
+    for (t, done) in events {
+        let _ = done.send(());
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.busy(), [0, 0, 0]);
+    assert_eq!(order.lock().unwrap().len(), 4);
+}
