@@ -21,8 +21,11 @@ use kube::runtime::watcher::Event;
 
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, RegistrationOutcome, selector_matches_by};
+use crate::etcd::DesiredKeys;
 use crate::pod::{CompactPod, Interner};
 use crate::topology::NodeTopology;
+use desired_state::DesiredState;
+pub use desired_state::TargetCount;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -58,6 +61,8 @@ pub struct Flushed {
     pub touched: Vec<RegKey>,
     /// Those whose outcome changed or that disappeared: the desired etcd state changed.
     pub changed: Vec<RegKey>,
+    /// The targets whose number of desired keys changed, appeared or went away.
+    pub targets: Vec<TargetCount>,
 }
 
 struct Kind<K> {
@@ -83,6 +88,8 @@ pub struct Index {
     /// The shared strings of the pods.
     strings: Interner,
     outcomes: BTreeMap<RegKey, RegistrationOutcome>,
+    /// The desired keys of `outcomes`, kept up to date by [`Index::flush`].
+    desired: DesiredState,
     dirty: BTreeSet<RegKey>,
     /// A pending change removes a published endpoint.
     removal: bool,
@@ -107,8 +114,10 @@ fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
 impl Index {
     /// An empty index for keys under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         Index {
-            prefix: prefix.into(),
+            desired: DesiredState::new(&prefix),
+            prefix,
             regs: BTreeMap::new(),
             pods: HashMap::new(),
             strings: Interner::default(),
@@ -428,7 +437,8 @@ impl Index {
         for key in &dirty {
             flushed.touched.push(key.clone());
             let Some(reg) = self.regs.get(key) else {
-                if self.outcomes.remove(key).is_some() {
+                if let Some(old) = self.outcomes.remove(key) {
+                    self.desired.changed(key, Some(&old.target), None);
                     flushed.changed.push(key.clone());
                 }
                 continue;
@@ -469,22 +479,40 @@ impl Index {
                 ),
             };
             if self.outcomes.get(key) != Some(&outcome) {
-                self.outcomes.insert(key.clone(), outcome);
+                let target = outcome.target.clone();
+                let old = self.outcomes.insert(key.clone(), outcome);
+                let old = old.as_ref().map(|o| o.target.as_str());
+                self.desired.changed(key, old, Some(&target));
                 flushed.changed.push(key.clone());
             }
         }
+        flushed.targets = self.desired.refresh(&self.outcomes);
         flushed
     }
 
-    /// Every key (and value) that should be under the prefix, from the current outcomes.
+    /// Every key (and value) that should be under the prefix, from the current outcomes (as of
+    /// the last flush): kept up to date per changed target, a clone is O(1).
+    pub fn keys(&self) -> &DesiredKeys {
+        self.desired.keys()
+    }
+
+    /// [`Index::keys`] as an ordinary map (a copy: for tests and diagnostics).
     pub fn desired_keys(&self) -> BTreeMap<String, String> {
-        desired::desired_keys(&self.prefix, self.outcomes.values())
+        self.keys()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The target (`<prefix>/<namespace>/<service>`) of every registration's current outcome
     /// (a target named by several registrations comes once per registration).
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.outcomes.values().map(|o| o.target.as_str())
+    }
+
+    /// Every registration's current outcome.
+    pub fn outcomes(&self) -> impl Iterator<Item = &RegistrationOutcome> {
+        self.outcomes.values()
     }
 
     /// The current outcome of a registration.
@@ -500,6 +528,11 @@ impl Index {
     /// All registrations.
     pub fn registrations(&self) -> impl Iterator<Item = (&RegKey, &Arc<ServiceRegistration>)> {
         self.regs.iter()
+    }
+
+    /// Number of registrations.
+    pub fn registration_count(&self) -> usize {
+        self.regs.len()
     }
 
     /// Number of pods cached.
@@ -730,6 +763,7 @@ mod tests {
 }
 
 mod candidates;
+mod desired_state;
 
 #[cfg(test)]
 mod props;
