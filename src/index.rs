@@ -26,6 +26,7 @@ use crate::pod::{CompactPod, Interner};
 use crate::topology::NodeTopology;
 use desired_state::DesiredState;
 pub use desired_state::TargetCount;
+use labels::LabelIndex;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -100,7 +101,10 @@ pub struct Index {
     node_kind: Kind<Node>,
     /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
     cluster: Option<String>,
-    /// From this many registrations of one namespace in a flush, its pods are indexed by label.
+    /// The pods of every namespace by label pair.
+    labels: LabelIndex,
+    /// From this many registrations of one namespace in a flush, their candidate pods come
+    /// from `labels` (1: always; tests take the other path, every pod of the namespace, too).
     label_index_from: usize,
 }
 
@@ -132,12 +136,14 @@ impl Index {
                 init: None,
             },
             cluster: None,
-            label_index_from: candidates::INDEX_FROM,
+            labels: LabelIndex::default(),
+            label_index_from: 1,
         }
     }
 
-    /// The same index, indexing a namespace's pods by label from `n` registrations to
-    /// recompute (tests use 1 to take that path always).
+    /// The same index, taking a namespace's candidate pods from the label index from `n`
+    /// registrations to recompute in a flush (the default is 1: always; `usize::MAX` checks
+    /// every pod of the namespace instead).
     #[cfg(test)]
     fn with_label_index_from(mut self, n: usize) -> Self {
         self.label_index_from = n.max(1);
@@ -329,6 +335,7 @@ impl Index {
                     }
                 }
                 self.pods = pods;
+                self.labels.rebuild(&self.pods);
                 // The previous generation's strings are free now.
                 self.strings.sweep();
                 self.pod_kind.synced = true;
@@ -347,6 +354,7 @@ impl Index {
                 };
                 let removed = self.pods.get_mut(ns).and_then(|m| m.remove(name));
                 if let Some(old) = removed {
+                    self.labels.remove(&old);
                     self.note_removal(&old, None);
                     self.mark_for_pod(&old);
                 }
@@ -361,6 +369,10 @@ impl Index {
         if old.as_ref() == Some(&pod) {
             return;
         }
+        if let Some(old) = &old {
+            self.labels.remove(old);
+        }
+        self.labels.insert(&pod);
         if let Some(old) = old {
             self.note_removal(&old, Some(&pod));
             self.mark_for_pod(&old);
@@ -432,8 +444,9 @@ impl Index {
         let mut flushed = Flushed::default();
         self.removal = false;
         let dirty = std::mem::take(&mut self.dirty);
-        // The dirty keys come namespace by namespace: one label index at a time.
-        let mut by_label: Option<(&str, candidates::ByLabel<'_>)> = None;
+        // The dirty keys come namespace by namespace: whether to use the label index is
+        // decided once per namespace.
+        let mut indexing: Option<(&str, bool)> = None;
         for key in &dirty {
             flushed.touched.push(key.clone());
             let Some(reg) = self.regs.get(key) else {
@@ -445,28 +458,25 @@ impl Index {
             };
             let in_namespace = self.pods.get(key.namespace.as_str());
             let ns = key.namespace.as_str();
-            if by_label.as_ref().is_none_or(|(at, _)| *at != ns) {
+            if indexing.is_none_or(|(at, _)| at != ns) {
                 let many = dirty
                     .range(RegKey::new(ns, "")..)
                     .take_while(|k| k.namespace == ns)
                     .nth(self.label_index_from - 1)
                     .is_some();
-                by_label = in_namespace
-                    .filter(|_| many)
-                    .map(|pods| (ns, candidates::ByLabel::new(pods)));
+                indexing = Some((ns, many));
             }
-            let indexed = by_label
-                .as_ref()
-                .filter(|(at, _)| *at == ns)
-                .and_then(|(_, index)| index.candidates(&reg.spec.selector));
+            let indexed = indexing
+                .filter(|(_, many)| *many)
+                .and_then(|_| self.labels.candidates(ns, &reg.spec.selector));
             let nodes = &self.nodes;
             let cluster = self.cluster.as_deref();
             let node = |n: &str| nodes.get(n);
             let outcome = match indexed {
-                Some(candidates) => desired::registration_outcome_on(
+                Some(names) => desired::registration_outcome_on(
                     &self.prefix,
                     reg,
-                    candidates.iter().copied(),
+                    names.filter_map(|n| in_namespace.and_then(|m| m.get(n))),
                     node,
                     cluster,
                 ),
@@ -762,8 +772,8 @@ mod tests {
     }
 }
 
-mod candidates;
 mod desired_state;
+mod labels;
 
 #[cfg(test)]
 mod props;

@@ -377,15 +377,16 @@ proptest! {
             proptest::collection::vec(any_step(overlapping), 0..10),
             proptest::collection::vec(any_step(overlapping), 0..40),
         )),
-        label_index in any::<bool>(),
+        scan in any::<bool>(),
     ) {
         let mut cluster = Cluster::default();
         for c in &initial {
             cluster.change(c);
         }
         let mut index = Index::new(PREFIX);
-        if label_index {
-            index = index.with_label_index_from(1);
+        if scan {
+            // Every pod of the namespace checked, instead of the label index's candidates.
+            index = index.with_label_index_from(usize::MAX);
         }
         list_regs(&mut index, &cluster);
         list_pods(&mut index, &cluster);
