@@ -27,6 +27,7 @@ use crate::topology::NodeTopology;
 use desired_state::DesiredState;
 pub use desired_state::TargetCount;
 use labels::LabelIndex;
+use published_by::PublishedBy;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -103,6 +104,8 @@ pub struct Index {
     cluster: Option<String>,
     /// The pods of every namespace by label pair.
     labels: LabelIndex,
+    /// Which registrations' outcomes publish each pod (or report problems).
+    published: PublishedBy,
     /// From this many registrations of one namespace in a flush, their candidate pods come
     /// from `labels` (1: always; tests take the other path, every pod of the namespace, too).
     label_index_from: usize,
@@ -137,6 +140,7 @@ impl Index {
             },
             cluster: None,
             labels: LabelIndex::default(),
+            published: PublishedBy::default(),
             label_index_from: 1,
         }
     }
@@ -387,11 +391,10 @@ impl Index {
             return;
         }
         let (ns, name) = (&*old.namespace, &*old.name);
-        let start = RegKey::new(ns, "");
         self.removal = self
-            .outcomes
-            .range(start..)
-            .take_while(|(k, _)| k.namespace == ns)
+            .published
+            .publishing(ns, name)
+            .filter_map(|key| Some((key, self.outcomes.get(key)?)))
             .any(|(key, outcome)| {
                 outcome
                     .endpoints
@@ -413,19 +416,20 @@ impl Index {
     /// Marks the registrations that select `pod` or published it.
     fn mark_for_pod(&mut self, pod: &CompactPod) {
         let (ns, name) = (&*pod.namespace, &*pod.name);
+        let published = self.published.publishing(ns, name);
+        let problems = self.published.with_problems(ns);
+        let mut marks: Vec<RegKey> = published.chain(problems).cloned().collect();
         let start = RegKey::new(ns, "");
         for (key, reg) in self
             .regs
             .range(start..)
             .take_while(|(k, _)| k.namespace == ns)
         {
-            let published = self.outcomes.get(key).is_some_and(|o| {
-                o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
-            });
-            if published || selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
-                self.dirty.insert(key.clone());
+            if selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
+                marks.push(key.clone());
             }
         }
+        self.dirty.extend(marks);
     }
 
     fn mark_namespace(&mut self, ns: &str) {
@@ -452,6 +456,7 @@ impl Index {
             let Some(reg) = self.regs.get(key) else {
                 if let Some(old) = self.outcomes.remove(key) {
                     self.desired.changed(key, Some(&old.target), None);
+                    self.published.changed(key, Some(&old), None);
                     flushed.changed.push(key.clone());
                 }
                 continue;
@@ -491,6 +496,8 @@ impl Index {
             if self.outcomes.get(key) != Some(&outcome) {
                 let target = outcome.target.clone();
                 let old = self.outcomes.insert(key.clone(), outcome);
+                self.published
+                    .changed(key, old.as_ref(), self.outcomes.get(key));
                 let old = old.as_ref().map(|o| o.target.as_str());
                 self.desired.changed(key, old, Some(&target));
                 flushed.changed.push(key.clone());
@@ -774,6 +781,7 @@ mod tests {
 
 mod desired_state;
 mod labels;
+mod published_by;
 
 #[cfg(test)]
 mod props;
