@@ -311,7 +311,7 @@ pub fn desired_keys<'a>(
 }
 
 /// Oldest first (a missing creation time counts as newest), then by name, then by target.
-fn precedence(a: &RegistrationOutcome, b: &RegistrationOutcome) -> Ordering {
+pub(crate) fn precedence(a: &RegistrationOutcome, b: &RegistrationOutcome) -> Ordering {
     let created = match (&a.created, &b.created) {
         (Some(x), Some(y)) => x.cmp(y),
         (Some(_), None) => Ordering::Less,
@@ -449,7 +449,7 @@ fn endpoint_metadata<'n>(
 }
 
 mod per_target;
-pub use per_target::{TargetName, endpoints_per_target};
+pub use per_target::{TargetName, endpoints_per_target, target_name};
 
 #[cfg(test)]
 mod tests;

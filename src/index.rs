@@ -21,8 +21,13 @@ use kube::runtime::watcher::Event;
 
 use crate::crd::ServiceRegistration;
 use crate::desired::{self, RegistrationOutcome, selector_matches_by};
+use crate::etcd::DesiredKeys;
 use crate::pod::{CompactPod, Interner};
 use crate::topology::NodeTopology;
+use desired_state::DesiredState;
+pub use desired_state::TargetCount;
+use labels::LabelIndex;
+use published_by::PublishedBy;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -58,6 +63,8 @@ pub struct Flushed {
     pub touched: Vec<RegKey>,
     /// Those whose outcome changed or that disappeared: the desired etcd state changed.
     pub changed: Vec<RegKey>,
+    /// The targets whose number of desired keys changed, appeared or went away.
+    pub targets: Vec<TargetCount>,
 }
 
 struct Kind<K> {
@@ -83,6 +90,8 @@ pub struct Index {
     /// The shared strings of the pods.
     strings: Interner,
     outcomes: BTreeMap<RegKey, RegistrationOutcome>,
+    /// The desired keys of `outcomes`, kept up to date by [`Index::flush`].
+    desired: DesiredState,
     dirty: BTreeSet<RegKey>,
     /// A pending change removes a published endpoint.
     removal: bool,
@@ -93,7 +102,12 @@ pub struct Index {
     node_kind: Kind<Node>,
     /// The `cluster` metadata of every endpoint (`--publish-cluster-id`), when set.
     cluster: Option<String>,
-    /// From this many registrations of one namespace in a flush, its pods are indexed by label.
+    /// The pods of every namespace by label pair.
+    labels: LabelIndex,
+    /// Which registrations' outcomes publish each pod (or report problems).
+    published: PublishedBy,
+    /// From this many registrations of one namespace in a flush, their candidate pods come
+    /// from `labels` (1: always; tests take the other path, every pod of the namespace, too).
     label_index_from: usize,
 }
 
@@ -107,8 +121,10 @@ fn reg_key(reg: &ServiceRegistration) -> Option<RegKey> {
 impl Index {
     /// An empty index for keys under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         Index {
-            prefix: prefix.into(),
+            desired: DesiredState::new(&prefix),
+            prefix,
             regs: BTreeMap::new(),
             pods: HashMap::new(),
             strings: Interner::default(),
@@ -123,12 +139,15 @@ impl Index {
                 init: None,
             },
             cluster: None,
-            label_index_from: candidates::INDEX_FROM,
+            labels: LabelIndex::default(),
+            published: PublishedBy::default(),
+            label_index_from: 1,
         }
     }
 
-    /// The same index, indexing a namespace's pods by label from `n` registrations to
-    /// recompute (tests use 1 to take that path always).
+    /// The same index, taking a namespace's candidate pods from the label index from `n`
+    /// registrations to recompute in a flush (the default is 1: always; `usize::MAX` checks
+    /// every pod of the namespace instead).
     #[cfg(test)]
     fn with_label_index_from(mut self, n: usize) -> Self {
         self.label_index_from = n.max(1);
@@ -320,6 +339,7 @@ impl Index {
                     }
                 }
                 self.pods = pods;
+                self.labels.rebuild(&self.pods);
                 // The previous generation's strings are free now.
                 self.strings.sweep();
                 self.pod_kind.synced = true;
@@ -338,6 +358,7 @@ impl Index {
                 };
                 let removed = self.pods.get_mut(ns).and_then(|m| m.remove(name));
                 if let Some(old) = removed {
+                    self.labels.remove(&old);
                     self.note_removal(&old, None);
                     self.mark_for_pod(&old);
                 }
@@ -352,6 +373,10 @@ impl Index {
         if old.as_ref() == Some(&pod) {
             return;
         }
+        if let Some(old) = &old {
+            self.labels.remove(old);
+        }
+        self.labels.insert(&pod);
         if let Some(old) = old {
             self.note_removal(&old, Some(&pod));
             self.mark_for_pod(&old);
@@ -366,11 +391,10 @@ impl Index {
             return;
         }
         let (ns, name) = (&*old.namespace, &*old.name);
-        let start = RegKey::new(ns, "");
         self.removal = self
-            .outcomes
-            .range(start..)
-            .take_while(|(k, _)| k.namespace == ns)
+            .published
+            .publishing(ns, name)
+            .filter_map(|key| Some((key, self.outcomes.get(key)?)))
             .any(|(key, outcome)| {
                 outcome
                     .endpoints
@@ -392,19 +416,20 @@ impl Index {
     /// Marks the registrations that select `pod` or published it.
     fn mark_for_pod(&mut self, pod: &CompactPod) {
         let (ns, name) = (&*pod.namespace, &*pod.name);
+        let published = self.published.publishing(ns, name);
+        let problems = self.published.with_problems(ns);
+        let mut marks: Vec<RegKey> = published.chain(problems).cloned().collect();
         let start = RegKey::new(ns, "");
         for (key, reg) in self
             .regs
             .range(start..)
             .take_while(|(k, _)| k.namespace == ns)
         {
-            let published = self.outcomes.get(key).is_some_and(|o| {
-                o.endpoints.values().any(|e| e.pod == name) || !o.problems.is_empty()
-            });
-            if published || selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
-                self.dirty.insert(key.clone());
+            if selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
+                marks.push(key.clone());
             }
         }
+        self.dirty.extend(marks);
     }
 
     fn mark_namespace(&mut self, ns: &str) {
@@ -423,40 +448,40 @@ impl Index {
         let mut flushed = Flushed::default();
         self.removal = false;
         let dirty = std::mem::take(&mut self.dirty);
-        // The dirty keys come namespace by namespace: one label index at a time.
-        let mut by_label: Option<(&str, candidates::ByLabel<'_>)> = None;
+        // The dirty keys come namespace by namespace: whether to use the label index is
+        // decided once per namespace.
+        let mut indexing: Option<(&str, bool)> = None;
         for key in &dirty {
             flushed.touched.push(key.clone());
             let Some(reg) = self.regs.get(key) else {
-                if self.outcomes.remove(key).is_some() {
+                if let Some(old) = self.outcomes.remove(key) {
+                    self.desired.changed(key, Some(&old.target), None);
+                    self.published.changed(key, Some(&old), None);
                     flushed.changed.push(key.clone());
                 }
                 continue;
             };
             let in_namespace = self.pods.get(key.namespace.as_str());
             let ns = key.namespace.as_str();
-            if by_label.as_ref().is_none_or(|(at, _)| *at != ns) {
+            if indexing.is_none_or(|(at, _)| at != ns) {
                 let many = dirty
                     .range(RegKey::new(ns, "")..)
                     .take_while(|k| k.namespace == ns)
                     .nth(self.label_index_from - 1)
                     .is_some();
-                by_label = in_namespace
-                    .filter(|_| many)
-                    .map(|pods| (ns, candidates::ByLabel::new(pods)));
+                indexing = Some((ns, many));
             }
-            let indexed = by_label
-                .as_ref()
-                .filter(|(at, _)| *at == ns)
-                .and_then(|(_, index)| index.candidates(&reg.spec.selector));
+            let indexed = indexing
+                .filter(|(_, many)| *many)
+                .and_then(|_| self.labels.candidates(ns, &reg.spec.selector));
             let nodes = &self.nodes;
             let cluster = self.cluster.as_deref();
             let node = |n: &str| nodes.get(n);
             let outcome = match indexed {
-                Some(candidates) => desired::registration_outcome_on(
+                Some(names) => desired::registration_outcome_on(
                     &self.prefix,
                     reg,
-                    candidates.iter().copied(),
+                    names.filter_map(|n| in_namespace.and_then(|m| m.get(n))),
                     node,
                     cluster,
                 ),
@@ -469,22 +494,42 @@ impl Index {
                 ),
             };
             if self.outcomes.get(key) != Some(&outcome) {
-                self.outcomes.insert(key.clone(), outcome);
+                let target = outcome.target.clone();
+                let old = self.outcomes.insert(key.clone(), outcome);
+                self.published
+                    .changed(key, old.as_ref(), self.outcomes.get(key));
+                let old = old.as_ref().map(|o| o.target.as_str());
+                self.desired.changed(key, old, Some(&target));
                 flushed.changed.push(key.clone());
             }
         }
+        flushed.targets = self.desired.refresh(&self.outcomes);
         flushed
     }
 
-    /// Every key (and value) that should be under the prefix, from the current outcomes.
+    /// Every key (and value) that should be under the prefix, from the current outcomes (as of
+    /// the last flush): kept up to date per changed target, a clone is O(1).
+    pub fn keys(&self) -> &DesiredKeys {
+        self.desired.keys()
+    }
+
+    /// [`Index::keys`] as an ordinary map (a copy: for tests and diagnostics).
     pub fn desired_keys(&self) -> BTreeMap<String, String> {
-        desired::desired_keys(&self.prefix, self.outcomes.values())
+        self.keys()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The target (`<prefix>/<namespace>/<service>`) of every registration's current outcome
     /// (a target named by several registrations comes once per registration).
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.outcomes.values().map(|o| o.target.as_str())
+    }
+
+    /// Every registration's current outcome.
+    pub fn outcomes(&self) -> impl Iterator<Item = &RegistrationOutcome> {
+        self.outcomes.values()
     }
 
     /// The current outcome of a registration.
@@ -500,6 +545,11 @@ impl Index {
     /// All registrations.
     pub fn registrations(&self) -> impl Iterator<Item = (&RegKey, &Arc<ServiceRegistration>)> {
         self.regs.iter()
+    }
+
+    /// Number of registrations.
+    pub fn registration_count(&self) -> usize {
+        self.regs.len()
     }
 
     /// Number of pods cached.
@@ -729,7 +779,9 @@ mod tests {
     }
 }
 
-mod candidates;
+mod desired_state;
+mod labels;
+mod published_by;
 
 #[cfg(test)]
 mod props;

@@ -508,6 +508,36 @@ impl Metrics {
         *targets = counts.keys().cloned().collect();
     }
 
+    /// Applies changes of the number of endpoint keys wanted per target (namespace, service):
+    /// `Some(n)` sets a target's series, `None` removes it (no registration names the target
+    /// any more); other targets keep theirs.
+    pub fn update_target_endpoints(&self, changes: &BTreeMap<(String, String), Option<usize>>) {
+        let mut targets = self
+            .inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((namespace, service), n) in changes {
+            let labels = TargetLabels {
+                target_namespace: namespace.clone(),
+                target_service: service.clone(),
+            };
+            match n {
+                Some(n) => {
+                    self.inner
+                        .target_endpoints
+                        .get_or_create(&labels)
+                        .set(saturating_i64(*n));
+                    targets.insert((namespace.clone(), service.clone()));
+                }
+                None => {
+                    self.inner.target_endpoints.remove(&labels);
+                    targets.remove(&(namespace.clone(), service.clone()));
+                }
+            }
+        }
+    }
+
     /// Sets the number of ServiceRegistrations known.
     pub fn set_registrations(&self, n: usize) {
         self.inner.registrations.set(saturating_i64(n));
@@ -851,6 +881,36 @@ mod tests {
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, greeter), Some(1.0), "{text}");
         assert_eq!(sample(&text, idle), None, "{text}");
+    }
+
+    #[test]
+    fn target_endpoints_follow_the_changes() {
+        let m = Metrics::new();
+        let pair = |n: &str, s: &str| (n.to_string(), s.to_string());
+        m.update_target_endpoints(&BTreeMap::from([
+            (pair("shop", "greeter"), Some(3)),
+            (pair("shop", "idle"), Some(0)),
+        ]));
+        let greeter =
+            r#"registrar_target_endpoints{target_namespace="shop",target_service="greeter"}"#;
+        let idle = r#"registrar_target_endpoints{target_namespace="shop",target_service="idle"}"#;
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, greeter), Some(3.0), "{text}");
+        assert_eq!(sample(&text, idle), Some(0.0), "{text}");
+        // Only greeter changed: idle keeps its series.
+        m.update_target_endpoints(&BTreeMap::from([(pair("shop", "greeter"), Some(1))]));
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, greeter), Some(1.0), "{text}");
+        assert_eq!(sample(&text, idle), Some(0.0), "{text}");
+        // idle's registration is gone: so is its series.
+        m.update_target_endpoints(&BTreeMap::from([(pair("shop", "idle"), None)]));
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, greeter), Some(1.0), "{text}");
+        assert_eq!(sample(&text, idle), None, "{text}");
+        // A full replacement still drops what the changes added.
+        m.set_target_endpoints(&BTreeMap::new());
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, greeter), None, "{text}");
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl Labels {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
+
+    /// Every (key, value) as the shared strings, sorted by key.
+    pub fn shared(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.0
+    }
 }
 
 /// A named TCP container port with a usable number (1..=65535).

@@ -32,6 +32,7 @@ use kube::runtime::watcher;
 use tokio::time::Instant;
 
 use super::kube_writes::FINALIZER;
+use super::not_ready::NotReady;
 use super::settle::Settled;
 use crate::coalesce::schedule;
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
@@ -113,9 +114,10 @@ pub enum Metric {
     Leader(bool),
     /// Keys in the desired state.
     Published(usize),
-    /// Keys in the desired state per target (namespace, service); every registration's target
-    /// is present (at 0 without endpoints). Replaces the previous set.
-    TargetEndpoints(BTreeMap<desired::TargetName, usize>),
+    /// Changes of the keys in the desired state per target (namespace, service), since the
+    /// previous such metric: `Some(n)` for a target some registration names (0 without
+    /// endpoints), `None` for one no registration names any more (its series goes).
+    TargetEndpoints(BTreeMap<desired::TargetName, Option<usize>>),
     /// Registrations known.
     Registrations(usize),
     /// Registrations whose Ready condition (as last decided by this leader) is not True.
@@ -212,6 +214,8 @@ pub struct Core {
     settle: Settled,
     /// What each status is or is about to be from our writes (the watch may lag behind them).
     statuses: BTreeMap<RegKey, ServiceRegistrationStatus>,
+    /// The registrations whose Ready condition is not True, by `statuses` and the watch.
+    not_ready: NotReady,
     /// What etcd holds of each registration, by the seq the writer applied.
     published: PublishedLog<RegKey>,
     /// Registrations whose outcome changed while the desired state was incomplete (before the
@@ -267,6 +271,7 @@ impl Core {
             publishing: Publishing::Pending,
             raw_publishing: Publishing::Pending,
             statuses: BTreeMap::new(),
+            not_ready: NotReady::default(),
             published: PublishedLog::default(),
             unrecorded: BTreeSet::new(),
             releasing: BTreeMap::new(),
@@ -296,6 +301,19 @@ impl Core {
             Input::Registration(ev) => {
                 if self.leader {
                     ensure_finalizer(&ev, &mut out);
+                }
+                match &*ev {
+                    watcher::Event::Apply(reg)
+                    | watcher::Event::InitApply(reg)
+                    | watcher::Event::Delete(reg) => {
+                        if let (Some(ns), Some(name)) =
+                            (&reg.metadata.namespace, &reg.metadata.name)
+                        {
+                            self.not_ready.mark(RegKey::new(ns, name));
+                        }
+                    }
+                    watcher::Event::InitDone => self.not_ready.mark_all(),
+                    watcher::Event::Init => {}
                 }
                 self.index.apply_registration(*ev);
             }
@@ -373,6 +391,7 @@ impl Core {
         }
         // Another leader may have written statuses meanwhile: start from what the watch shows.
         self.statuses.clear();
+        self.not_ready.mark_all();
         out.push(Effect::ClearStatuses);
         for (_, reg) in self.index.registrations() {
             if reg.metadata.deletion_timestamp.is_none() && !has_finalizer(reg) {
@@ -396,6 +415,7 @@ impl Core {
         }
         // Nothing of this term may be acted on any more: no status write, no finalizer release.
         self.statuses.clear();
+        self.not_ready.mark_all();
         out.push(Effect::ClearStatuses);
         self.releasing.clear();
         self.propagating.clear();
@@ -431,17 +451,26 @@ impl Core {
         let complete = self.index.synced();
         let publish = !flushed.changed.is_empty() || complete != self.desired.complete;
         if publish {
-            let before = self.desired.keys.clone();
-            let keys = self.index.desired_keys();
+            let before = &self.desired.keys;
+            // The index keeps the desired keys up to date per changed target: an O(1) clone.
+            let keys = self.index.keys().clone();
             let seq = self.desired.seq + 1;
-            let fresh: Vec<Time> = touched
-                .iter()
-                .filter_map(|k| self.index.outcome(k))
-                .flat_map(|o| o.endpoints.values().map(move |e| (o, e)))
-                .filter(|(o, e)| !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr)))
-                .filter_map(|(_, e)| e.ready_since.clone())
-                .collect();
             let measuring = self.measuring();
+            let fresh: Vec<Time> = if measuring {
+                flushed
+                    .changed
+                    .iter()
+                    .filter_map(|k| self.index.outcome(k))
+                    .flat_map(|o| o.endpoints.values().map(move |e| (o, e)))
+                    .filter(|(_, e)| e.ready_since.is_some())
+                    .filter(|(o, e)| {
+                        !before.contains_key(&crate::etcd::value::key(&o.target, &e.addr))
+                    })
+                    .filter_map(|(_, e)| e.ready_since.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if measuring && !fresh.is_empty() && self.propagating.len() < 10_000 {
                 self.propagating.push((seq, fresh));
             }
@@ -470,12 +499,9 @@ impl Core {
                 }
             }
             out.push(Effect::Metric(Metric::Published(keys.len())));
-            out.push(Effect::Metric(Metric::TargetEndpoints(
-                desired::endpoints_per_target(&self.cfg.prefix, keys.keys(), self.index.targets()),
-            )));
             self.desired = Desired {
                 seq,
-                keys: keys.into_iter().collect(),
+                keys,
                 complete,
                 received: self
                     .unapplied
@@ -487,8 +513,21 @@ impl Core {
             };
             out.push(Effect::PublishDesired(self.desired.clone()));
         }
+        let targets: BTreeMap<desired::TargetName, Option<usize>> = flushed
+            .targets
+            .into_iter()
+            .filter_map(|t| {
+                Some((
+                    desired::target_name(&self.cfg.prefix, &t.target)?,
+                    t.endpoints,
+                ))
+            })
+            .collect();
+        if !targets.is_empty() {
+            out.push(Effect::Metric(Metric::TargetEndpoints(targets)));
+        }
         out.push(Effect::Metric(Metric::Registrations(
-            self.index.registrations().count(),
+            self.index.registration_count(),
         )));
         // Changes that changed no key: nothing is committed for them.
         self.received.clear();
@@ -634,6 +673,7 @@ impl Core {
                 (self.index.registration(&key), self.index.outcome(&key))
             else {
                 self.statuses.remove(&key);
+                self.not_ready.mark(key.clone());
                 out.push(Effect::ForgetStatus(key));
                 continue;
             };
@@ -663,6 +703,7 @@ impl Core {
                             });
                         }
                         self.statuses.insert(key.clone(), update.status.clone());
+                        self.not_ready.mark(key.clone());
                         out.push(Effect::WriteStatus {
                             key,
                             status: update.status,
@@ -703,24 +744,13 @@ impl Core {
                 });
             }
             self.statuses.insert(key.clone(), update.status.clone());
+            self.not_ready.mark(key.clone());
             out.push(Effect::WriteStatus {
                 key,
                 status: update.status,
             });
         }
-        let not_ready = self
-            .index
-            .registrations()
-            .filter(|(_, reg)| reg.metadata.deletion_timestamp.is_none())
-            .filter(|(key, reg)| {
-                let status = self.statuses.get(*key).or(reg.status.as_ref());
-                !status.is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == crate::crd::READY_CONDITION && c.status == "True")
-                })
-            })
-            .count();
+        let not_ready = self.not_ready.count(&self.index, &self.statuses);
         out.push(Effect::Metric(Metric::NotReady(not_ready)));
     }
 

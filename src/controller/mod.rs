@@ -15,6 +15,7 @@
 
 mod core;
 mod kube_writes;
+mod not_ready;
 mod settle;
 mod status_queue;
 
@@ -302,7 +303,7 @@ impl Io {
             Effect::Metric(m) => match m {
                 Metric::Leader(on) => self.metrics.set_leader(on),
                 Metric::Published(n) => self.metrics.set_published(n),
-                Metric::TargetEndpoints(counts) => self.metrics.set_target_endpoints(&counts),
+                Metric::TargetEndpoints(changes) => self.metrics.update_target_endpoints(&changes),
                 Metric::Registrations(n) => self.metrics.set_registrations(n),
                 Metric::NotReady(n) => self.metrics.set_not_ready(n),
                 Metric::EtcdUnavailable(down) => self.metrics.set_etcd_unavailable(down),

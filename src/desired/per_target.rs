@@ -6,6 +6,18 @@ use std::collections::BTreeMap;
 /// A target's namespace and service.
 pub type TargetName = (String, String);
 
+/// The (namespace, service) of `target` when it is of the form `<prefix>/<namespace>/<service>`
+/// (both non-empty, the service without `/`): the labels of its `registrar_target_endpoints`
+/// series.
+pub fn target_name(prefix: &str, target: &str) -> Option<TargetName> {
+    let (namespace, service) = target
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?
+        .split_once('/')?;
+    (!namespace.is_empty() && !service.is_empty() && !service.contains('/'))
+        .then(|| (namespace.to_string(), service.to_string()))
+}
+
 /// The number of keys of `keys` under each target below `prefix`, by (namespace, service);
 /// every target of `targets` (full `<prefix>/<namespace>/<service>` strings, e.g. the
 /// registrations' targets) is present, at 0 when it has no key. Keys and targets not of the form
@@ -15,12 +27,7 @@ pub fn endpoints_per_target<'a>(
     keys: impl IntoIterator<Item = &'a String>,
     targets: impl IntoIterator<Item = &'a str>,
 ) -> BTreeMap<TargetName, usize> {
-    let under = format!("{prefix}/");
-    let split = |target: &str| -> Option<TargetName> {
-        let (namespace, service) = target.strip_prefix(&under)?.split_once('/')?;
-        (!namespace.is_empty() && !service.is_empty() && !service.contains('/'))
-            .then(|| (namespace.to_string(), service.to_string()))
-    };
+    let split = |target: &str| target_name(prefix, target);
     let mut out = BTreeMap::new();
     for target in targets {
         if let Some(name) = split(target) {

@@ -1012,3 +1012,78 @@ fn a_first_publication_sends_no_event_a_problem_and_its_end_do() {
         ],
     );
 }
+
+#[test]
+fn the_target_gauge_changes_only_for_changed_targets() {
+    let (mut sim, out) = Sim::leading();
+    assert!(
+        out.iter()
+            .any(|e| e == r#"Metric TargetEndpoints({("shop", "greeter"): Some(1)})"#),
+        "{out:#?}"
+    );
+    sim.run(
+        "target gauge",
+        vec![
+            // A second registration with a pod: only its target is reported.
+            step(apply(reg("cart")), &[], &[]),
+            later(
+                SEC,
+                step(
+                    Input::pod(watcher::Event::Apply(pod("cart", "c1", "127.0.0.2"))),
+                    &[],
+                    &[],
+                ),
+            ),
+            flush(
+                &[
+                    r#"Metric TargetEndpoints({("shop", "cart"): Some(1)})"#,
+                    "Metric Registrations(2)",
+                ],
+                &[],
+            ),
+            // greeter's pod goes: greeter at 0, cart not reported.
+            later(
+                SEC,
+                step(
+                    Input::pod(watcher::Event::Apply(not_ready(pod(
+                        "greeter",
+                        "g1",
+                        "127.0.0.1",
+                    )))),
+                    &[],
+                    &[],
+                ),
+            ),
+            flush(
+                &[r#"Metric TargetEndpoints({("shop", "greeter"): Some(0)})"#],
+                &[],
+            ),
+            // A flush that changes no key reports no target.
+            later(
+                SEC,
+                step(
+                    Input::pod(watcher::Event::Apply(pod("nobody", "n1", "127.0.0.9"))),
+                    &[],
+                    &[],
+                ),
+            ),
+            flush(&[], &["Metric TargetEndpoints"]),
+            // cart's registration is gone: its series goes.
+            later(
+                SEC,
+                step(
+                    Input::registration(watcher::Event::Delete(reg("cart"))),
+                    &[],
+                    &[],
+                ),
+            ),
+            flush(
+                &[
+                    r#"Metric TargetEndpoints({("shop", "cart"): None})"#,
+                    "Metric Registrations(1)",
+                ],
+                &[],
+            ),
+        ],
+    );
+}
