@@ -13,6 +13,8 @@
 //! of `PODSxREGISTRATIONS`, `REGISTRAR_BENCH_FLUSH_FLIPS` the flips per size (default 400).
 //! No network: everything is in memory. Under `cargo test --benches` it does nothing.
 
+// The harness also parses numeric env knobs, which this bench does not take.
+#[allow(dead_code)]
 #[path = "common/harness.rs"]
 mod harness;
 // The scale bench's layout: names, namespaces and addresses.
