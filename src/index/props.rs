@@ -170,17 +170,10 @@ proptest! {
         prop_assert!(index.synced());
         for step in &steps {
             match step {
-                Step::PutReg(r) => index.apply_registration(Event::Apply((**r).clone())),
-                Step::DeleteReg(i) => {
-                    if let Some(r) = named(&cluster.regs, &format!("r{i}")) {
-                        index.apply_registration(Event::Delete(r.clone()));
-                    }
-                }
-                Step::PutPod(p) => index.apply_pod(Event::Apply((**p).clone())),
-                Step::DeletePod(i) => {
-                    if let Some(p) = named(&cluster.pods, &format!("p{i}")) {
-                        index.apply_pod(Event::Delete(p.clone()));
-                    }
+                Step::PutReg(_) | Step::DeleteReg(_) | Step::PutPod(_) | Step::DeletePod(_) => {
+                    // `deliver` also applies the step to `cluster`.
+                    deliver(&mut index, &mut cluster, step);
+                    continue;
                 }
                 Step::Flush => {
                     index.flush();
