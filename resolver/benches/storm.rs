@@ -17,6 +17,8 @@
 //! `REGISTRAR_STORM_BENCH_RUNS` (runs per case, default 3). Runs on a two-worker Tokio runtime.
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+mod common;
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -32,21 +34,14 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let sizes: Vec<usize> = std::env::var("REGISTRAR_STORM_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let runs: usize = std::env::var("REGISTRAR_STORM_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let sizes = common::sizes("REGISTRAR_STORM_BENCH_SIZES", "1000,10000,100000");
+    let runs: usize = common::number("REGISTRAR_STORM_BENCH_RUNS", 3);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let files = open_file_limit();
-    println!("load: {}", load());
+    println!("load: {}", common::load());
     println!("| N | way | run | first in pick set | all in pick set | pickers built |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &n in &sizes {
@@ -66,7 +61,7 @@ fn main() -> Result<()> {
             row(n, "loopback", run, &cost);
         }
     }
-    println!("load: {}", load());
+    println!("load: {}", common::load());
     Ok(())
 }
 
@@ -77,13 +72,6 @@ fn row(n: usize, way: &str, run: usize, cost: &StormCost) {
         show(cost.all),
         cost.rebuilds
     );
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 /// The soft limit on open files.

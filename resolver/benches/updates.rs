@@ -13,6 +13,8 @@
 //! `1000,10000,100000`), `REGISTRAR_UPDATES_BENCH_SECONDS` (measuring time per case, default 2).
 //! Under `cargo test --benches` (no `--bench` argument) it does nothing.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -25,27 +27,13 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let sizes: Vec<usize> = std::env::var("REGISTRAR_UPDATES_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let budget = Duration::from_secs_f64(
-        std::env::var("REGISTRAR_UPDATES_BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2.0),
-    );
+    let sizes = common::sizes("REGISTRAR_UPDATES_BENCH_SIZES", "1000,10000,100000");
+    let budget = Duration::from_secs_f64(common::number("REGISTRAR_UPDATES_BENCH_SECONDS", 2.0));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let _guard = runtime.enter();
-    println!(
-        "load: {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("load: {}", common::load());
     println!(
         "| N | keys changed | op | steps | discovery p50 | balancer p50 | total p50 | total p90 | picker rebuild |"
     );
