@@ -329,7 +329,10 @@ impl Pool {
         self.picker.subscribe()
     }
 
+    /// Every backend's connectivity. A due coalesced rebuild runs first, so that the pick set
+    /// agrees with what this reports from then on.
     pub(crate) fn statuses(&self) -> Vec<BackendStatus> {
+        self.flush();
         self.table()
             .iter()
             .map(|(addr, e)| BackendStatus {
@@ -340,7 +343,10 @@ impl Pool {
             .collect()
     }
 
+    /// Every backend's health and whether it is pickable. A due coalesced rebuild runs first:
+    /// a backend reported not pickable is out of the pick set for the calls that follow.
     pub(crate) fn health(&self) -> Vec<BackendHealth> {
+        self.flush();
         self.table()
             .iter()
             .map(|(addr, e)| BackendHealth {
@@ -1080,6 +1086,36 @@ mod tests {
         sinks[5].state(ConnectivityState::Idle, None);
         assert_eq!(pool.picker().len(), N as usize - 1);
         assert!(pool.rebuilds() <= rebuilds + 1);
+    }
+
+    #[tokio::test]
+    async fn a_backend_reported_not_pickable_is_out_of_the_pick_path_from_then_on() {
+        let pool = Arc::new(Pool::new());
+        let sinks: Vec<Sink> = (0..3)
+            .map(|i| pool.add(Arc::from(format!("127.0.0.{}:1", i + 1)), i))
+            .collect();
+        for sink in &sinks {
+            ready(sink, HealthState::Pending);
+            sink.health(HealthState::Serving, None);
+        }
+        assert_eq!(pool.picker().len(), 3);
+        // NOT_SERVING: the rebuild is coalesced (due, not run yet) ...
+        sinks[1].health(HealthState::NotServing, None);
+        let due = pool.pending.load(Ordering::Acquire);
+        // ... but whoever reads the health sees it out, and so does every pick after that read.
+        let victim = pool
+            .health()
+            .into_iter()
+            .find(|b| b.addr == "127.0.0.2:1")
+            .map(|b| b.pickable);
+        let picks: Vec<Arc<str>> = (0..30)
+            .filter_map(|_| pool.pick().map(|p| p.addr.clone()))
+            .collect();
+        println!("rebuild due when health was read: {due}; 30 picks after: {picks:?}");
+        assert!(due, "the rebuild was not coalesced: the test shows nothing");
+        assert_eq!(victim, Some(false));
+        assert_eq!(picks.len(), 30);
+        assert!(picks.iter().all(|a| &**a != "127.0.0.2:1"), "{picks:?}");
     }
 
     async fn finished(task: &tokio::task::AbortHandle) {
