@@ -3,23 +3,28 @@
 //!
 //! The `Ready` condition, in order of precedence:
 //!
-//! | situation                                   | status  | reason                 |
-//! |---------------------------------------------|---------|------------------------|
-//! | the prefix is claimed by another cluster    | False   | `PrefixOwnedElsewhere` |
-//! | etcd cannot be written                      | False   | `EtcdUnavailable`      |
-//! | the writer has not started yet              | Unknown | `Pending`              |
-//! | a selected pod lacks the named port         | False   | `PortNotFound`         |
-//! | a selected pod has an unparsable IP         | False   | `InvalidPodIP`         |
-//! | no selected pod qualifies                   | False   | `NoReadyPods`          |
-//! | otherwise                                   | True    | `Published`            |
+//! | situation                                 | status  | reason                 |
+//! |-------------------------------------------|---------|------------------------|
+//! | the prefix is claimed by another cluster  | False   | `PrefixOwnedElsewhere` |
+//! | etcd cannot be written                    | False   | `EtcdUnavailable`      |
+//! | the writer has not started yet            | Unknown | `Pending`              |
+//! | a selected pod lacks the named port       | False   | `PortNotFound`         |
+//! | a selected pod has an unparsable IP       | False   | `InvalidPodIP`         |
+//! | pods qualify; etcd holds none of them yet | Unknown | `Pending` (1)          |
+//! | no selected pod qualifies                 | False   | `NoReadyPods`          |
+//! | otherwise                                 | True    | `Published`            |
+//!
+//! (1) A new registration between the decision and the writer's txn is not a problem to warn
+//! about. One that showed a problem (any `False` reason) keeps showing it until the txn, so
+//! that its end is announced by a `Published` Event.
 //!
 //! A registration with some pods lacking the named port is `False` even if other pods are
 //! published (`readyEndpoints` still counts them): a half-working registration is a
 //! misconfiguration to surface, not a success. `lastTransitionTime` changes only when the
 //! condition's status changes, like `meta.SetStatusCondition`.
 //!
-//! `readyEndpoints`, `endpoints`, and the choice between `NoReadyPods` and `Published`
-//! describe what etcd holds ([`InEtcd`]: the registration's endpoints as of the last desired
+//! `readyEndpoints`, `endpoints`, and the choice between `Pending`, `NoReadyPods` and
+//! `Published` describe what etcd holds ([`InEtcd`]: the registration's endpoints as of the last desired
 //! state the writer applied, see [`published`]), not what is about to be written: during an
 //! outage a pod that turns Ready is counted only in the message ("waiting to be published").
 
@@ -48,7 +53,8 @@ pub mod reason {
     pub const ETCD_UNAVAILABLE: &str = "EtcdUnavailable";
     /// Another cluster owns the etcd prefix.
     pub const PREFIX_OWNED_ELSEWHERE: &str = "PrefixOwnedElsewhere";
-    /// The etcd writer has not reached etcd yet.
+    /// The etcd writer has not reached etcd yet, or has not yet written any of the
+    /// registration's endpoints.
     pub const PENDING: &str = "Pending";
 }
 
@@ -157,8 +163,17 @@ pub fn next_status_from(
         None => previous.map(InEtcd::shown_in).unwrap_or_default(),
     };
     let generation = reg.metadata.generation;
-    let (status, reason, message) = ready(outcome, &in_etcd, publishing);
     let previous_ready = previous.and_then(ready_condition);
+    let decided = ready(outcome, &in_etcd, publishing);
+    // Waiting for the writer's txn after a problem was shown: the problem stays until the
+    // endpoints are in etcd, so that its end is announced (`Published` after a False reason)
+    // rather than hidden behind a `Pending` in between.
+    let waiting = decided.1 == reason::PENDING && *publishing == Publishing::Ok;
+    let (status, reason, message): (&str, &str, String) =
+        match previous_ready.filter(|c| waiting && c.status == "False") {
+            Some(shown) => (&shown.status, &shown.reason, shown.message.clone()),
+            None => decided,
+        };
     let last_transition_time = match previous_ready {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => now,
@@ -266,6 +281,15 @@ fn ready(
             "False",
             reason::INVALID_POD_IP,
             format!("{}; {endpoints} published", summarize(&problems)),
+        );
+    }
+    if count == 0 && !outcome.endpoints.is_empty() {
+        // A new registration (or one whose pods all just turned Ready) between the decision and
+        // the writer's txn: not a problem to warn about, only not done yet.
+        return (
+            "Unknown",
+            reason::PENDING,
+            format!("{waiting} waiting to be published to {}", outcome.target),
         );
     }
     if count == 0 {

@@ -314,5 +314,7 @@ async fn a_flapping_etcd_makes_one_status_change_per_stable_change() {
     );
     assert_eq!(reasons, ["Published", "EtcdUnavailable", "Published"]);
     assert_eq!(count("EtcdUnavailable"), 1);
+    // The registration was created before its pod (NoReadyPods, then Published), and the
+    // recovery from the outage.
     assert_eq!(count("Published"), 2);
 }

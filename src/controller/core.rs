@@ -780,9 +780,9 @@ impl Core {
 /// condition with a problem (not `Pending`). A publication straight from no condition or
 /// `Pending` is the normal course of things and gets no Event: the status says it, and a cold
 /// start of 10,000 registrations would otherwise send 10,000 Events, each a write that competes
-/// with the statuses for the API server. (A new registration is usually decided `NoReadyPods`
-/// until the writer applied its keys; that pair is the Event queue's to cancel under pressure.)
-/// Warnings (any False reason) are always emitted.
+/// with the statuses for the API server. (A new registration is `Pending` until the writer
+/// applied its keys, never `NoReadyPods` while its ready pods wait for the txn.) Warnings (any
+/// False reason) are always emitted.
 fn recovers(current: Option<&ServiceRegistrationStatus>) -> bool {
     current
         .and_then(status::ready_condition)

@@ -398,6 +398,16 @@ fn counts_describe_what_etcd_holds() {
             "1 endpoint published to registrar/shop/greeter",
         ),
         (
+            "wanted, but etcd holds none of it yet: Pending, not a NoReadyPods warning",
+            &["a:1", "b:1"],
+            Some(in_etcd(&[])),
+            Publishing::Ok,
+            0,
+            &[],
+            reason::PENDING,
+            "2 endpoints waiting to be published to registrar/shop/greeter",
+        ),
+        (
             "delete applied",
             &[],
             Some(in_etcd(&[])),
@@ -435,6 +445,72 @@ fn counts_describe_what_etcd_holds() {
             (why, message),
             "case: {case}"
         );
+    }
+}
+
+#[test]
+fn waiting_for_the_txn_is_pending_unless_a_problem_was_shown_which_then_stays() {
+    let wanted = outcome(&["a:1"], vec![]);
+    let nothing_yet = in_etcd(&[]);
+    let step = |previous: Option<&ServiceRegistrationStatus>, at: i64| {
+        next_status_from(
+            &registration(1, previous.cloned()),
+            previous,
+            &wanted,
+            Some(&nothing_yet),
+            &Publishing::Ok,
+            time(at),
+        )
+    };
+    // (case, the reason shown before, the reason shown while waiting)
+    let gone = next_status(
+        &registration(1, None),
+        &outcome(&[], vec![]),
+        &Publishing::Ok,
+        time(5),
+    )
+    .status;
+    let down = next_status(
+        &registration(1, None),
+        &wanted,
+        &Publishing::EtcdUnavailable("no quorum".into()),
+        time(5),
+    )
+    .status;
+    let cases: Vec<(&str, Option<&ServiceRegistrationStatus>, &str, bool)> = vec![
+        ("a new registration", None, reason::PENDING, true),
+        (
+            "all its pods went, one came back",
+            Some(&gone),
+            reason::NO_READY_PODS,
+            false,
+        ),
+        (
+            "etcd came back",
+            Some(&down),
+            reason::ETCD_UNAVAILABLE,
+            false,
+        ),
+    ];
+    for (case, previous, want, changed) in cases {
+        let update = step(previous, 10);
+        assert_eq!(update.ready().unwrap().reason, want, "case: {case}");
+        assert_eq!(update.reason_changed, changed, "case: {case}");
+        // Then the txn: Published, a change of reason (the moment for an Event, if any).
+        let done = next_status_from(
+            &registration(1, Some(update.status.clone())),
+            Some(&update.status),
+            &wanted,
+            Some(&in_etcd(&["a:1"])),
+            &Publishing::Ok,
+            time(20),
+        );
+        assert_eq!(
+            done.ready().unwrap().reason,
+            reason::PUBLISHED,
+            "case: {case}"
+        );
+        assert!(done.reason_changed, "case: {case}");
     }
 }
 

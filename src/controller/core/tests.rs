@@ -302,15 +302,13 @@ fn leadership_starts_and_stops_the_writer() {
                 &["Status", "StopWriter"],
             ),
             step(Input::Leader(true), &[], &["StartWriter", "Leader"]),
-            // Ready before anything applied: etcd holds nothing of it yet.
-            step(ready(), &["Status shop/greeter NoReadyPods 0"], &[]),
+            // Ready before anything applied: etcd holds nothing of it yet (Pending, not a
+            // NoReadyPods Warning), and the first publication is no Event either.
+            step(ready(), &["Status shop/greeter Pending 0"], &["Event"]),
             step(
                 Input::WriterApplied(seq),
-                &[
-                    "Status shop/greeter Published 1",
-                    "Event shop/greeter Published",
-                ],
-                &[],
+                &["Status shop/greeter Published 1"],
+                &["Event"],
             ),
             // Lost: the writer stops, and nothing it reports afterwards is acted on.
             step(
@@ -490,10 +488,15 @@ fn a_leader_waits_for_its_etcd_connection_and_shows_why() {
                 &[],
                 &["StartWriter", "Status", "ClearStatuses"],
             ),
-            step(ready(), &["Status shop/greeter NoReadyPods 0"], &[]),
+            // Ready: the problem shown stays until the endpoint is in etcd, and its end is
+            // announced.
+            step(ready(), &[], &["Status", "Event"]),
             step(
                 Input::WriterApplied(1),
-                &["Status shop/greeter Published 1"],
+                &[
+                    "Status shop/greeter Published 1",
+                    "Event shop/greeter Published warning=false",
+                ],
                 &[],
             ),
         ],
@@ -630,7 +633,7 @@ fn statuses_wait_for_both_caches() {
                 &[
                     "Ready",
                     "Publish seq=2 keys=1 complete=true",
-                    "Status shop/greeter NoReadyPods 0",
+                    "Status shop/greeter Pending 0",
                 ],
                 &[],
             ),

@@ -16,10 +16,10 @@
 //!   follows a Warning of the same registration that a limit dropped is dropped too (superseded:
 //!   the problem was never announced, so neither is its end); so is one that replaces a queued
 //!   Warning while the queue is under pressure ([`EventLimits::pressure`] Events or more wait).
-//!   A cold start where the writer reports Ready before its first commit shows every
-//!   registration `NoReadyPods` for a moment and then `Published`: those pairs cancel here
-//!   instead of costing 20,000 writes. Below that pressure the Normal Event goes out in the
-//!   Warning's place: a lone new registration still gets its `Published` Event.
+//!   An etcd outage that ends while its Warnings still wait shows every registration
+//!   `EtcdUnavailable` and then `Published`: those pairs cancel here instead of costing 20,000
+//!   writes. Below that pressure the Normal Event goes out in the Warning's place: a lone
+//!   registration whose pods all restarted still gets its `Published` Event.
 //!
 //! Every Event not sent is counted (`registrar_kube_events_total{type, outcome="dropped"}` for
 //! a limit, `"superseded"` for a newer Event of the same registration) and a Warning dropped by

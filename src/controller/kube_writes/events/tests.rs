@@ -106,7 +106,7 @@ fn refilled_buckets_are_forgotten() {
 fn a_newer_event_supersedes_a_queued_one_and_an_unsent_warning_takes_its_recovery_along() {
     let mut q = EventQueue::new(limits(2, 25, 300));
     let t0 = Instant::now();
-    // The cold-start pair: NoReadyPods (etcd holds nothing yet), then Published, both queued
+    // A Warning and its recovery (every pod of a registration restarted at once), both queued
     // behind the statuses: neither is sent.
     assert_eq!(q.offer(ev("a", true, "NoReadyPods"), t0), []);
     let d = q.offer(ev("a", false, "Published"), t0);
@@ -147,7 +147,7 @@ fn a_newer_event_supersedes_a_queued_one_and_an_unsent_warning_takes_its_recover
 fn below_the_pressure_a_lone_registrations_published_event_takes_the_warnings_place() {
     let mut q = EventQueue::new(EventLimits::default());
     let t0 = Instant::now();
-    // A new registration: NoReadyPods while etcd holds nothing of it yet, then Published.
+    // A registration whose pods all restarted: NoReadyPods, then Published again.
     assert_eq!(q.offer(ev("a", true, "NoReadyPods"), t0), []);
     let d = q.offer(ev("a", false, "Published"), t0);
     assert_eq!(d.len(), 1, "{d:?}");
