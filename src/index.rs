@@ -6,7 +6,8 @@
 //!   (e.g. after an API-server restart) never shows an empty cluster in between, so it can never
 //!   make the operator delete keys.
 //! - A pod event marks dirty only the registrations of its namespace whose selector matches the
-//!   pod now, or that published it before; [`Index::flush`] recomputes just those outcomes.
+//!   pod now (checked only for the selectors indexed under one of the pod's label pairs, see
+//!   `selectors`), or that published it before; [`Index::flush`] recomputes just those outcomes.
 //! - A pod event that takes a published endpoint away (the pod was deleted, turned terminating
 //!   or not Ready, or moved) is a removal ([`Index::has_removal`]): the engine flushes it at
 //!   once instead of holding it behind the coalescing window.
@@ -28,6 +29,7 @@ use desired_state::DesiredState;
 pub use desired_state::TargetCount;
 use labels::LabelIndex;
 use published_by::PublishedBy;
+use selectors::SelectorIndex;
 
 /// A registration's identity. Ordered by namespace, then name (a namespace's registrations are
 /// one range).
@@ -104,6 +106,8 @@ pub struct Index {
     cluster: Option<String>,
     /// The pods of every namespace by label pair.
     labels: LabelIndex,
+    /// The registrations of every namespace by a `matchLabels` pair of their selector.
+    selectors: SelectorIndex,
     /// Which registrations' outcomes publish each pod (or report problems).
     published: PublishedBy,
     /// From this many registrations of one namespace in a flush, their candidate pods come
@@ -140,6 +144,7 @@ impl Index {
             },
             cluster: None,
             labels: LabelIndex::default(),
+            selectors: SelectorIndex::default(),
             published: PublishedBy::default(),
             label_index_from: 1,
         }
@@ -278,12 +283,17 @@ impl Index {
                     }
                 }
                 self.regs = listed;
+                self.selectors = SelectorIndex::default();
+                for (key, reg) in &self.regs {
+                    self.selectors.insert(key, &reg.spec.selector);
+                }
                 self.reg_kind.synced = true;
             }
             Event::Apply(reg) => self.upsert_registration(reg),
             Event::Delete(reg) => {
                 if let Some(key) = reg_key(&reg) {
                     self.regs.remove(&key);
+                    self.selectors.remove(&key);
                     self.dirty.insert(key);
                 }
             }
@@ -294,6 +304,7 @@ impl Index {
         if let Some(key) = reg_key(&reg) {
             let reg = Arc::new(reg);
             if self.regs.get(&key) != Some(&reg) {
+                self.selectors.insert(&key, &reg.spec.selector);
                 self.regs.insert(key.clone(), reg);
                 self.dirty.insert(key);
             }
@@ -419,13 +430,10 @@ impl Index {
         let published = self.published.publishing(ns, name);
         let problems = self.published.with_problems(ns);
         let mut marks: Vec<RegKey> = published.chain(problems).cloned().collect();
-        let start = RegKey::new(ns, "");
-        for (key, reg) in self
-            .regs
-            .range(start..)
-            .take_while(|(k, _)| k.namespace == ns)
-        {
-            if selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k)) {
+        for key in self.selectors.candidates(ns, pod.labels.iter()) {
+            if let Some(reg) = self.regs.get(key)
+                && selector_matches_by(&reg.spec.selector, |k| pod.labels.get(k))
+            {
                 marks.push(key.clone());
             }
         }
@@ -782,6 +790,7 @@ mod tests {
 mod desired_state;
 mod labels;
 mod published_by;
+mod selectors;
 
 #[cfg(test)]
 mod props;
