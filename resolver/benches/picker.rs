@@ -9,6 +9,7 @@
 //! - `pick/balancer+channel/N`: the same plus what sending does around handing the request to
 //!   tonic: take a spare handle of the backend's `Channel` (tonic's `Service::call` needs one of
 //!   its own) and give it back.
+//! - `pick/balancer_8_threads/N`: `pick/balancer` with 8 threads calling on the same pool at once.
 //! - `pick/balancer+channel_8_threads/N`: `pick/balancer+channel` with 8 threads calling on the
 //!   same pool at once (CPU time summed over the threads).
 //! - `pick/failover+channel/N` and `pick/failover+channel_8_threads/N`: the same through a
@@ -16,6 +17,10 @@
 //!   READY backends, calls going to the first): load the current group choice, then pick in
 //!   the first group with a live backend. Next to the `balancer` cases, the ratio is what
 //!   failover adds per call.
+//!
+//! - `pick/shared_counter/1` and `pick/shared_counter_8_threads/1`: the floor, not Registrar
+//!   code: one `fetch_add` on one shared counter per call, which any round-robin picker shared by
+//!   its callers (grpc-go's too) does; with 8 threads its cache line moves between the cores.
 //!
 //! Every figure is the calling threads' CPU time per call (`CLOCK_THREAD_CPUTIME_ID`), not wall
 //! time: on a shared machine the bench thread may get a fraction of a core, which wall time would
@@ -30,6 +35,7 @@
 
 use std::hint::black_box;
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -67,13 +73,18 @@ fn cpu_time<T>(iters: u64, mut f: impl FnMut() -> T) -> Duration {
 /// `iters` picks (by `pick`) on each of [`THREADS`] threads at once; the CPU time they took,
 /// divided by the number of threads (so criterion's per-iteration figure is CPU time per call).
 fn concurrent_picks(pick: &(dyn Fn() -> Option<PickedBackend> + Sync), iters: u64) -> Duration {
+    concurrent(&|| pick().map(|backend| backend.cycle_channel()), iters)
+}
+
+/// `iters` calls of `f` on each of [`THREADS`] threads at once; CPU time per thread.
+fn concurrent<T>(f: &(dyn Fn() -> T + Sync), iters: u64) -> Duration {
     let start = Barrier::new(THREADS);
     let total: Duration = std::thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    cpu_time(iters, || pick().map(|backend| backend.cycle_channel()))
+                    cpu_time(iters, f)
                 })
             })
             .collect();
@@ -95,6 +106,15 @@ fn pick(c: &mut Criterion) {
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    let counter = AtomicUsize::new(0);
+    let step = || counter.fetch_add(1, Ordering::Relaxed);
+    group.bench_function(BenchmarkId::new("shared_counter", 1), |b| {
+        b.iter_custom(|iters| cpu_time(iters, step))
+    });
+    group.bench_function(
+        BenchmarkId::new(format!("shared_counter_{THREADS}_threads"), 1),
+        |b| b.iter_custom(|iters| concurrent(&step, iters)),
+    );
     for n in BACKENDS {
         let picker = IndexPicker::new(n);
         group.bench_with_input(BenchmarkId::new("picker", n), &picker, |b, p| {
@@ -113,6 +133,11 @@ fn pick(c: &mut Criterion) {
                 cpu_time(iters, || p.pick().map(|backend| backend.cycle_channel()))
             })
         });
+        group.bench_with_input(
+            BenchmarkId::new(format!("balancer_{THREADS}_threads"), n),
+            &pool,
+            |b, p| b.iter_custom(|iters| concurrent(&|| p.pick(), iters)),
+        );
         group.bench_with_input(
             BenchmarkId::new(format!("balancer+channel_{THREADS}_threads"), n),
             &pool,
