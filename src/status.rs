@@ -24,9 +24,10 @@
 //! condition's status changes, like `meta.SetStatusCondition`.
 //!
 //! `readyEndpoints`, `endpoints`, and the choice between `Pending`, `NoReadyPods` and
-//! `Published` describe what etcd holds ([`InEtcd`]: the registration's endpoints as of the last desired
-//! state the writer applied, see [`published`]), not what is about to be written: during an
-//! outage a pod that turns Ready is counted only in the message ("waiting to be published").
+//! `Published` describe what etcd holds ([`InEtcd`]: the registration's endpoints as of the
+//! last desired state the writer applied, see [`published`]), not what is about to be written:
+//! during an outage a pod that turns Ready is counted only in the message ("waiting to be
+//! published").
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
