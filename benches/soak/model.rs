@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use registrar::crd::ServiceRegistration;
 use registrar::desired;
@@ -36,7 +37,12 @@ pub fn start(client: kube::Client, regs: Vec<ServiceRegistration>) -> Arc<Mutex<
     let out = state.clone();
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
-        let mut stream = watcher::watcher(pods, watcher::Config::default()).boxed();
+        // With backoff: without it a failing watch (the API server gone at the end of the run)
+        // is retried in a loop that never yields, which kept a finished soak spinning a core and
+        // blocked the runtime's shutdown.
+        let mut stream = watcher::watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         let mut store: BTreeMap<String, Pod> = BTreeMap::new();
         let mut init: BTreeMap<String, Pod> = BTreeMap::new();
         while let Some(ev) = stream.next().await {
